@@ -1,0 +1,160 @@
+"""Loading and validating yacs configurations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from yacs.config import CfgNode
+
+from lib.config.defaults import _C
+
+_CHOICES = {
+    "MODEL.DEVICE": ("auto", "cpu", "cuda"),
+    "MODEL.IODINE.LIKELIHOOD": ("logistic", "gaussian"),
+    "MODEL.IODINE.LOSS_WEIGHTS": ("linspace", "uniform", "last"),
+    "MODEL.IODINE.INIT": ("released", "pytorch"),
+    "MODEL.IODINE.GRAD_INPUT_REDUCTION": ("sum", "mean"),
+    "MODEL.REFINEMENT.COORD_TYPE": ("linear", "cosine"),
+    "MODEL.REFINEMENT.PADDING": ("tf_same", "symmetric"),
+}
+_IMAGE_INPUTS = set(_C.MODEL.REFINEMENT.IMAGE_INPUTS)
+_VECTOR_INPUTS = set(_C.MODEL.REFINEMENT.VECTOR_INPUTS)
+_POSITIVE = (
+    "MODEL.IODINE.NUM_SLOTS",
+    "MODEL.IODINE.NUM_ITERS",
+    "MODEL.IODINE.LATENT_DIM",
+    "MODEL.IODINE.PIXEL_SCALE",
+    "MODEL.IODINE.PRIOR_SCALE",
+    "INPUT.IMAGE_SIZE",
+    "SOLVER.MAX_ITER",
+    "SOLVER.IMS_PER_BATCH",
+    "SOLVER.BASE_LR",
+    "SOLVER.ACCUMULATE_STEPS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.CHECKPOINT_KEEP",
+    "SOLVER.DECAY_STEPS",
+    "TEST.IMS_PER_BATCH",
+)
+_NON_NEGATIVE = (
+    "DATASETS.MAX_OBJECTS",
+    "DATASETS.TEST_SIZE",
+    "DATALOADER.NUM_WORKERS",
+    "SOLVER.GRAD_CLIP_NORM",
+    "SOLVER.WARMUP_ITERS",
+    "TEST.NUM_SLOTS",
+    "TEST.NUM_ITERS",
+    "TEST.EVAL_PERIOD",
+    "LOG.IMAGE_PERIOD",
+    "MODEL.REFINEMENT.LSTM_SIZE",
+)
+
+
+def get_cfg() -> CfgNode:
+    """Return a fresh, mutable copy of the default configuration."""
+    return _C.clone()
+
+
+def _get(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate_cfg(cfg: CfgNode) -> None:
+    """Check values that yacs' type check cannot; raise ValueError naming the key at fault."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ValueError(f"config key {key} = {value!r} is not one of {list(choices)}")
+    for key in _POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ValueError(f"config key {key} = {_get(cfg, key)!r} must be > 0")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ValueError(f"config key {key} = {_get(cfg, key)!r} must be >= 0")
+    unknown = set(cfg.MODEL.REFINEMENT.IMAGE_INPUTS) - _IMAGE_INPUTS
+    if unknown:
+        raise ValueError(
+            f"config key MODEL.REFINEMENT.IMAGE_INPUTS has unknown names {sorted(unknown)}; "
+            f"known: {sorted(_IMAGE_INPUTS)}"
+        )
+    unknown = set(cfg.MODEL.REFINEMENT.VECTOR_INPUTS) - _VECTOR_INPUTS
+    if unknown:
+        raise ValueError(
+            f"config key MODEL.REFINEMENT.VECTOR_INPUTS has unknown names {sorted(unknown)}; "
+            f"known: {sorted(_VECTOR_INPUTS)}"
+        )
+    for key in ("MODEL.REFINEMENT.CONV_CHANNELS", "MODEL.DECODER.CONV_CHANNELS"):
+        if len(_get(cfg, key)) == 0 or min(_get(cfg, key)) <= 0:
+            raise ValueError(f"config key {key} = {_get(cfg, key)!r} needs positive entries")
+    if not 0.0 <= cfg.SOLVER.BETA1 < 1.0 or not 0.0 <= cfg.SOLVER.BETA2 < 1.0:
+        raise ValueError("config keys SOLVER.BETA1 and SOLVER.BETA2 must lie in [0, 1)")
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        if len(_get(cfg, key)) == 0:
+            raise ValueError(f"config key {key} names no dataset")
+
+
+def _as_tuple(cfg: CfgNode) -> None:
+    # A bare string is a one-element tuple of dataset names.
+    for key in ("TRAIN", "TEST"):
+        value = cfg.DATASETS[key]
+        if isinstance(value, str):
+            cfg.DATASETS[key] = (value,)
+        else:
+            cfg.DATASETS[key] = tuple(value)
+
+
+def load_cfg(
+    config_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True
+) -> CfgNode:
+    """Build the configuration of a run: defaults, then a YAML file, then ``KEY VALUE`` overrides.
+
+    Args:
+        config_file: path of a YAML file that sets only what differs from the defaults, or None.
+        opts: flat list of trailing overrides, ``["SOLVER.MAX_ITER", "100", ...]``.
+        freeze: freeze the returned node.
+
+    Returns:
+        The validated config. ``OUTPUT_DIR`` defaults to ``logs/<config file stem>``.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        KeyError / ValueError: a key that does not exist or a value of the wrong type or range;
+            the message names the key (and the file).
+    """
+    cfg = get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        loaded = CfgNode.load_cfg(open(config_file, encoding="utf-8"))
+        # A bare string for DATASETS.TRAIN/TEST would fail yacs' check against the tuple default.
+        for key in ("TRAIN", "TEST"):
+            value = loaded.get("DATASETS", {}).get(key)
+            if isinstance(value, str):
+                loaded.DATASETS[key] = (value,)
+        try:
+            cfg.merge_from_other_cfg(loaded)
+        except (KeyError, ValueError) as exc:
+            raise type(exc)(f"in config file {config_file}: {exc}") from exc
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"overrides must come in KEY VALUE pairs, got {opts}")
+    fixed = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if key in ("DATASETS.TRAIN", "DATASETS.TEST") and not value.lstrip().startswith(("(", "[")):
+            value = repr((value,))
+        fixed += [key, value]
+    try:
+        cfg.merge_from_list(fixed)
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise ValueError(f"in command-line overrides: {exc}") from exc
+    _as_tuple(cfg)
+    if not cfg.OUTPUT_DIR:
+        stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else "default"
+        cfg.OUTPUT_DIR = os.path.join("logs", stem)
+    validate_cfg(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg

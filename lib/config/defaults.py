@@ -1,0 +1,184 @@
+"""Every configuration key, with its default.
+
+The defaults are the released IODINE model for CLEVR6 (DeepMind's TF1 code and configs); the
+other datasets' config files override only what differs. Every key that deviates from the
+released behaviour defaults to the released behaviour.
+"""
+
+import math
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# Folder for checkpoints, TensorBoard events, config.yaml, log.txt; "" = logs/<config file stem>.
+_C.OUTPUT_DIR = ""
+# Seed for Python, NumPy and torch (training noise, data order, initialisation).
+_C.SEED = 0
+
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# Where to run: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+_C.MODEL.DEVICE = "auto"
+# Checkpoint whose model weights start a fresh run (train) or are evaluated (test); "" = none.
+_C.MODEL.WEIGHT = ""
+# Store activations channels-last (NHWC) in the conv stacks; a speed switch, same numbers.
+_C.MODEL.CHANNELS_LAST = False
+# Wrap the decoder and refinement network in torch.compile; a speed switch.
+_C.MODEL.COMPILE = False
+
+_C.MODEL.IODINE = CN()
+# Number of slots K (paper K); CLEVR6 7.
+_C.MODEL.IODINE.NUM_SLOTS = 7
+# Number of refinement steps T (paper T); T+1 decodes and losses per image.
+_C.MODEL.IODINE.NUM_ITERS = 5
+# Size of each slot's latent z_k (paper: latent dimension).
+_C.MODEL.IODINE.LATENT_DIM = 64
+# Pixel likelihood of each component: "logistic" (released) or "gaussian" (paper text).
+_C.MODEL.IODINE.LIKELIHOOD = "logistic"
+# Fixed scale of the pixel likelihood: logistic scale s (released 0.03) or Gaussian sigma.
+_C.MODEL.IODINE.PIXEL_SCALE = 0.03
+# Std of the N(0, s) latent prior; released sqrt(softplus(0)) ~ 0.833, paper 1.0.
+_C.MODEL.IODINE.PRIOR_SCALE = math.sqrt(math.log(2.0))
+# Weights w_t of the T+1 per-step losses: "linspace" (released, linspace(0, 1, T+1)),
+# "uniform" (all 1) or "last" (only step T).
+_C.MODEL.IODINE.LOSS_WEIGHTS = "linspace"
+# Sample z at evaluation with a reseeded generator (released: sampling); False = posterior mean.
+_C.MODEL.IODINE.EVAL_SAMPLE = True
+# Seed of the evaluation-mode noise generator (one draw per step and slot, shared by the batch).
+_C.MODEL.IODINE.EVAL_SEED = 0
+# Weight initialisation: "released" (truncated normal std 1/sqrt(fan_in), zero biases, LSTM
+# forget bias +1, Glorot-uniform initial lambda) or "pytorch" (PyTorch module defaults).
+_C.MODEL.IODINE.INIT = "released"
+# Keep the released legacy constants: capacity 0.5 inputs and the decoder's appended 5.0.
+_C.MODEL.IODINE.LEGACY_CONSTANTS = True
+# Loss whose gradients feed the refinement inputs: "sum" (per-image sum of L_t, batch
+# independent) or "mean" (released batch mean); identical after LayerNorm up to its eps.
+_C.MODEL.IODINE.GRAD_INPUT_REDUCTION = "sum"
+
+_C.MODEL.REFINEMENT = CN()
+# Image-sized refinement inputs, released order (alphabetical); drop names to ablate.
+_C.MODEL.REFINEMENT.IMAGE_INPUTS = (
+    "capacity",
+    "components",
+    "coordinates",
+    "counterfactual",
+    "dcomponents",
+    "dmask",
+    "image",
+    "log_prob",
+    "mask",
+    "posterior",
+    "pred_mask",
+)
+# Vector refinement inputs concatenated after the MLP, released order [h, dzp, flat_capacity, zp].
+_C.MODEL.REFINEMENT.VECTOR_INPUTS = ("dzp", "flat_capacity", "zp")
+# Coordinate channels of the refinement input: "linear" (2: x then y) or "cosine" (8).
+_C.MODEL.REFINEMENT.COORD_TYPE = "linear"
+# Output channels of each stride-2 conv of the refinement network (ELU after each).
+_C.MODEL.REFINEMENT.CONV_CHANNELS = (64, 64, 64, 64)
+# Kernel size of the refinement convs (pixels).
+_C.MODEL.REFINEMENT.KERNEL_SIZE = 3
+# Stride of the refinement convs.
+_C.MODEL.REFINEMENT.STRIDE = 2
+# Hidden sizes of the MLP after global average pooling (ELU between, last layer linear).
+_C.MODEL.REFINEMENT.MLP_SIZES = (256, 256)
+# Hidden size of the per-slot LSTM; 0 = no LSTM (Tetrominoes).
+_C.MODEL.REFINEMENT.LSTM_SIZE = 256
+# Padding of stride-2 convs: "tf_same" (TensorFlow SAME, extra pixel bottom/right, released)
+# or "symmetric" (PyTorch padding=k//2; a documented deviation).
+_C.MODEL.REFINEMENT.PADDING = "tf_same"
+
+_C.MODEL.DECODER = CN()
+# Output channels of the hidden stride-1 convs of the spatial broadcast decoder (ELU after each).
+_C.MODEL.DECODER.CONV_CHANNELS = (64, 64, 64, 64)
+# Kernel size of the hidden decoder convs (pixels).
+_C.MODEL.DECODER.KERNEL_SIZE = 3
+# Kernel size of the last decoder conv (to 4 channels: mask logit + 3 means).
+_C.MODEL.DECODER.OUTPUT_KERNEL_SIZE = 3
+
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Side of the square model input in pixels (images are cropped/resized to it).
+_C.INPUT.IMAGE_SIZE = 128
+
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# Training dataset names (registry names or folder:<path>); a bare string is one name.
+_C.DATASETS.TRAIN = ("clevr6_train",)
+# Evaluation dataset names.
+_C.DATASETS.TEST = ("clevr6_test",)
+# Folder holding the built-in datasets, one subfolder each (written by tools/prepare_data.py).
+_C.DATASETS.ROOT = "data"
+# Largest number of objects (labels > 0) allowed in a label map; 0 = no limit.
+_C.DATASETS.MAX_OBJECTS = 0
+# Number of held-out examples at the end of each prepared dataset (the _test split).
+_C.DATASETS.TEST_SIZE = 320
+# Number of training examples generated when a generated dataset is missing.
+_C.DATASETS.GENERATE_SIZE = 50000
+# Seed of the generator when a generated dataset is missing.
+_C.DATASETS.GENERATE_SEED = 0
+
+# ---------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+# Worker processes per data loader (0 = load in the main process).
+_C.DATALOADER.NUM_WORKERS = 2
+
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+# Number of optimiser steps to train for (released 1e6).
+_C.SOLVER.MAX_ITER = 1000000
+# Total images per optimiser step over all processes (released 32 for CLEVR6 on 8 GPUs).
+_C.SOLVER.IMS_PER_BATCH = 32
+# Adam learning rate, used as written (configs state the batch-scaled value).
+_C.SOLVER.BASE_LR = 1e-3
+# Adam beta1 (released 0.95).
+_C.SOLVER.BETA1 = 0.95
+# Adam beta2 (TensorFlow default 0.999).
+_C.SOLVER.BETA2 = 0.999
+# Adam epsilon (TensorFlow default 1e-8).
+_C.SOLVER.EPS = 1e-8
+# Exponential decay: lr = BASE_LR * DECAY_RATE ** (iteration / DECAY_STEPS) (released 0.1, 1e6).
+_C.SOLVER.DECAY_RATE = 0.1
+# Iterations over which the learning rate decays by DECAY_RATE.
+_C.SOLVER.DECAY_STEPS = 1000000
+# Linear learning-rate warm-up iterations from 0 to BASE_LR; 0 = none (released).
+_C.SOLVER.WARMUP_ITERS = 0
+# Clip gradients to this global L2 norm (released 5.0); 0 = no clipping.
+_C.SOLVER.GRAD_CLIP_NORM = 5.0
+# Micro-batches whose gradients are accumulated before each step (reach the paper batch).
+_C.SOLVER.ACCUMULATE_STEPS = 1
+# Iterations between checkpoints (a checkpoint is also written at the end).
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Number of most recent checkpoints kept on disk.
+_C.SOLVER.CHECKPOINT_KEEP = 3
+# Resume from OUTPUT_DIR/last_checkpoint when it exists; False starts over.
+_C.SOLVER.RESUME = True
+# Consecutive non-finite losses or gradients (each step skipped) before training stops.
+_C.SOLVER.MAX_NONFINITE = 20
+# bf16 autocast for the forward pass (GPUs); off by default.
+_C.SOLVER.AMP = False
+
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Images per evaluation batch (total over processes).
+_C.TEST.IMS_PER_BATCH = 32
+# Slots K at test time; 0 = as trained (raise it for the generalisation test).
+_C.TEST.NUM_SLOTS = 0
+# Refinement steps T at test time; 0 = as trained.
+_C.TEST.NUM_ITERS = 0
+# Iterations between evaluations on a fixed held-out batch during training; 0 = never.
+_C.TEST.EVAL_PERIOD = 5000
+# Images of the first test dataset evaluated during training (the fixed held-out batch).
+_C.TEST.EVAL_NUM_IMAGES = 64
+# test_net also writes each image's argmax-slot label map as PNG under OUTPUT_DIR/predictions.
+_C.TEST.SAVE_PREDICTIONS = False
+
+# ---------------------------------------------------------------------------------------------
+_C.LOG = CN()
+# Iterations between scalar logs (TensorBoard and log.txt).
+_C.LOG.PERIOD = 20
+# Iterations between image summaries; 0 = only at evaluations.
+_C.LOG.IMAGE_PERIOD = 1000
+# Images shown in each image summary.
+_C.LOG.NUM_IMAGES = 4

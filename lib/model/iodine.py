@@ -1,0 +1,405 @@
+"""IODINE: iterative amortised inference of K object slots, as DeepMind released it.
+
+Shapes: B images, T refinement steps (T+1 decodes), K slots, D latent size, C = 3 channels,
+H x W pixels. Slots are folded into the batch (B*K) for the decoder and refinement network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.model import distributions as dist
+from lib.model.decoder import SpatialBroadcastDecoder
+from lib.model.layers import (
+    SlotLayerNorm,
+    cosine_coordinates,
+    linear_coordinates,
+    released_init_,
+)
+from lib.model.refinement import RefinementNetwork
+
+# Channels of each image-sized refinement input (coordinates depend on the coordinate type).
+IMAGE_INPUT_CHANNELS = {
+    "capacity": 1,
+    "components": 3,
+    "counterfactual": 1,
+    "dcomponents": 3,
+    "dmask": 1,
+    "image": 3,
+    "log_prob": 1,
+    "mask": 1,
+    "posterior": 1,
+    "pred_mask": 1,
+}
+# Inputs that are LayerNorm-ed and stop-gradient (released DEFAULT_PREPROCESSING/STOP_GRADIENT).
+NORMALISED_INPUTS = ("counterfactual", "dcomponents", "dmask", "dzp", "log_prob")
+LEGACY_INPUTS = ("capacity", "flat_capacity")
+
+
+class IODINE(nn.Module):
+    """The IODINE model: decoder, refinement network, learned initial posterior, loss.
+
+    Args:
+        num_slots: K used when forward() is not told otherwise.
+        num_iters: T used when forward() is not told otherwise.
+        latent_dim: D.
+        image_inputs: names of the image-sized refinement inputs (any order; used sorted).
+        vector_inputs: names of the vector inputs among dzp, flat_capacity, zp.
+        coord_type: "linear" or "cosine" refinement coordinate channels.
+        refine_conv_channels, refine_kernel_size, refine_stride, refine_padding,
+        refine_mlp_sizes, refine_lstm_size: the refinement network (see RefinementNetwork).
+        decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size: the decoder.
+        likelihood: "logistic" or "gaussian"; pixel_scale its fixed scale.
+        prior_scale: std of the latent prior N(0, prior_scale).
+        loss_weights: "linspace", "uniform" or "last": weights w_t of the T+1 step losses.
+        eval_sample: sample z in eval mode from a reseeded generator (else use the mean).
+        eval_seed: seed of that generator.
+        init: "released" or "pytorch" weight initialisation.
+        legacy_constants: keep the capacity inputs and the decoder's constant 5.0.
+        grad_input_reduction: "sum" (per-image sum of L_t) or "mean" (released batch mean)
+            as the loss whose gradients are refinement inputs.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_slots: int = 7,
+        num_iters: int = 5,
+        latent_dim: int = 64,
+        image_inputs: tuple[str, ...] = tuple(sorted([*IMAGE_INPUT_CHANNELS, "coordinates"])),
+        vector_inputs: tuple[str, ...] = ("dzp", "flat_capacity", "zp"),
+        coord_type: str = "linear",
+        refine_conv_channels: tuple[int, ...] = (64, 64, 64, 64),
+        refine_kernel_size: int = 3,
+        refine_stride: int = 2,
+        refine_padding: str = "tf_same",
+        refine_mlp_sizes: tuple[int, ...] = (256, 256),
+        refine_lstm_size: int = 256,
+        decoder_conv_channels: tuple[int, ...] = (64, 64, 64, 64),
+        decoder_kernel_size: int = 3,
+        decoder_output_kernel_size: int = 3,
+        likelihood: str = "logistic",
+        pixel_scale: float = 0.03,
+        prior_scale: float = math.sqrt(math.log(2.0)),
+        loss_weights: str = "linspace",
+        eval_sample: bool = True,
+        eval_seed: int = 0,
+        init: str = "released",
+        legacy_constants: bool = True,
+        grad_input_reduction: str = "sum",
+    ) -> None:
+        super().__init__()
+        if likelihood not in ("logistic", "gaussian"):
+            raise ValueError(f"likelihood must be 'logistic' or 'gaussian', got {likelihood!r}")
+        if grad_input_reduction not in ("sum", "mean"):
+            raise ValueError(f"grad_input_reduction must be sum or mean: {grad_input_reduction!r}")
+        if loss_weights not in ("linspace", "uniform", "last"):
+            raise ValueError(f"unknown loss_weights {loss_weights!r}")
+        if not legacy_constants:
+            image_inputs = tuple(n for n in image_inputs if n not in LEGACY_INPUTS)
+            vector_inputs = tuple(n for n in vector_inputs if n not in LEGACY_INPUTS)
+        self.num_slots = num_slots
+        self.num_iters = num_iters
+        self.latent_dim = latent_dim
+        self.image_inputs = tuple(sorted(image_inputs))
+        self.vector_inputs = tuple(sorted(vector_inputs))
+        self.coord_type = coord_type
+        self.likelihood = likelihood
+        self.pixel_scale = pixel_scale
+        self.prior_scale = prior_scale
+        self.loss_weights = loss_weights
+        self.eval_sample = eval_sample
+        self.eval_seed = eval_seed
+        self.grad_input_reduction = grad_input_reduction
+
+        channels = dict(IMAGE_INPUT_CHANNELS, coordinates=2 if coord_type == "linear" else 8)
+        in_channels = sum(channels[name] for name in self.image_inputs)
+        vector_sizes = {"dzp": 2 * latent_dim, "flat_capacity": 1, "zp": 2 * latent_dim}
+        vector_dim = sum(vector_sizes[name] for name in self.vector_inputs)
+
+        self.decoder = SpatialBroadcastDecoder(
+            latent_dim,
+            conv_channels=tuple(decoder_conv_channels),
+            kernel_size=decoder_kernel_size,
+            output_kernel_size=decoder_output_kernel_size,
+            legacy_constant=legacy_constants,
+        )
+        self.refinement = RefinementNetwork(
+            in_channels,
+            vector_dim,
+            2 * latent_dim,
+            conv_channels=tuple(refine_conv_channels),
+            kernel_size=refine_kernel_size,
+            stride=refine_stride,
+            padding=refine_padding,
+            mlp_sizes=tuple(refine_mlp_sizes),
+            lstm_size=refine_lstm_size,
+        )
+        norm_channels = {"counterfactual": 1, "dcomponents": 3, "dmask": 1, "log_prob": 1}
+        norm_channels["dzp"] = 2 * latent_dim
+        used = set(self.image_inputs) | set(self.vector_inputs)
+        self.input_norms = nn.ModuleDict(
+            {n: SlotLayerNorm(norm_channels[n]) for n in NORMALISED_INPUTS if n in used}
+        )
+        # Learned initial lambda = (loc, raw scale), shared by every slot and image.
+        self.init_posterior = nn.Parameter(torch.empty(2 * latent_dim))
+        # TF's Glorot-uniform on a 1-D [2D] variable: fan_in = fan_out = 2D.
+        limit = math.sqrt(6.0 / (4 * latent_dim))
+        nn.init.uniform_(self.init_posterior, -limit, limit)
+        if init == "released":
+            released_init_(self.decoder)
+            released_init_(self.refinement)
+        elif init != "pytorch":
+            raise ValueError(f"init must be 'released' or 'pytorch', got {init!r}")
+
+    # ------------------------------------------------------------------------------------------
+    def step_weights(self, num_iters: int) -> list[float]:
+        """Weights w_t of the T+1 per-step losses."""
+        if self.loss_weights == "linspace":
+            return torch.linspace(0.0, 1.0, num_iters + 1).tolist()
+        if self.loss_weights == "uniform":
+            return [1.0] * (num_iters + 1)
+        return [0.0] * num_iters + [1.0]
+
+    def decode(self, z: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Decode every slot's latent.
+
+        Args:
+            z: (B, K, D).
+            height, width: output size.
+
+        Returns:
+            dict with ``mask_logits`` (B, K, H, W), ``components`` (B, K, 3, H, W) means,
+            ``masks`` (B, K, H, W) softmax over K and ``recon`` (B, 3, H, W) = sum_k m_k mu_k.
+        """
+        b, k, d = z.shape
+        out = self.decoder(z.reshape(b * k, d), height, width).float()  # (B*K, 4, H, W)
+        out = out.view(b, k, 4, height, width)
+        mask_logits, components = out[:, :, 0], out[:, :, 1:]
+        masks = torch.softmax(mask_logits, dim=1)
+        recon = (masks[:, :, None] * components).sum(dim=1)
+        return {
+            "mask_logits": mask_logits,
+            "components": components,
+            "masks": masks,
+            "recon": recon,
+        }
+
+    def latent_kl(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Per-dimension KL to the prior; (..., D) -> (..., D)."""
+        return dist.gaussian_kl(loc, scale, self.prior_scale)
+
+    def _noise(self, b: int, k: int, num_iters: int, device, dtype) -> list[torch.Tensor]:
+        """Standard-normal noise for each of the T+1 samples of z, each (B, K, D) or (1, K, D)."""
+        d = self.latent_dim
+        if self.training:
+            return [torch.randn(b, k, d, device=device, dtype=dtype) for _ in range(num_iters + 1)]
+        if not self.eval_sample:
+            return [torch.zeros(1, k, d, device=device, dtype=dtype)] * (num_iters + 1)
+        # Reseeded on every call and shared by the batch: each image's result depends only on
+        # that image; the slots still differ through their own draws.
+        gen = torch.Generator(device="cpu").manual_seed(self.eval_seed)
+        noise = torch.randn(num_iters + 1, 1, k, d, generator=gen).to(device=device, dtype=dtype)
+        return list(noise.unbind(0))
+
+    def _coordinates(self, height: int, width: int, device) -> torch.Tensor:
+        if self.coord_type == "linear":
+            return linear_coordinates(height, width, "xy", device=device)
+        return cosine_coordinates(height, width, device=device)
+
+    # ------------------------------------------------------------------------------------------
+    def forward(
+        self, images: torch.Tensor, num_slots: int | None = None, num_iters: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run T refinement steps and compute the loss.
+
+        Works under ``torch.no_grad()``: the gradient inputs still need autograd, so the
+        forward enables it internally but then cuts the chain between steps (nothing is kept
+        for a backward pass). Not usable under ``torch.inference_mode()``.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1].
+            num_slots: K (default: as built); parameters do not depend on K.
+            num_iters: T (default: as built).
+
+        Returns:
+            dict with
+            ``loss`` scalar: sum_t w_t (mean_b NLL_t + mean_b sum_k KL_t) (differentiable);
+            ``nll``, ``kl`` (T+1,): batch means per step;
+            ``nll_per_image`` (B, T+1) and ``kl_per_image`` (B, T+1, K);
+            ``masks`` (B, T+1, K, H, W); ``mask_logits`` (B, T+1, K, H, W);
+            ``recon`` (B, T+1, 3, H, W); ``components`` (B, T+1, K, 3, H, W);
+            ``z``, ``posterior_loc``, ``posterior_scale`` (B, T+1, K, D).
+            Everything but ``loss`` is detached.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"IODINE expects images of shape (B, 3, H, W), got {tuple(images.shape)}"
+            )
+        k = num_slots or self.num_slots
+        t_max = self.num_iters if num_iters is None else num_iters
+        keep_chain = torch.is_grad_enabled()
+        with torch.enable_grad():
+            return self._infer(images, k, t_max, keep_chain)
+
+    def _infer(self, images: torch.Tensor, k: int, t_max: int, keep_chain: bool) -> dict:
+        b, _, h, w = images.shape
+        d = self.latent_dim
+        device = images.device
+        images = images.float()
+        x = images[:, None]  # (B, 1, 3, H, W)
+        weights = self.step_weights(t_max)
+        noise = self._noise(b, k, t_max, device, images.dtype)
+        coords = self._coordinates(h, w, device)  # (2 or 8, H, W)
+        maybe_no_grad = contextlib.nullcontext if keep_chain else torch.no_grad
+
+        lam = self.init_posterior.expand(b, k, 2 * d)  # (B, K, 2D)
+        state = self.refinement.initial_state(b * k, device, images.dtype)
+        total_loss = images.new_zeros(())
+        record: dict[str, list[torch.Tensor]] = {
+            name: []
+            for name in (
+                "nll",
+                "kl",
+                "masks",
+                "mask_logits",
+                "recon",
+                "components",
+                "z",
+                "posterior_loc",
+                "posterior_scale",
+            )
+        }
+        for t in range(t_max + 1):
+            if not keep_chain:
+                # No backward will follow: cut the chain so that each step's graph is freed.
+                lam = lam.detach().requires_grad_(True)
+            loc, scale = dist.posterior_params(lam)  # (B, K, D) each
+            z = loc + scale * noise[t]  # (B, K, D)
+            dec = self.decode(z, h, w)
+            mask_logits, mu = dec["mask_logits"], dec["components"]
+            comp_lp = dist.pixel_log_prob(x, mu, self.pixel_scale, self.likelihood)  # (B,K,H,W)
+            log_masks = F.log_softmax(mask_logits, dim=1)
+            log_px = dist.mixture_log_prob(log_masks, comp_lp)  # (B, H, W)
+            nll = -log_px.sum(dim=(1, 2))  # (B,)
+            kl = self.latent_kl(loc, scale).sum(dim=-1)  # (B, K)
+            step_loss = nll.mean() + kl.sum(dim=1).mean()
+            if weights[t] != 0.0:
+                total_loss = total_loss + weights[t] * step_loss
+
+            record["nll"].append(nll.detach())
+            record["kl"].append(kl.detach())
+            record["masks"].append(dec["masks"].detach())
+            record["mask_logits"].append(mask_logits.detach())
+            record["recon"].append(dec["recon"].detach())
+            record["components"].append(mu.detach())
+            record["z"].append(z.detach())
+            record["posterior_loc"].append(loc.detach())
+            record["posterior_scale"].append(scale.detach())
+            if t == t_max:
+                break
+
+            # Gradient inputs: one backward through this step's decoder, no second-order graph.
+            if self.grad_input_reduction == "sum":
+                grad_loss = nll.sum() + kl.sum()
+            else:
+                grad_loss = step_loss
+            d_lam, d_mu, d_logits = torch.autograd.grad(
+                grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
+            )
+            with maybe_no_grad():
+                lam, state = self._refine(
+                    images, coords, lam, state, mu, mask_logits, log_masks, comp_lp, log_px,
+                    d_lam, d_mu, d_logits,
+                )  # fmt: skip
+
+        out = {name: torch.stack(vals, dim=1) for name, vals in record.items()}
+        out["nll_per_image"] = out.pop("nll")  # (B, T+1)
+        out["kl_per_image"] = out.pop("kl")  # (B, T+1, K)
+        out["nll"] = out["nll_per_image"].mean(dim=0)  # (T+1,)
+        out["kl"] = out["kl_per_image"].sum(dim=2).mean(dim=0)  # (T+1,)
+        out["loss"] = total_loss if keep_chain else total_loss.detach()
+        return out
+
+    def _refine(
+        self,
+        images: torch.Tensor,
+        coords: torch.Tensor,
+        lam: torch.Tensor,
+        state,
+        mu: torch.Tensor,
+        mask_logits: torch.Tensor,
+        log_masks: torch.Tensor,
+        comp_lp: torch.Tensor,
+        log_px: torch.Tensor,
+        d_lam: torch.Tensor,
+        d_mu: torch.Tensor,
+        d_logits: torch.Tensor,
+    ):
+        """Assemble the refinement inputs and update lambda.
+
+        Args:
+            images: (B, 3, H, W); coords: (c, H, W); lam: (B, K, 2D); state: LSTM state.
+            mu: (B, K, 3, H, W); mask_logits, log_masks, comp_lp: (B, K, H, W);
+            log_px: (B, H, W); d_lam: (B, K, 2D); d_mu: (B, K, 3, H, W); d_logits: (B, K, H, W).
+
+        Returns:
+            new lambda (B, K, 2D) and the new LSTM state.
+        """
+        b, k, _, h, w = mu.shape
+        used = self.image_inputs
+        norms = self.input_norms
+
+        def per_slot(name: str, value: torch.Tensor) -> torch.Tensor:
+            # LayerNorm each slot's (C, H, W) jointly; value (B, K, C, H, W).
+            flat = value.reshape(b * k, *value.shape[2:])
+            return norms[name](flat).view(b, k, *value.shape[2:])
+
+        spatial: dict[str, torch.Tensor] = {}
+        if "capacity" in used:
+            spatial["capacity"] = mu.new_full((1, 1, 1, 1, 1), 0.5).expand(b, k, 1, h, w)
+        if "components" in used:
+            spatial["components"] = mu
+        if "coordinates" in used:
+            spatial["coordinates"] = coords[None, None].expand(b, k, -1, -1, -1)
+        if "counterfactual" in used:
+            with torch.no_grad():
+                loo = dist.leave_one_out_log_prob(mask_logits.detach(), comp_lp.detach())
+                cf = log_px.detach()[:, None] - loo  # (B, K, H, W)
+            spatial["counterfactual"] = per_slot("counterfactual", cf[:, :, None])
+        if "dcomponents" in used:
+            spatial["dcomponents"] = per_slot("dcomponents", d_mu)
+        if "dmask" in used:
+            spatial["dmask"] = per_slot("dmask", d_logits[:, :, None])
+        if "image" in used:
+            spatial["image"] = images[:, None].expand(b, k, -1, -1, -1)
+        if "log_prob" in used:
+            # Normalised per image, then broadcast over slots (expand, never repeat+view).
+            lp = norms["log_prob"](log_px.detach()[:, None])  # (B, 1, H, W)
+            spatial["log_prob"] = lp[:, None].expand(b, k, 1, h, w)
+        if "mask" in used:
+            spatial["mask"] = mask_logits[:, :, None]
+        if "posterior" in used:
+            spatial["posterior"] = dist.component_posterior(comp_lp)[:, :, None]
+        if "pred_mask" in used:
+            spatial["pred_mask"] = log_masks.exp()[:, :, None]
+        image_in = torch.cat([spatial[n] for n in used], dim=2)  # (B, K, C_in, H, W)
+        image_in = image_in.reshape(b * k, -1, h, w)
+
+        flat_lam = lam.reshape(b * k, -1)  # (B*K, 2D)
+        vector: dict[str, torch.Tensor] = {}
+        if "dzp" in self.vector_inputs:
+            vector["dzp"] = norms["dzp"](d_lam.reshape(b * k, -1))
+        if "flat_capacity" in self.vector_inputs:
+            vector["flat_capacity"] = flat_lam.new_full((b * k, 1), 0.5)
+        if "zp" in self.vector_inputs:
+            vector["zp"] = flat_lam
+        vector_in = torch.cat([vector[n] for n in self.vector_inputs], dim=1)  # (B*K, V)
+
+        new_lam, state = self.refinement(image_in, vector_in, flat_lam, state)
+        return new_lam.view(b, k, -1), state
