@@ -35,6 +35,7 @@ def build_model(cfg: CfgNode) -> IODINE:
         decoder_conv_channels=tuple(d.CONV_CHANNELS),
         decoder_kernel_size=d.KERNEL_SIZE,
         decoder_output_kernel_size=d.OUTPUT_KERNEL_SIZE,
+        decoder_factorized_first_layer=d.FACTORIZED_FIRST_LAYER,
         likelihood=m.LIKELIHOOD,
         pixel_scale=m.PIXEL_SCALE,
         prior_scale=m.PRIOR_SCALE,

@@ -23,6 +23,8 @@ class SpatialBroadcastDecoder(nn.Module):
         kernel_size: kernel of the hidden convs.
         output_kernel_size: kernel of the last conv.
         legacy_constant: append the released constant 5.0 to z (one extra input channel).
+        factorized_first_layer: compute the first conv without materialising the broadcast
+            input (exact, see ``_first_layer``); False runs the plain convolution.
     """
 
     def __init__(
@@ -32,9 +34,12 @@ class SpatialBroadcastDecoder(nn.Module):
         kernel_size: int = 3,
         output_kernel_size: int = 3,
         legacy_constant: bool = True,
+        factorized_first_layer: bool = True,
     ) -> None:
         super().__init__()
         self.legacy_constant = legacy_constant
+        # The trick needs symmetric padding, which stride-1 odd kernels have.
+        self.factorized = factorized_first_layer and bool(conv_channels) and kernel_size % 2 == 1
         in_ch = latent_dim + int(legacy_constant) + 2
         layers = []
         for ch in conv_channels:
@@ -55,6 +60,11 @@ class SpatialBroadcastDecoder(nn.Module):
         if self.legacy_constant:
             z = F.pad(z, (0, 1), value=5.0)  # (N, D+1)
         coords = linear_coordinates(height, width, "yx", device=z.device).to(z.dtype)
+        if self.factorized:
+            x = F.elu(self._first_layer(z, coords))
+            for conv in self.hidden[1:]:
+                x = F.elu(conv(x))
+            return self.output(x)
         x = torch.cat(
             [
                 z[:, :, None, None].expand(-1, -1, height, width),
@@ -67,3 +77,34 @@ class SpatialBroadcastDecoder(nn.Module):
         for conv in self.hidden:
             x = F.elu(conv(x))
         return self.output(x)
+
+    def _first_layer(self, z: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The first conv of the broadcast input, computed in two cheap parts.
+
+        The input is z_n broadcast to every pixel plus coordinate channels shared by all n, so
+        the conv is linear in z_n with a position-dependent matrix: at pixel p it applies the
+        sum of the kernel taps that land inside the image (zero padding drops the rest at the
+        borders). That matrix, A (C_z, C_out * H * W), is the conv of an all-ones image, so the
+        z part is one matmul (N, C_z) @ A instead of a k x k conv over C_z channels; the
+        coordinate part is one conv shared by the batch.
+
+        Args:
+            z: (N, C_z) latents (with the legacy constant if used).
+            coords: (2, H, W).
+
+        Returns:
+            (N, C_out, H, W) pre-activation output of the first conv.
+        """
+        conv = self.hidden[0]
+        cz = z.shape[1]
+        weight_z, weight_c = (
+            conv.weight[:, :cz],
+            conv.weight[:, cz:],
+        )  # (O, C_z, k, k), (O, 2, k, k)
+        out_ch, _, k, _ = weight_z.shape
+        h, w = coords.shape[-2:]
+        ones = coords.new_ones(1, 1, h, w)
+        taps = F.conv2d(ones, weight_z.reshape(out_ch * cz, 1, k, k), padding=k // 2)
+        taps = taps.view(out_ch, cz, h * w).transpose(0, 1).reshape(cz, out_ch * h * w)
+        coord_part = F.conv2d(coords[None], weight_c, conv.bias, padding=k // 2)  # (1, O, H, W)
+        return (z @ taps).view(-1, out_ch, h, w) + coord_part

@@ -53,7 +53,8 @@ class IODINE(nn.Module):
         coord_type: "linear" or "cosine" refinement coordinate channels.
         refine_conv_channels, refine_kernel_size, refine_stride, refine_padding,
         refine_mlp_sizes, refine_lstm_size: the refinement network (see RefinementNetwork).
-        decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size: the decoder.
+        decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size,
+        decoder_factorized_first_layer: the decoder.
         likelihood: "logistic" or "gaussian"; pixel_scale its fixed scale.
         prior_scale: std of the latent prior N(0, prior_scale).
         loss_weights: "linspace", "uniform" or "last": weights w_t of the T+1 step losses.
@@ -83,6 +84,7 @@ class IODINE(nn.Module):
         decoder_conv_channels: tuple[int, ...] = (64, 64, 64, 64),
         decoder_kernel_size: int = 3,
         decoder_output_kernel_size: int = 3,
+        decoder_factorized_first_layer: bool = True,
         likelihood: str = "logistic",
         pixel_scale: float = 0.03,
         prior_scale: float = math.sqrt(math.log(2.0)),
@@ -128,6 +130,7 @@ class IODINE(nn.Module):
             kernel_size=decoder_kernel_size,
             output_kernel_size=decoder_output_kernel_size,
             legacy_constant=legacy_constants,
+            factorized_first_layer=decoder_factorized_first_layer,
         )
         self.refinement = RefinementNetwork(
             in_channels,
@@ -178,7 +181,9 @@ class IODINE(nn.Module):
             ``masks`` (B, K, H, W) softmax over K and ``recon`` (B, 3, H, W) = sum_k m_k mu_k.
         """
         b, k, d = z.shape
-        out = self.decoder(z.reshape(b * k, d), height, width).float()  # (B*K, 4, H, W)
+        out = self.decoder(z.reshape(b * k, d), height, width)  # (B*K, 4, H, W)
+        # Likelihood arithmetic stays in at least float32 under bf16 autocast.
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
         out = out.view(b, k, 4, height, width)
         mask_logits, components = out[:, :, 0], out[:, :, 1:]
         masks = torch.softmax(mask_logits, dim=1)
@@ -251,15 +256,16 @@ class IODINE(nn.Module):
         b, _, h, w = images.shape
         d = self.latent_dim
         device = images.device
-        images = images.float()
+        if not images.is_floating_point():
+            raise TypeError(f"IODINE expects float images in [0, 1], got dtype {images.dtype}")
         x = images[:, None]  # (B, 1, 3, H, W)
         weights = self.step_weights(t_max)
-        noise = self._noise(b, k, t_max, device, images.dtype)
-        coords = self._coordinates(h, w, device)  # (2 or 8, H, W)
+        noise = self._noise(b, k, t_max, device, self.init_posterior.dtype)
+        coords = self._coordinates(h, w, device).to(images.dtype)  # (2 or 8, H, W)
         maybe_no_grad = contextlib.nullcontext if keep_chain else torch.no_grad
 
         lam = self.init_posterior.expand(b, k, 2 * d)  # (B, K, 2D)
-        state = self.refinement.initial_state(b * k, device, images.dtype)
+        state = self.refinement.initial_state(b * k, device, self.init_posterior.dtype)
         total_loss = images.new_zeros(())
         record: dict[str, list[torch.Tensor]] = {
             name: []
