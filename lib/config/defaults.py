@@ -96,6 +96,8 @@ _C.MODEL.DECODER.CONV_CHANNELS = (64, 64, 64, 64)
 _C.MODEL.DECODER.KERNEL_SIZE = 3
 # Kernel size of the last decoder conv (to 4 channels: mask logit + 3 means).
 _C.MODEL.DECODER.OUTPUT_KERNEL_SIZE = 3
+# Compute the first decoder conv as a matmul on z plus a shared coordinate conv; exact, faster.
+_C.MODEL.DECODER.FACTORIZED_FIRST_LAYER = True
 
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = CN()
@@ -118,6 +120,8 @@ _C.DATASETS.TEST_SIZE = 320
 _C.DATASETS.GENERATE_SIZE = 50000
 # Seed of the generator when a generated dataset is missing.
 _C.DATASETS.GENERATE_SEED = 0
+# Official CLEVR conversion: raw records forming the training part (test = next filtered scenes).
+_C.DATASETS.CLEVR_TRAIN_RECORDS = 70000
 
 # ---------------------------------------------------------------------------------------------
 _C.DATALOADER = CN()

@@ -1,0 +1,86 @@
+"""Shared item transform: uint8 arrays -> model input tensors at ``INPUT.IMAGE_SIZE``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def square_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """Centre square crop of a frame.
+
+    Args:
+        height, width: frame size in pixels.
+
+    Returns:
+        ``(row0, row1, col0, col1)`` of the largest centred square.
+    """
+    side = min(height, width)
+    r0 = (height - side) // 2
+    c0 = (width - side) // 2
+    return r0, r0 + side, c0, c0 + side
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    # torch.from_numpy warns on read-only arrays (memory maps, PIL buffers): copy those.
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
+def to_model_input(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    size: int,
+    crop: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Crop and resize one example to the square model input.
+
+    Args:
+        image: uint8 (H, W, 3).
+        mask: uint8 (H, W) label map or None.
+        size: side of the output (``INPUT.IMAGE_SIZE``).
+        crop: ``(row0, row1, col0, col1)`` to cut first (CLEVR's official crop), or None for
+            the centre square crop (a no-op on square frames).
+
+    Returns:
+        image float32 (3, size, size) in [0, 1] (bilinear with antialiasing when resized,
+        bit-exact ``value / 255`` when not) and mask int64 (size, size) (nearest neighbour) or
+        None.
+    """
+    h, w = image.shape[:2]
+    r0, r1, c0, c1 = crop if crop is not None else square_crop_box(h, w)
+    if r1 - r0 != c1 - c0:
+        raise ValueError(f"crop {(r0, r1, c0, c1)} is not square")
+    img = torch.from_numpy(_writable(image[r0:r1, c0:c1]))
+    img = img.permute(2, 0, 1).to(torch.float32).div_(255.0)
+    lab = None
+    if mask is not None:
+        lab = torch.from_numpy(_writable(mask[r0:r1, c0:c1])).to(torch.int64)
+    if r1 - r0 != size:
+        img = F.interpolate(
+            img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp_(0.0, 1.0)
+        if lab is not None:
+            # "nearest-exact" samples pixel centres; plain "nearest" is shifted by half a pixel.
+            lab = F.interpolate(lab[None, None].float(), size=(size, size), mode="nearest-exact")
+            lab = lab[0, 0].to(torch.int64)
+    return img, lab
+
+
+def check_max_objects(mask: np.ndarray, max_objects: int, where: str) -> None:
+    """Raise when a label map has more objects (distinct labels > 0) than ``max_objects``.
+
+    Args:
+        mask: uint8 (H, W) label map.
+        max_objects: ``DATASETS.MAX_OBJECTS``; 0 = no limit.
+        where: file or example named in the message.
+    """
+    if max_objects <= 0:
+        return
+    labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=1)[1:]) + 1
+    if len(labels) > max_objects:
+        raise ValueError(
+            f"{where}: label map has {len(labels)} objects (labels {labels.tolist()}), more "
+            f"than DATASETS.MAX_OBJECTS = {max_objects}"
+        )

@@ -1,0 +1,151 @@
+"""``folder:<path>`` datasets: a folder of PNG images with optional label-map PNGs.
+
+Layout::
+
+    <path>/images/*.png     any PNG, converted to RGB; read in lexicographic order of file name
+    <path>/masks/<name>.png optional; same file name as the image, 8-bit single-channel (mode L)
+                            or palette (mode P) label map: 0 = background, 1..N = objects
+
+Without a ``masks`` folder every item's mask is None and ARI cannot be computed (a warning
+says so). With one, every image needs its mask. File headers (mode, size) are checked when the
+dataset is built; pixel data is decoded when an item is read, and a truncated or unreadable
+file then fails with its path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lib.data.datasets.base import check_max_objects, to_model_input
+
+logger = logging.getLogger(__name__)
+
+MASK_MODES = ("L", "P")
+
+
+def _header(path: str) -> tuple[str, tuple[int, int]]:
+    """Mode and (width, height) of an image file, reading only its header."""
+    try:
+        with Image.open(path) as im:
+            return im.mode, im.size
+    except OSError as exc:  # includes PIL.UnidentifiedImageError
+        raise ValueError(f"{path}: cannot read the image header, not a PNG? ({exc})") from exc
+
+
+def _decode(path: str) -> Image.Image:
+    """Fully decode an image file (so truncation is detected here, with the path)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated/corrupt PNG data
+        raise ValueError(f"{path}: cannot decode the image, truncated or corrupt ({exc})") from exc
+
+
+class FolderDataset(Dataset):
+    """Images (and label maps) from a folder; see the module docstring for the layout.
+
+    Args:
+        cfg: the config (``INPUT.IMAGE_SIZE``, ``DATASETS.MAX_OBJECTS``).
+        is_train: unused (no augmentation); kept for the registry's constructor signature.
+        path: the dataset folder.
+
+    Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S) or None)``, S =
+    ``INPUT.IMAGE_SIZE``; non-square images are centre-cropped, then resized.
+
+    Attributes:
+        provenance: ``{"source": "folder", "path", "num_examples", "has_masks"}``.
+        has_masks: whether items carry label maps.
+        files: image paths in order; ``mask_files``: mask paths or None.
+
+    Raises:
+        FileNotFoundError: the folder, its ``images`` folder, any PNG in it, or a mask is
+            missing.
+        ValueError: an unreadable image header, a mask of the wrong mode or a size different
+            from its image; when an item is read: undecodable (truncated) data, or more objects
+            than ``DATASETS.MAX_OBJECTS`` (> 0).
+    """
+
+    def __init__(self, cfg, is_train: bool, path: str):
+        self.root = path
+        self.size = int(cfg.INPUT.IMAGE_SIZE)
+        self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"folder dataset {path}: no such folder")
+        image_dir = os.path.join(path, "images")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(
+                f"folder dataset {path}: missing {image_dir} (expected images/*.png)"
+            )
+        names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(".png"))
+        if not names:
+            raise FileNotFoundError(f"folder dataset {path}: no *.png file in {image_dir}")
+        self.files = [os.path.join(image_dir, n) for n in names]
+        mask_dir = os.path.join(path, "masks")
+        self.has_masks = os.path.isdir(mask_dir)
+        self.mask_files: list[str] | None = None
+        if self.has_masks:
+            self.mask_files = [os.path.join(mask_dir, n) for n in names]
+            for image_file, mask_file in zip(self.files, self.mask_files):
+                if not os.path.isfile(mask_file):
+                    raise FileNotFoundError(
+                        f"folder dataset {path}: image {image_file} has no mask {mask_file}"
+                    )
+                mode, size = _header(mask_file)
+                if mode not in MASK_MODES:
+                    raise ValueError(
+                        f"{mask_file}: mask has PIL mode {mode!r}; a mask must be an 8-bit "
+                        "single-channel (L) or palette (P) PNG label map"
+                    )
+                image_size = _header(image_file)[1]
+                if size != image_size:
+                    raise ValueError(
+                        f"{mask_file}: mask is {size[0]}x{size[1]} (WxH) but its image "
+                        f"{image_file} is {image_size[0]}x{image_size[1]}"
+                    )
+        else:
+            for image_file in self.files:
+                _header(image_file)
+            logger.warning(
+                "folder dataset %s has no masks folder (%s): images only, ARI will not be "
+                "computed on it",
+                path,
+                mask_dir,
+            )
+        self.provenance = {
+            "source": "folder",
+            "path": os.path.abspath(path),
+            "num_examples": len(self.files),
+            "has_masks": self.has_masks,
+        }
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The example at its stored size: image uint8 (H, W, 3), mask uint8 (H, W) or None."""
+        image_file = self.files[index]
+        image = np.array(_decode(image_file).convert("RGB"))  # a writable copy for torch
+        if self.mask_files is None:
+            return image, None
+        mask_file = self.mask_files[index]
+        mask_image = _decode(mask_file)
+        if mask_image.mode not in MASK_MODES:
+            raise ValueError(f"{mask_file}: mask has PIL mode {mask_image.mode!r}, need L or P")
+        mask = np.array(mask_image, dtype=np.uint8)  # palette: the indices are the labels
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"{mask_file}: mask is {mask.shape} (HxW) but {image_file} is {image.shape[:2]}"
+            )
+        check_max_objects(mask, self.max_objects, mask_file)
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image, mask = self.load_arrays(index)
+        return to_model_input(image, mask, self.size)

@@ -1,0 +1,143 @@
+"""Built-in datasets (clevr6, clevr10, multi_dsprites, tetrominoes) read from their prepared
+folder ``DATASETS.ROOT/<dataset>/`` (format: ``lib/data/prepare.py``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lib.data.datasets.base import check_max_objects, to_model_input
+from lib.data.prepare import ensure_prepared, load_meta
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("all", "train", "test")
+
+
+class PreparedDataset(Dataset):
+    """One split of a prepared built-in dataset.
+
+    The folder is generated first when it is missing and a generator exists
+    (``ensure_prepared``). Splits: ``test`` = the last ``DATASETS.TEST_SIZE`` examples,
+    ``train`` = the others, ``all`` = every example; all in stored (file) order.
+
+    Args:
+        cfg: the config (``DATASETS.ROOT``, ``DATASETS.TEST_SIZE``, ``DATASETS.MAX_OBJECTS``,
+            ``INPUT.IMAGE_SIZE``, and the generation keys).
+        is_train: unused (no augmentation); kept for the registry's constructor signature.
+        dataset: built-in dataset name, e.g. ``"clevr6"``.
+        split: ``"all"``, ``"train"`` or ``"test"``.
+
+    Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S))``, S =
+    ``INPUT.IMAGE_SIZE``, after the dataset's crop (CLEVR: rows 29:221, cols 64:256) or a
+    centre square crop, and a resize when the crop is not already S x S.
+
+    Attributes:
+        provenance: ``meta.json`` plus ``path``, ``split``, ``split_range`` [start, stop).
+        has_masks: True.
+        start, stop: the split's range of stored indices.
+
+    Raises:
+        ValueError: an unknown split, an empty split, or array files that disagree with
+            ``meta.json``.
+    """
+
+    def __init__(self, cfg, is_train: bool, dataset: str, split: str = "all"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.path = ensure_prepared(dataset, cfg)
+        self.meta = load_meta(self.path)
+        self.size = int(cfg.INPUT.IMAGE_SIZE)
+        self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
+        self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
+        n = int(self.meta["num_examples"])
+        test_size = min(int(cfg.DATASETS.TEST_SIZE), n)
+        recorded = self.meta.get("num_test")
+        if split != "all" and recorded is not None and recorded != test_size:
+            logger.warning(
+                "%s was prepared with a test part of %s examples but DATASETS.TEST_SIZE gives "
+                "%d: the %s split follows DATASETS.TEST_SIZE, so it is not the prepared "
+                "held-out part",
+                self.path,
+                recorded,
+                test_size,
+                split,
+            )
+        self.start, self.stop = {
+            "all": (0, n),
+            "train": (0, n - test_size),
+            "test": (n - test_size, n),
+        }[split]
+        if self.stop <= self.start:
+            raise ValueError(
+                f"split {split!r} of {self.path} is empty: the prepared set has {n} examples "
+                f"and DATASETS.TEST_SIZE is {cfg.DATASETS.TEST_SIZE}"
+            )
+        self.has_masks = True
+        self.provenance = dict(self.meta)
+        self.provenance.update(
+            path=os.path.abspath(self.path), split=split, split_range=[self.start, self.stop]
+        )
+        logger.info(
+            "dataset %s (%s split): %d of %d examples from %s; source %s",
+            dataset,
+            split,
+            self.stop - self.start,
+            n,
+            self.path,
+            self.meta.get("source_file") or self.meta.get("generator") or self.meta["source"],
+        )
+        self._images = self._masks = None
+        self._open()  # validates the arrays now, not in a worker
+        for name, array in (("images", self._images), ("masks", self._masks)):
+            if array.shape[0] != n:
+                raise ValueError(
+                    f"{self.path}/{name}.npy has {array.shape[0]} examples, meta.json says {n}"
+                )
+
+    def _open(self) -> None:
+        # Memory-mapped: opening is instant and each worker maps the same page cache.
+        self._images = np.load(os.path.join(self.path, "images.npy"), mmap_mode="r")
+        self._masks = np.load(os.path.join(self.path, "masks.npy"), mmap_mode="r")
+
+    def __getstate__(self) -> dict:
+        # Pickling a memmap copies its data; workers started by spawn reopen the files instead.
+        state = self.__dict__.copy()
+        state["_images"] = state["_masks"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _index(self, index: int) -> int:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        return self.start + index
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The example as stored: image uint8 (H, W, 3), label map uint8 (H, W) (read-only
+        views of the memory maps)."""
+        if self._images is None:
+            self._open()
+        i = self._index(index)
+        return np.asarray(self._images[i]), np.asarray(self._masks[i])
+
+    def factors(self, index: int) -> dict[str, np.ndarray]:
+        """Generative factors of an example: ``{name: array}`` (shapes in ``meta.json``)."""
+        i = self._index(index)
+        out = {}
+        for name in self.meta.get("factors", {}):
+            array = np.load(os.path.join(self.path, "factors", f"{name}.npy"), mmap_mode="r")
+            out[name] = np.asarray(array[i])
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load_arrays(index)
+        check_max_objects(mask, self.max_objects, f"{self.path} example {self._index(index)}")
+        return to_model_input(image, mask, self.size, self.crop)

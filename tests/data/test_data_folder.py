@@ -1,0 +1,153 @@
+"""folder:<path> datasets: with and without masks, crops, and every bad-input error."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib.data import make_dataset
+from tests.data.conftest import data_cfg
+
+
+def _write(folder, names, size=(16, 16), masks=True, mask_mode="L", seed=0):
+    """PNG images (and label maps with labels 0..2) of ``size`` (H, W); returns the arrays."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder / "images", exist_ok=True)
+    if masks:
+        os.makedirs(folder / "masks", exist_ok=True)
+    arrays = {}
+    for name in names:
+        image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        label = rng.integers(0, 3, size=size, dtype=np.uint8)
+        Image.fromarray(image).save(folder / "images" / name)
+        if masks:
+            m = Image.fromarray(label, mode="L")
+            if mask_mode == "P":
+                m = m.convert("P")
+                m.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (253 * 3))
+            m.save(folder / "masks" / name)
+        arrays[name] = (image, label)
+    return arrays
+
+
+def _u8(image):
+    return (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("mode", ["L", "P"])
+def test_folder_with_masks_sorted_exact(tmp_path, mode):
+    names = ["b.png", "a.png", "10.png", "2.png"]
+    arrays = _write(tmp_path, names, mask_mode=mode)
+    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=16), False)
+    assert [os.path.basename(f) for f in ds.files] == ["10.png", "2.png", "a.png", "b.png"]
+    assert ds.has_masks and ds.provenance["source"] == "folder" and len(ds) == 4
+    for i, name in enumerate(sorted(names)):
+        image, mask = ds[i]
+        np.testing.assert_array_equal(_u8(image), arrays[name][0])
+        assert mask.dtype == torch.int64
+        np.testing.assert_array_equal(mask.numpy(), arrays[name][1])
+
+
+def test_non_square_is_centre_cropped(tmp_path):
+    arrays = _write(tmp_path, ["x.png"], size=(10, 24))
+    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=10), False)
+    image, mask = ds[0]
+    np.testing.assert_array_equal(_u8(image), arrays["x.png"][0][:, 7:17])
+    np.testing.assert_array_equal(mask.numpy(), arrays["x.png"][1][:, 7:17])
+    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=20), False)
+    image, mask = ds[0]
+    assert image.shape == (3, 20, 20) and mask.shape == (20, 20)
+    # Nearest-neighbour upsampling by 2: every source label repeated in 2x2 blocks.
+    np.testing.assert_array_equal(mask.numpy()[::2, ::2], arrays["x.png"][1][:, 7:17])
+
+
+def test_folder_without_masks(tmp_path, caplog):
+    _write(tmp_path, ["a.png", "b.png"], masks=False)
+    with caplog.at_level(logging.WARNING):
+        ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=16), True)
+    assert "ARI will not be computed" in caplog.text
+    image, mask = ds[1]
+    assert image.shape == (3, 16, 16) and mask is None
+    assert ds.has_masks is False and ds.provenance["has_masks"] is False
+
+
+def test_rgba_and_grey_images_become_rgb(tmp_path):
+    os.makedirs(tmp_path / "images")
+    Image.fromarray(np.full((8, 8, 4), 200, np.uint8), mode="RGBA").save(
+        tmp_path / "images" / "a.png"
+    )
+    Image.fromarray(np.full((8, 8), 100, np.uint8), mode="L").save(tmp_path / "images" / "b.png")
+    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=8), False)
+    assert ds[0][0].shape == (3, 8, 8) and (_u8(ds[1][0]) == 100).all()
+
+
+def _cfg(tmp_path, **kw):
+    return data_cfg(tmp_path, INPUT__IMAGE_SIZE=16, **kw)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        make_dataset(f"folder:{tmp_path / 'nope'}", _cfg(tmp_path), True)
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="images"):
+        make_dataset(f"folder:{tmp_path / 'empty'}", _cfg(tmp_path), True)
+    os.makedirs(tmp_path / "empty" / "images")
+    with pytest.raises(FileNotFoundError, match=r"no \*\.png"):
+        make_dataset(f"folder:{tmp_path / 'empty'}", _cfg(tmp_path), True)
+
+
+def test_truncated_png(tmp_path):
+    _write(tmp_path, ["a.png", "b.png"], size=(32, 32))
+    path = tmp_path / "images" / "b.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    ds[0]
+    with pytest.raises(ValueError, match=r"b\.png: cannot decode the image, truncated"):
+        ds[1]
+
+
+def test_not_a_png(tmp_path):
+    _write(tmp_path, ["a.png"])
+    (tmp_path / "images" / "junk.png").write_bytes(b"not an image")
+    (tmp_path / "masks" / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"junk\.png: cannot read the image header"):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+
+
+def test_mask_size_mismatch(tmp_path):
+    _write(tmp_path, ["a.png"])
+    Image.fromarray(np.zeros((16, 15), np.uint8)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(ValueError, match=r"masks/a\.png: mask is 15x16 \(WxH\) but its image"):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+
+
+def test_mask_wrong_mode(tmp_path):
+    _write(tmp_path, ["a.png"])
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(ValueError, match=r"a\.png: mask has PIL mode 'RGB'"):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    Image.fromarray(np.zeros((16, 16), np.uint16)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(ValueError, match=r"mask has PIL mode 'I;16"):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+
+
+def test_missing_mask_file(tmp_path):
+    _write(tmp_path, ["a.png", "b.png"])
+    os.remove(tmp_path / "masks" / "b.png")
+    with pytest.raises(FileNotFoundError, match=r"b\.png has no mask"):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+
+
+def test_too_many_objects(tmp_path):
+    _write(tmp_path, ["a.png"])
+    label = np.zeros((16, 16), np.uint8)
+    label[0, :4] = [1, 2, 3, 7]
+    Image.fromarray(label).save(tmp_path / "masks" / "a.png")
+    assert make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)[0][1].max() == 7  # no limit
+    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path, DATASETS__MAX_OBJECTS=3), True)
+    with pytest.raises(ValueError, match=r"a\.png: label map has 4 objects.*MAX_OBJECTS = 3"):
+        ds[0]
