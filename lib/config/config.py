@@ -132,7 +132,7 @@ def load_cfg(
         # A bare string for DATASETS.TRAIN/TEST would fail yacs' check against the tuple default.
         for key in ("TRAIN", "TEST"):
             value = loaded.get("DATASETS", {}).get(key)
-            if isinstance(value, str):
+            if isinstance(value, str) and not value.lstrip().startswith(("(", "[")):
                 loaded.DATASETS[key] = (value,)
         try:
             cfg.merge_from_other_cfg(loaded)

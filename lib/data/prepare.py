@@ -59,14 +59,15 @@ class BuiltinSpec:
     """A built-in dataset.
 
     Attributes:
-        official_format: key of ``tfrecords.OFFICIAL_FORMATS`` of the file it converts from.
+        official_format: key of ``tfrecords.OFFICIAL_FORMATS`` of the file it converts from, or
+            None for a dataset that is only generated (sprites).
         crop: ``(row0, row1, col0, col1)`` applied when loading, or None (centre square crop).
         max_visible: keep only records with sum(visibility) <= this (CLEVR6: 7), or None.
         split_by_records: CLEVR rule: training part = the first ``train_records`` raw records
             (filtered), test part = the next ``test_size`` filtered scenes.
     """
 
-    official_format: str
+    official_format: str | None
     crop: tuple[int, int, int, int] | None = None
     max_visible: float | None = None
     split_by_records: bool = False
@@ -77,6 +78,7 @@ BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
     "multi_dsprites": BuiltinSpec("multi_dsprites_colored_on_grayscale"),
     "clevr6": BuiltinSpec("clevr_with_masks", CLEVR_CROP, 7.0, True),
     "clevr10": BuiltinSpec("clevr_with_masks", CLEVR_CROP, None, True),
+    "sprites": BuiltinSpec(None),
 }
 
 
@@ -349,6 +351,11 @@ def convert_official(
         raise KeyError(f"unknown built-in dataset {dataset!r}; known: {list(BUILTIN_DATASETS)}")
     spec = BUILTIN_DATASETS[dataset]
     fmt_name = spec.official_format
+    if fmt_name is None:
+        raise ValueError(
+            f"dataset {dataset!r} has no official file to convert; generate it instead "
+            f"(tools/prepare_data.py --dataset {dataset})"
+        )
     started = time.time()
     num_train = num_test = records_read = rejected = 0
     total = train_records if spec.split_by_records else max_examples

@@ -39,6 +39,7 @@ GENERATORS: dict[str, GeneratorSpec] = {
     "multi_dsprites": GeneratorSpec("lib.data.generators.multi_dsprites"),
     "clevr6": GeneratorSpec("lib.data.generators.clevr", {"min_objects": 3, "max_objects": 6}),
     "clevr10": GeneratorSpec("lib.data.generators.clevr", {"min_objects": 3, "max_objects": 10}),
+    "sprites": GeneratorSpec("lib.data.generators.sprites"),
 }
 
 

@@ -1,0 +1,247 @@
+"""``do_evaluate``: segmentation metrics of a model on one or more datasets.
+
+One function serves both the periodic evaluation of ``tools/train_net.py`` (on a fixed
+held-out batch) and ``tools/test_net.py`` (on whole test splits). In a distributed run every
+rank evaluates its own shard (rank r holds images r, r + W, r + 2W, ... with no padding); the
+per-image scores are summed and counted across ranks, so the metrics do not depend on the
+number of processes, and saved predictions are gathered to rank 0 and written in dataset order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from lib.evaluation.ari import adjusted_rand_index
+from lib.utils import comm
+from lib.utils.checkpoint import unwrap_model
+
+NO_MASK_REASON = "dataset has no ground-truth masks: ARI not computed"
+
+
+def sanitize_name(name: str) -> str:
+    """A dataset name as a folder name: characters other than letters, digits, '.', '_', '-'
+    become '_' (``folder:/data/x`` -> ``folder__data_x``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    return cleaned or "dataset"
+
+
+def find_provenance(dataset: Any) -> dict | None:
+    """The ``provenance`` dict of a dataset, looking through Subset-like wrappers."""
+    for _ in range(8):
+        if dataset is None:
+            return None
+        provenance = getattr(dataset, "provenance", None)
+        if provenance is not None:
+            return dict(provenance)
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+class _Accumulator:
+    """Sums of per-image scores (and counts of defined ones) for each of the T+1 steps."""
+
+    def __init__(self, steps: int) -> None:
+        # Rows: fg ARI sum, fg ARI count, ARI sum, ARI count, MSE sum; columns: steps.
+        self.sums = torch.zeros(5, steps, dtype=torch.float64)
+        self.num_images = 0
+        self.num_with_masks = 0
+
+    def add(self, masks: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labels):
+        """Add one batch.
+
+        Args:
+            masks: (B, T+1, K, H, W) softmax masks.
+            recon: (B, T+1, 3, H, W) reconstructions.
+            images: (B, 3, H, W) inputs.
+            labels: (B, H, W) int64 true label maps, or None.
+        """
+        mse = ((recon.float() - images.float()[:, None]) ** 2).mean(dim=(2, 3, 4))  # (B, T+1)
+        self.sums[4] += mse.double().sum(dim=0).cpu()
+        self.num_images += images.shape[0]
+        if labels is None:
+            return
+        self.num_with_masks += images.shape[0]
+        labels = labels.to(masks.device)
+        for t in range(masks.shape[1]):
+            pred = masks[:, t].argmax(dim=1)  # (B, H, W) slot index per pixel
+            for row, ignore_background in ((0, True), (2, False)):
+                scores = adjusted_rand_index(labels, pred, ignore_background).cpu()
+                defined = ~torch.isnan(scores)
+                self.sums[row, t] += scores[defined].sum()
+                self.sums[row + 1, t] += defined.sum()
+
+    def reduce(self) -> None:
+        """Sum the accumulators over every rank (collective: all ranks must call it)."""
+        counts = torch.tensor([self.num_images, self.num_with_masks], dtype=torch.float64)
+        self.sums = comm.all_reduce_sum(self.sums)
+        counts = comm.all_reduce_sum(counts)
+        self.num_images, self.num_with_masks = (int(c) for c in counts.tolist())
+
+    def metrics(self, has_masks: bool) -> dict[str, Any]:
+        """Means over images as the metrics.json entry of one dataset."""
+
+        def mean(row: int) -> list[float | None]:
+            total, count = self.sums[row], self.sums[row + 1]
+            return [(s / c).item() if c > 0 else None for s, c in zip(total, count)]
+
+        mse = (self.sums[4] / max(self.num_images, 1)).tolist()
+        if self.num_images == 0:
+            mse = [None] * len(mse)
+        out: dict[str, Any] = {"num_images": self.num_images, "mse": mse[-1], "mse_per_iter": mse}
+        if has_masks:
+            fg, ari = mean(0), mean(2)
+            out.update(fg_ari=fg[-1], ari=ari[-1], fg_ari_per_iter=fg, ari_per_iter=ari)
+            # Images without foreground have no fg ARI (see lib/evaluation/ari.py).
+            out["fg_ari_num_images"] = int(self.sums[1, -1].item())
+        else:
+            steps = [None] * len(mse)
+            out.update(fg_ari=None, ari=None, fg_ari_per_iter=steps, ari_per_iter=list(steps))
+            out["reason"] = NO_MASK_REASON
+        return out
+
+
+def _write_predictions(folder: str, predictions: list[np.ndarray]) -> None:
+    # Rank 0 only: clear the folder so that no file of an earlier, larger run survives.
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    for index, pred in enumerate(predictions):
+        Image.fromarray(pred, mode="L").save(os.path.join(folder, f"{index:06d}.png"))
+
+
+def _gather_in_order(local: list[np.ndarray]) -> list[np.ndarray]:
+    """Interleave every rank's predictions back into dataset order (rank r has r::W)."""
+    gathered = comm.all_gather_object(local)
+    world = len(gathered)
+    total = sum(len(part) for part in gathered)
+    ordered: list[np.ndarray] = []
+    for index in range(total):
+        ordered.append(gathered[index % world][index // world])
+    return ordered
+
+
+def do_evaluate(
+    model: nn.Module,
+    data_loaders: Sequence[tuple[str, Iterable]],
+    device: torch.device,
+    num_slots: int | None = None,
+    num_iters: int | None = None,
+    predictions_dir: str | None = None,
+    logger: logging.Logger | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate a model on datasets: foreground ARI, ARI and MSE, at every refinement step.
+
+    The model runs in eval mode (its seeded sampling noise makes the result deterministic and
+    independent of the batch composition) and is put back in its previous mode afterwards.
+    Collective in a distributed run: every rank must call it with its own shard.
+
+    Args:
+        model: the IODINE model (DDP wrappers are looked through; evaluation is per rank).
+        data_loaders: ``(name, loader)`` pairs; each loader yields ``(images, masks)`` with
+            images (B, 3, H, W) float in [0, 1] and masks (B, H, W) int64 label maps (0 =
+            background) or None. In a distributed run rank r's loader holds dataset indices
+            r::W in order, without padding.
+        device: where the model runs.
+        num_slots: K for the forward pass (None or 0 = as trained).
+        num_iters: T for the forward pass (None or 0 = as trained).
+        predictions_dir: when set, write each image's argmax slot (final step) as an 8-bit PNG
+            ``predictions_dir/<sanitised name>/000000.png``, ... in dataset order (the folder is
+            cleared first).
+        logger: progress messages.
+        progress: show a tqdm bar (rank 0).
+
+    Returns:
+        ``{name: metrics}`` with, per dataset: ``fg_ari``, ``ari``, ``mse`` (final step; ARI
+        values None without masks), ``fg_ari_per_iter``, ``ari_per_iter``, ``mse_per_iter``
+        (T+1 values each), ``num_images`` (distinct images), ``fg_ari_num_images`` (images
+        with foreground) or ``reason`` (why ARI is missing), and ``provenance`` when the
+        dataset records one. Identical on every rank.
+    """
+    logger = logger or logging.getLogger(__name__)
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for name, loader in data_loaders:
+            accumulator: _Accumulator | None = None
+            has_masks = True
+            predictions: list[np.ndarray] = []
+            batches = loader
+            if progress and comm.is_main_process():
+                from tqdm import tqdm
+
+                batches = tqdm(loader, desc=f"eval {name}", leave=False, dynamic_ncols=True)
+            for images, masks in batches:
+                images = images.to(device, non_blocking=True)
+                if masks is None:
+                    has_masks = False
+                # The model needs autograd inside its forward; no_grad (not inference_mode)
+                # only stops it from keeping the chain between steps.
+                with torch.no_grad():
+                    out = net(images, num_slots=num_slots or None, num_iters=num_iters or None)
+                if accumulator is None:
+                    accumulator = _Accumulator(out["masks"].shape[1])
+                accumulator.add(out["masks"], out["recon"], images, masks if has_masks else None)
+                if predictions_dir is not None:
+                    if out["masks"].shape[2] > 256:
+                        raise ValueError(
+                            f"cannot save {out['masks'].shape[2]} slots in 8-bit prediction PNGs"
+                        )
+                    pred = out["masks"][:, -1].argmax(dim=1).to(torch.uint8).cpu().numpy()
+                    predictions.extend(list(pred))
+            # Every rank needs the step count to reduce, even one with an empty shard.
+            steps = comm.all_reduce_max(
+                torch.tensor([accumulator.sums.shape[1] if accumulator else 0])
+            )
+            if accumulator is None:
+                accumulator = _Accumulator(int(steps.item()))
+            has_masks = bool(comm.all_reduce_max(torch.tensor([0 if has_masks else 1])) == 0)
+            accumulator.reduce()
+            metrics = accumulator.metrics(has_masks)
+            provenance = find_provenance(getattr(loader, "dataset", None))
+            if provenance is not None:
+                metrics["provenance"] = provenance
+            results[name] = metrics
+            if predictions_dir is not None:
+                ordered = _gather_in_order(predictions)
+                if comm.is_main_process():
+                    folder = os.path.join(predictions_dir, sanitize_name(name))
+                    _write_predictions(folder, ordered)
+                    logger.info("wrote %d predictions to %s", len(ordered), folder)
+                comm.synchronize()
+    finally:
+        net.train(was_training)
+    return results
+
+
+def format_metrics(results: dict[str, dict[str, Any]]) -> str:
+    """Human-readable lines of ``do_evaluate`` results (percentages for ARI)."""
+
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.2f}"
+
+    lines = []
+    for name, m in results.items():
+        mse = "n/a" if m["mse"] is None else f"{m['mse']:.5f}"
+        line = (
+            f"{name}: fg_ari {pct(m['fg_ari'])}  ari {pct(m['ari'])}  mse {mse}  "
+            f"({m['num_images']} images)"
+        )
+        if m.get("reason"):
+            line += f"  [{m['reason']}]"
+        else:
+            line += "  fg_ari per step: " + " ".join(pct(v) for v in m["fg_ari_per_iter"])
+        lines.append(line)
+    return "\n".join(lines)

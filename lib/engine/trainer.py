@@ -1,0 +1,334 @@
+"""``do_train``: the iteration-based IODINE training loop.
+
+One iteration: forward and backward over SOLVER.ACCUMULATE_STEPS micro-batches, gradient norm
+and clipping, a finite check agreed by every rank (a non-finite loss or gradient skips the
+step), the optimiser and scheduler steps, then, at their periods, scalar logs, image
+summaries, the held-out evaluation and a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from yacs.config import CfgNode
+
+from lib.engine.inference import do_evaluate
+from lib.engine.summaries import add_image_summaries
+from lib.utils import comm
+from lib.utils.checkpoint import Checkpointer, get_rng_states, unwrap_model
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced SOLVER.MAX_NONFINITE consecutive non-finite losses or gradients."""
+
+
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+def make_heldout_batches(
+    dataset: Any, num_images: int, batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[Batch]:
+    """The fixed held-out batch evaluated during training: this rank's share, in memory.
+
+    Args:
+        dataset: the first test dataset; items ``(image (3, H, W), mask (H, W) or None)``.
+        num_images: how many leading images to use (TEST.EVAL_NUM_IMAGES; capped at its size).
+        batch_size: images per forward pass on this rank.
+        rank, world_size: this process's shard is indices rank::world_size (no padding), as
+            ``do_evaluate`` expects.
+
+    Returns:
+        List of ``(images (b, 3, H, W), masks (b, H, W) or None)``; empty if the shard is.
+    """
+    indices = list(range(rank, min(num_images, len(dataset)), world_size))
+    batches: list[Batch] = []
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start : start + batch_size]]
+        images = torch.stack([item[0] for item in items])
+        masks = None
+        if all(item[1] is not None for item in items):
+            masks = torch.stack([torch.as_tensor(item[1]) for item in items])
+        batches.append((images, masks))
+    return batches
+
+
+class _PeriodMeter:
+    """Sums of training statistics since the last log, kept on the device (no sync)."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.steps = 0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sums = values.detach().double() if self.sums is None else self.sums + values.detach()
+        self.steps += 1
+
+    def take(self) -> tuple[torch.Tensor | None, float]:
+        """Mean of the values over the period (averaged over ranks) and images/s; resets."""
+        mean = None
+        if self.steps:
+            mean = comm.all_reduce_mean(self.sums / self.steps)
+        elapsed = time.perf_counter() - self.start
+        rate = self.images / elapsed if elapsed > 0 else 0.0
+        self.sums, self.steps, self.images = None, 0, 0
+        self.start = time.perf_counter()
+        return mean, rate
+
+
+def _micro_batch_context(model: nn.Module, sync: bool):
+    # DDP all-reduces gradients in backward; skip that for all but the last micro-batch.
+    if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _due(iteration: int, period: int, max_iter: int) -> bool:
+    return period > 0 and (iteration % period == 0 or iteration == max_iter)
+
+
+def do_train(
+    cfg: CfgNode,
+    model: nn.Module,
+    data_loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    checkpointer: Checkpointer,
+    device: torch.device,
+    start_iter: int,
+    heldout: Sequence[Batch] | None = None,
+    heldout_name: str = "heldout",
+    writer: Any = None,
+    logger: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Train from iteration ``start_iter`` to SOLVER.MAX_ITER.
+
+    Collective in a distributed run: every rank calls it; rank 0 alone writes (its
+    ``writer`` and ``checkpointer.save_to_disk``).
+
+    Args:
+        cfg: the run's config (SOLVER, TEST, LOG sections).
+        model: IODINE, possibly wrapped in DistributedDataParallel; returns a dict with
+            ``loss`` (scalar), ``nll``, ``kl`` (T+1,), ``recon``, ``masks``, ``components``.
+        data_loader: endless iterator of ``(images (b, 3, H, W), masks or None)``, b the
+            per-process micro-batch.
+        optimizer: Adam from ``make_optimizer``.
+        scheduler: per-iteration scheduler from ``make_lr_scheduler`` (its ``last_epoch`` is
+            ``start_iter``).
+        checkpointer: saves every SOLVER.CHECKPOINT_PERIOD iterations and at the end.
+        device: where the model runs.
+        start_iter: completed iterations (0 on a fresh start, the checkpoint's on resume).
+        heldout: this rank's share of the fixed evaluation batch (``make_heldout_batches``),
+            evaluated every TEST.EVAL_PERIOD iterations and at the end; None = never.
+        heldout_name: its dataset name (for logs).
+        writer: TensorBoard SummaryWriter on rank 0, None elsewhere.
+        logger: where to log.
+
+    Returns:
+        ``{"iteration", "skipped_steps", "last_eval"}``: the final iteration, the number of
+        skipped non-finite steps and the last held-out metrics (or None).
+
+    Raises:
+        NonFiniteError: SOLVER.MAX_NONFINITE consecutive steps were non-finite; no
+            checkpoint is written after the last good one.
+    """
+    logger = logger or logging.getLogger(__name__)
+    max_iter = cfg.SOLVER.MAX_ITER
+    accumulate = cfg.SOLVER.ACCUMULATE_STEPS
+    clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
+    max_nonfinite = max(cfg.SOLVER.MAX_NONFINITE, 1)
+    amp = bool(cfg.SOLVER.AMP) and device.type == "cuda"
+    params = [p for p in model.parameters() if p.requires_grad]
+    main = comm.is_main_process()
+    cfg_yaml = cfg.dump()
+
+    meter = _PeriodMeter()
+    consecutive_bad = 0
+    skipped_steps = 0
+    last_eval = None
+    # Creating a DataLoader iterator draws a base seed from torch's global generator; undo that
+    # draw so the training noise depends only on the restored RNG state, and a resumed run
+    # continues exactly as the uninterrupted one would.
+    rng_state = torch.get_rng_state()
+    data_iter = iter(data_loader)
+    torch.set_rng_state(rng_state)
+    model.train()
+    bar = tqdm(
+        total=max_iter, initial=start_iter, desc="train", dynamic_ncols=True, disable=not main
+    )
+    logger.info("start training at iteration %d of %d", start_iter, max_iter)
+
+    for iteration in range(start_iter + 1, max_iter + 1):
+        # 1. Forward and backward over the micro-batches; gradients sum to the batch mean.
+        optimizer.zero_grad(set_to_none=True)
+        step_values = []
+        for micro in range(accumulate):
+            images, _ = next(data_iter)
+            images = images.to(device, non_blocking=True)
+            with _micro_batch_context(model, sync=micro == accumulate - 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = model(images)
+                (out["loss"] / accumulate).backward()
+            step_values.append(torch.cat([out["loss"].detach()[None], out["nll"], out["kl"]]))
+            meter.images += images.shape[0] * comm.get_world_size()
+        values = torch.stack(step_values).float().mean(dim=0)  # [loss, nll_0..T, kl_0..T]
+
+        # 2. Global gradient norm (clipped at GRAD_CLIP_NORM) and a finite check that every
+        # rank agrees on, so that all ranks skip the same steps.
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        bad = (~torch.isfinite(values[0]) | ~torch.isfinite(grad_norm)).float().reshape(1)
+        bad = bool(comm.all_reduce_max(bad).item() > 0)
+
+        # 3. Optimiser step, or skip a non-finite one.
+        lr = optimizer.param_groups[0]["lr"]
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            consecutive_bad += 1
+            skipped_steps += 1
+            log = logger.warning if main else logger.debug  # every rank agrees: say it once
+            log(
+                "iteration %d: non-finite loss %.4g or gradient norm %.4g, step skipped "
+                "(%d in a row, %d in all)",
+                iteration,
+                values[0].item(),
+                grad_norm.item(),
+                consecutive_bad,
+                skipped_steps,
+            )
+            if consecutive_bad >= max_nonfinite:
+                bar.close()
+                raise NonFiniteError(
+                    f"stopping at iteration {iteration}: {consecutive_bad} consecutive "
+                    f"non-finite losses or gradients (SOLVER.MAX_NONFINITE = "
+                    f"{cfg.SOLVER.MAX_NONFINITE}); the last good checkpoint is untouched"
+                )
+        else:
+            optimizer.step()
+            consecutive_bad = 0
+            meter.add(torch.cat([values.to(grad_norm.device), grad_norm.reshape(1).float()]))
+        scheduler.step()
+        if main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values[0].item():.1f}", refresh=False)
+
+        # 4. Scalars, averaged over the steps since the last log and over ranks.
+        if _due(iteration, cfg.LOG.PERIOD, max_iter):
+            mean, images_per_s = meter.take()
+            if mean is not None:
+                _log_scalars(writer, logger, iteration, max_iter, mean, lr, images_per_s)
+            if writer is not None:
+                writer.add_scalar("train/skipped_steps", skipped_steps, iteration)
+
+        # 5. Pictures of the current training batch (rank 0's last micro-batch).
+        extras_start = time.perf_counter()
+        if writer is not None and _due(iteration, cfg.LOG.IMAGE_PERIOD, max_iter):
+            add_image_summaries(writer, "train_images", images, out, iteration, cfg.LOG.NUM_IMAGES)
+
+        # 6. Held-out evaluation (collective).
+        if heldout is not None and _due(iteration, cfg.TEST.EVAL_PERIOD, max_iter):
+            last_eval = _evaluate_heldout(
+                cfg, model, heldout, heldout_name, device, iteration, writer, logger
+            )
+            model.train()
+
+        # 7. Checkpoint (every rank's RNG state is gathered; rank 0 writes).
+        if iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or iteration == max_iter:
+            rng_states = comm.all_gather_object(get_rng_states())
+            checkpointer.save(iteration, cfg_yaml, rng_states)
+        # Images/s measures training alone: leave summaries, evaluation and saving out.
+        meter.start += time.perf_counter() - extras_start
+
+    bar.close()
+    if writer is not None:
+        writer.flush()
+    logger.info("training done at iteration %d (%d steps skipped)", max_iter, skipped_steps)
+    return {"iteration": max_iter, "skipped_steps": skipped_steps, "last_eval": last_eval}
+
+
+def _log_scalars(
+    writer: Any,
+    logger: logging.Logger,
+    iteration: int,
+    max_iter: int,
+    mean: torch.Tensor,
+    lr: float,
+    images_per_s: float,
+) -> None:
+    # mean = [loss, nll_0..T, kl_0..T, grad_norm]
+    values = mean.tolist()
+    loss, grad_norm = values[0], values[-1]
+    steps = (len(values) - 2) // 2
+    nll, kl = values[1 : 1 + steps], values[1 + steps : 1 + 2 * steps]
+    logger.info(
+        "iter %d/%d  loss %.2f  nll_T %.2f  kl_T %.2f  grad_norm %.3g  lr %.3g  %.1f images/s",
+        iteration,
+        max_iter,
+        loss,
+        nll[-1],
+        kl[-1],
+        grad_norm,
+        lr,
+        images_per_s,
+    )
+    if writer is None:
+        return
+    writer.add_scalar("loss/total", loss, iteration)
+    for t in range(steps):
+        writer.add_scalar(f"loss/nll_t{t}", nll[t], iteration)
+        writer.add_scalar(f"loss/kl_t{t}", kl[t], iteration)
+    writer.add_scalar("train/lr", lr, iteration)
+    writer.add_scalar("train/grad_norm", grad_norm, iteration)
+    writer.add_scalar("train/images_per_s", images_per_s, iteration)
+
+
+def _evaluate_heldout(
+    cfg: CfgNode,
+    model: nn.Module,
+    heldout: Sequence[Batch],
+    name: str,
+    device: torch.device,
+    iteration: int,
+    writer: Any,
+    logger: logging.Logger,
+) -> dict[str, Any]:
+    num_slots = cfg.TEST.NUM_SLOTS or None
+    num_iters = cfg.TEST.NUM_ITERS or None
+    metrics = do_evaluate(model, [(name, heldout)], device, num_slots, num_iters)[name]
+
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.2f}"
+
+    logger.info(
+        "iter %d eval on %d images of %s: fg_ari %s  ari %s  mse %.5f",
+        iteration,
+        metrics["num_images"],
+        name,
+        pct(metrics["fg_ari"]),
+        pct(metrics["ari"]),
+        metrics["mse"] if metrics["mse"] is not None else float("nan"),
+    )
+    if writer is not None:
+        for key in ("fg_ari", "ari", "mse"):
+            if metrics[key] is not None:
+                writer.add_scalar(f"eval/{key}", metrics[key], iteration)
+        for t, value in enumerate(metrics["fg_ari_per_iter"]):
+            if value is not None:
+                writer.add_scalar(f"eval/fg_ari_t{t}", value, iteration)
+        if heldout:
+            # Pictures of the first held-out images, in eval mode (seeded noise).
+            images = heldout[0][0][: cfg.LOG.NUM_IMAGES].to(device)
+            net = unwrap_model(model)
+            net.eval()
+            with torch.no_grad():
+                out = net(images, num_slots=num_slots, num_iters=num_iters)
+            add_image_summaries(writer, "eval_images", images, out, iteration, cfg.LOG.NUM_IMAGES)
+    return metrics

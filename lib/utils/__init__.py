@@ -1,0 +1,1 @@
+"""Utilities: checkpoints, multi-process helpers and logging."""

@@ -1,0 +1,345 @@
+"""Atomic checkpoints: save, keep the newest few, resume, and load weights with clear errors.
+
+A checkpoint ``OUTPUT_DIR/model_0001000.pth`` holds the model, optimiser and scheduler states,
+the iteration, every rank's RNG states and the config (YAML text). Every file is written to a
+temporary name in the same folder, flushed and fsync'ed, then renamed over the target with
+``os.replace`` (atomic on POSIX), and the folder is fsync'ed. The order of a save is: checkpoint
+file, then ``last_checkpoint`` (the newest file's name relative to OUTPUT_DIR), then deletion of
+old checkpoints, never the one ``last_checkpoint`` names. A process killed at any moment
+therefore leaves a ``last_checkpoint`` that names a complete file; stray temporary files are
+removed when the next run starts.
+
+Checkpoints contain only tensors and plain Python values, so they load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+LAST_CHECKPOINT = "last_checkpoint"
+_CHECKPOINT_RE = re.compile(r"^model_(\d{7,})\.pth$")
+_TMP_MARK = ".tmp."
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+def _fsync_dir(path: str) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Write a file atomically: ``write(f)`` into a temporary sibling, fsync, then rename.
+
+    Args:
+        path: destination file.
+        write: callable taking a binary file object and writing the content.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}{_TMP_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a UTF-8 text file atomically (see ``atomic_write_bytes``)."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically (see ``atomic_write_bytes``)."""
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def get_rng_states() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU, every CUDA device).
+
+    Returns:
+        Dict of tensors and plain values only (loadable with ``weights_only=True``).
+    """
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore RNG states saved by ``get_rng_states``."""
+    random.setstate(_as_tuple(states["python"]))
+    np_state = states["numpy"]
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(states["torch"])
+    cuda_states = states.get("cuda", [])
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            # Another GPU count: restore what matches (this process's device first).
+            for index, state in enumerate(cuda_states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, index)
+
+
+def _as_tuple(value: Any) -> Any:
+    # random.setstate needs tuples all the way down; serialisation keeps them, but be lenient.
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _canonical(key: str) -> str:
+    # Wrappers add prefixes ("module." from DDP, "_orig_mod." from torch.compile) that do not
+    # change the parameter; compare and store names without them.
+    key = key.removeprefix("module.")
+    return key.replace("_orig_mod.", "")
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with wrapper prefixes removed (what checkpoints store)."""
+    return {_canonical(k): v for k, v in unwrap_model(model).state_dict().items()}
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a state dict strictly, with an error naming every mismatched key and shape.
+
+    Args:
+        model: the model (possibly wrapped).
+        state: parameter name -> tensor, as saved by ``model_state_dict`` (wrapper prefixes
+            are ignored on both sides).
+        source: file name used in error messages.
+
+    Raises:
+        CheckpointError: keys missing from / unexpected in the checkpoint, or shape mismatches.
+    """
+    target = unwrap_model(model)
+    own = target.state_dict()
+    by_canonical = {_canonical(k): k for k in own}
+    given = {_canonical(k): v for k, v in state.items()}
+    missing = sorted(set(by_canonical) - set(given))
+    unexpected = sorted(set(given) - set(by_canonical))
+    wrong_shape = [
+        f"{name}: checkpoint {tuple(given[name].shape)} vs model {tuple(own[by_canonical[name]].shape)}"
+        for name in sorted(set(given) & set(by_canonical))
+        if tuple(given[name].shape) != tuple(own[by_canonical[name]].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        lines = [f"checkpoint {source} does not fit the model (another architecture or config?)"]
+        if wrong_shape:
+            lines.append("shape mismatch: " + "; ".join(wrong_shape[:10]))
+        if missing:
+            lines.append("missing from checkpoint: " + ", ".join(missing[:10]))
+        if unexpected:
+            lines.append("not in model: " + ", ".join(unexpected[:10]))
+        raise CheckpointError("\n  ".join(lines))
+    target.load_state_dict({by_canonical[k]: v for k, v in given.items()}, strict=True)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """Load a checkpoint file onto the CPU.
+
+    Args:
+        path: a ``.pth`` written by ``Checkpointer`` or a bare model state dict.
+
+    Returns:
+        Dict with at least ``model`` (state dict); a bare state dict is wrapped as such.
+
+    Raises:
+        CheckpointError: the file does not exist or cannot be read.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a dict")
+    if "model" not in data:
+        if all(isinstance(v, torch.Tensor) for v in data.values()):
+            return {"model": data}
+        raise CheckpointError(f"checkpoint {path} has no 'model' entry")
+    return data
+
+
+class Checkpointer:
+    """Saves and restores training state in one folder.
+
+    Args:
+        model: the model (possibly wrapped by DDP).
+        optimizer: its optimiser, or None (evaluation).
+        scheduler: its learning-rate scheduler, or None.
+        save_dir: the run's OUTPUT_DIR.
+        keep: number of newest checkpoints kept on disk.
+        save_to_disk: whether this process writes files (rank 0 only).
+        logger: where to report saves and loads.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        save_dir: str = "",
+        keep: int = 3,
+        save_to_disk: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.save_dir = save_dir
+        self.keep = keep
+        self.save_to_disk = save_to_disk
+        self.logger = logger or logging.getLogger(__name__)
+
+    def remove_stale_tmp_files(self) -> list[str]:
+        """Delete temporary files left by a process killed mid-write; returns their names."""
+        if not self.save_to_disk or not os.path.isdir(self.save_dir):
+            return []
+        removed = []
+        for name in os.listdir(self.save_dir):
+            base = name.split(_TMP_MARK)[0]
+            if _TMP_MARK in name and (_CHECKPOINT_RE.match(base) or base == LAST_CHECKPOINT):
+                os.remove(os.path.join(self.save_dir, name))
+                removed.append(name)
+        return removed
+
+    def save(self, iteration: int, cfg_yaml: str = "", rng_states: Any = None) -> str | None:
+        """Write ``model_<iteration>.pth``, point ``last_checkpoint`` at it, prune old ones.
+
+        Args:
+            iteration: completed optimiser steps.
+            cfg_yaml: the run's config as YAML text.
+            rng_states: list of every rank's ``get_rng_states()`` (gathered by the caller,
+                since every rank must take part).
+
+        Returns:
+            The written path, or None on processes that do not save.
+        """
+        if not self.save_to_disk:
+            return None
+        name = f"model_{iteration:07d}.pth"
+        path = os.path.join(self.save_dir, name)
+        data = {
+            "model": model_state_dict(self.model),
+            "iteration": iteration,
+            "cfg": cfg_yaml,
+            "rng_states": rng_states if rng_states is not None else [get_rng_states()],
+        }
+        if self.optimizer is not None:
+            data["optimizer"] = self.optimizer.state_dict()
+        if self.scheduler is not None:
+            data["scheduler"] = self.scheduler.state_dict()
+        atomic_torch_save(data, path)
+        atomic_write_text(os.path.join(self.save_dir, LAST_CHECKPOINT), name + "\n")
+        self._prune(keep_name=name)
+        self.logger.info("saved checkpoint %s", path)
+        return path
+
+    def _prune(self, keep_name: str) -> None:
+        found = []
+        for name in os.listdir(self.save_dir):
+            match = _CHECKPOINT_RE.match(name)
+            if match:
+                found.append((int(match.group(1)), name))
+        found.sort()
+        for _, name in found[: max(len(found) - self.keep, 0)]:
+            if name != keep_name:
+                os.remove(os.path.join(self.save_dir, name))
+
+    def last_checkpoint(self) -> str | None:
+        """Path of the checkpoint named by ``OUTPUT_DIR/last_checkpoint``, or None if absent.
+
+        Raises:
+            CheckpointError: ``last_checkpoint`` names a file that does not exist.
+        """
+        pointer = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        if not os.path.isfile(pointer):
+            return None
+        with open(pointer, encoding="utf-8") as f:
+            name = f.read().strip()
+        if not name:
+            raise CheckpointError(f"{pointer} is empty")
+        path = name if os.path.isabs(name) else os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{pointer} names {name}, which does not exist")
+        return path
+
+    def load(self, path: str, weights_only: bool = False) -> dict[str, Any]:
+        """Restore the model (and, unless ``weights_only``, optimiser and scheduler) from a file.
+
+        Args:
+            path: checkpoint file.
+            weights_only: load only the model weights (a fresh start from MODEL.WEIGHT).
+
+        Returns:
+            The checkpoint dict (``iteration``, ``rng_states``, ``cfg`` as saved).
+
+        Raises:
+            CheckpointError: unreadable file, missing entries, or an architecture mismatch.
+        """
+        data = read_checkpoint(path)
+        load_model_state(self.model, data["model"], path)
+        if not weights_only:
+            for key, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler)):
+                if obj is None:
+                    continue
+                if key not in data:
+                    raise CheckpointError(f"checkpoint {path} has no '{key}' state to resume")
+                try:
+                    obj.load_state_dict(data[key])
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    raise CheckpointError(f"cannot restore {key} from {path}: {exc}") from exc
+        self.logger.info("loaded %s from %s", "weights" if weights_only else "training state", path)
+        return data

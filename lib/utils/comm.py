@@ -1,0 +1,144 @@
+"""Helpers for multi-process (torchrun / DistributedDataParallel) runs.
+
+Every function works, as a no-op or the obvious single-process answer, when the process group
+is not initialised, so the same code runs under ``python tools/train_net.py`` and under
+``torchrun --nproc_per_node N tools/train_net.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    """Whether a process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    """Number of processes in the run (1 when not distributed)."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def get_rank() -> int:
+    """Global rank of this process (0 when not distributed)."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_local_rank() -> int:
+    """Rank of this process on its machine, from torchrun's LOCAL_RANK (0 when unset)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process logs, writes TensorBoard events and checkpoints (rank 0)."""
+    return get_rank() == 0
+
+
+def init_distributed(use_cuda: bool, timeout_minutes: int = 30) -> bool:
+    """Initialise the default process group from torchrun's environment variables.
+
+    Does nothing unless ``WORLD_SIZE`` > 1. Uses NCCL when running on CUDA, gloo otherwise,
+    and binds this process to GPU ``LOCAL_RANK``.
+
+    Args:
+        use_cuda: whether the run uses CUDA devices.
+        timeout_minutes: collective timeout (dataset generation on rank 0 happens behind a
+            barrier, so it must cover that).
+
+    Returns:
+        True when a process group was initialised (or already was).
+    """
+    if is_dist():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise RuntimeError(
+                f"WORLD_SIZE > 1 but environment variable {key} is unset: launch with torchrun"
+            )
+    if use_cuda:
+        torch.cuda.set_device(get_local_rank())
+    dist.init_process_group(
+        backend="nccl" if use_cuda else "gloo",
+        init_method="env://",
+        timeout=timedelta(minutes=timeout_minutes),
+    )
+    return True
+
+
+def destroy_distributed() -> None:
+    """Tear down the process group if one exists."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def synchronize() -> None:
+    """Barrier across all processes; no-op when not distributed."""
+    if is_dist() and get_world_size() > 1:
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo only CPU ones.
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes.
+
+    Args:
+        tensor: any shape; left unchanged.
+
+    Returns:
+        A new tensor (same shape, dtype and device as ``tensor``) holding the sum over ranks.
+    """
+    if not is_dist() or get_world_size() == 1:
+        return tensor.clone()
+    buffer = tensor.detach().to(_collective_device()).clone()
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    return buffer.to(tensor.device)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over all processes (same contract as ``all_reduce_sum``)."""
+    return all_reduce_sum(tensor) / get_world_size()
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of a tensor over all processes (same contract as all_reduce_sum)."""
+    if not is_dist() or get_world_size() == 1:
+        return tensor.clone()
+    buffer = tensor.detach().to(_collective_device()).clone()
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+    return buffer.to(tensor.device)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Gather one picklable object from every process.
+
+    Returns:
+        List of length world size, entry r from rank r (``[obj]`` when not distributed).
+    """
+    if not is_dist() or get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from rank ``src`` to every process and return it."""
+    if not is_dist() or get_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]

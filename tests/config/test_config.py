@@ -1,0 +1,68 @@
+"""Config loading: dataset name forms, validation errors that name the key, defaults."""
+
+import pytest
+
+from lib.config import get_cfg, load_cfg
+from lib.config.defaults import _C
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("sprites_train", ("sprites_train",)),
+        ('("a_train", "b_train")', ("a_train", "b_train")),
+        ("[a_train, folder:/x/y]", ("a_train", "folder:/x/y")),
+    ],
+)
+def test_dataset_names_in_yaml(tmp_path, value, expected):
+    cfg = load_cfg(_write(tmp_path, f"DATASETS:\n  TRAIN: {value}\n"))
+    assert cfg.DATASETS.TRAIN == expected
+
+
+def test_dataset_override_bare_string_and_output_dir(tmp_path):
+    cfg = load_cfg(_write(tmp_path, "SEED: 3\n"), ["DATASETS.TEST", "folder:/tmp/data"])
+    assert cfg.DATASETS.TEST == ("folder:/tmp/data",)
+    assert cfg.OUTPUT_DIR.endswith("logs/c") and cfg.SEED == 3
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, "MODEL:\n  IODINE:\n    NUM_SLOTZ: 3\n")
+    with pytest.raises(KeyError, match="NUM_SLOTZ") as err:
+        load_cfg(path)
+    assert path in str(err.value)
+    with pytest.raises(ValueError, match="SOLVER.MAX_ITERS"):
+        load_cfg(None, ["SOLVER.MAX_ITERS", "3"])
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("MODEL.IODINE.LIKELIHOOD", "'laplace'", "LIKELIHOOD"),
+        ("SOLVER.BASE_LR", "-1.0", "BASE_LR"),
+        ("MODEL.REFINEMENT.IMAGE_INPUTS", "('image', 'depth')", "depth"),
+        ("SOLVER.MAX_ITER", "'ten'", "MAX_ITER"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        load_cfg(None, [key, value])
+
+
+def test_get_cfg_is_a_fresh_copy_and_every_key_is_commented():
+    cfg = get_cfg()
+    cfg.SEED = 99
+    assert get_cfg().SEED == _C.SEED != 99
+    import inspect
+
+    import lib.config.defaults as defaults
+
+    lines = inspect.getsource(defaults).splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("_C.") and "= CN()" not in line:
+            assert lines[i - 1].lstrip().startswith("#"), f"no comment above: {line}"

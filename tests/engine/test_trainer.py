@@ -1,0 +1,197 @@
+"""do_train: steps, schedule, accumulation, clipping, non-finite handling, logging."""
+
+import itertools
+import os
+
+import pytest
+import torch
+from engine_helpers import StandIn, tiny_cfg
+
+from lib.engine.solver import make_lr_scheduler, make_optimizer
+from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches
+from lib.model import build_model
+from lib.utils.checkpoint import LAST_CHECKPOINT, Checkpointer
+
+CPU = torch.device("cpu")
+
+
+class RecordingWriter:
+    """Stands in for SummaryWriter: records tags and steps."""
+
+    def __init__(self):
+        self.scalars, self.images = {}, {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, float(value)))
+
+    def add_image(self, tag, image, step):
+        assert image.dim() == 3 and image.shape[0] == 3
+        self.images.setdefault(tag, []).append(step)
+
+    def flush(self):
+        pass
+
+
+def _loader(batch: int, size: int = 16, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.rand(batch, 3, size, size, generator=gen), None
+
+
+def _setup(cfg, model):
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    checkpointer = Checkpointer(model, optimizer, scheduler, cfg.OUTPUT_DIR, keep=5)
+    return optimizer, scheduler, checkpointer
+
+
+def test_lr_schedule_decay_and_warmup():
+    cfg = tiny_cfg(**{"SOLVER.DECAY_RATE": 0.5, "SOLVER.DECAY_STEPS": 10})
+    optimizer = make_optimizer(cfg, StandIn())
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    assert optimizer.param_groups[0]["betas"] == (0.95, 0.999)
+    for it in range(21):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** (it / 10))
+        optimizer.step()
+        scheduler.step()
+    cfg = tiny_cfg(**{"SOLVER.WARMUP_ITERS": 4, "SOLVER.DECAY_RATE": 1.0})
+    optimizer = make_optimizer(cfg, StandIn())
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_trains_checkpoints_and_logs(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 5, "LOG.PERIOD": 2})
+    model = StandIn()
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    writer = RecordingWriter()
+    summary = do_train(
+        cfg, model, _loader(4), optimizer, scheduler, checkpointer, CPU, 0, writer=writer
+    )
+    assert summary["iteration"] == 5 and summary["skipped_steps"] == 0
+    assert scheduler.last_epoch == 5
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
+        "model_0000002.pth",
+        "model_0000004.pth",
+        "model_0000005.pth",
+    ]
+    assert open(tmp_path / LAST_CHECKPOINT).read().strip() == "model_0000005.pth"
+    assert [s for s, _ in writer.scalars["loss/total"]] == [2, 4, 5]
+    for tag in (
+        "loss/nll_t0",
+        "loss/nll_t2",
+        "loss/kl_t2",
+        "train/grad_norm",
+        "train/images_per_s",
+    ):
+        assert tag in writer.scalars
+    # The logged lr is the one the step used: BASE_LR * 0.1 ** (it / 1e6) at it = 3 for step 4.
+    assert writer.scalars["train/lr"][1][1] == pytest.approx(1e-3 * 0.1 ** (3 / 1e6))
+    assert writer.images["train_images/refinement"] == [2, 4, 5]
+
+
+def test_resume_continues_from_start_iter(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 6, "SOLVER.DECAY_STEPS": 4})
+    model = StandIn()
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    do_train(
+        tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 4, "SOLVER.DECAY_STEPS": 4}),
+        model, _loader(4), optimizer, scheduler, checkpointer, CPU, 0,
+    )  # fmt: skip
+    model2 = StandIn()
+    optimizer2, scheduler2, checkpointer2 = _setup(cfg, model2)
+    start = checkpointer2.load(checkpointer2.last_checkpoint())["iteration"]
+    assert start == 4 and optimizer2.param_groups[0]["lr"] == pytest.approx(1e-4)
+    writer = RecordingWriter()
+    do_train(
+        cfg, model2, _loader(4), optimizer2, scheduler2, checkpointer2, CPU, start, writer=writer
+    )
+    assert [s for s, _ in writer.scalars["train/lr"]] == [5, 6]
+    assert writer.scalars["train/lr"][0][1] == pytest.approx(1e-4)
+    assert scheduler2.last_epoch == 6
+
+
+def test_accumulation_equals_one_large_batch(tmp_path):
+    def first_moment(accumulate, batch):
+        cfg = tiny_cfg(
+            str(tmp_path / f"acc{accumulate}"),
+            **{
+                "SOLVER.MAX_ITER": 1,
+                "SOLVER.ACCUMULATE_STEPS": accumulate,
+                "SOLVER.GRAD_CLIP_NORM": 0.0,
+            },
+        )
+        data = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        loader = ((data[i : i + batch], None) for i in itertools.cycle(range(0, 4, batch)))
+        model = StandIn()
+        optimizer, scheduler, checkpointer = _setup(cfg, model)
+        do_train(cfg, model, loader, optimizer, scheduler, checkpointer, CPU, 0)
+        assert model.seen_batches == [batch] * accumulate
+        return optimizer.state[model.weight]["exp_avg"]
+
+    assert torch.allclose(first_moment(2, 2), first_moment(1, 4), atol=1e-7)
+
+
+def test_gradient_clipping(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 1, "SOLVER.GRAD_CLIP_NORM": 1e-3})
+    model = StandIn()
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    writer = RecordingWriter()
+    do_train(cfg, model, _loader(4), optimizer, scheduler, checkpointer, CPU, 0, writer=writer)
+    assert writer.scalars["train/grad_norm"][0][1] > 1e-2  # the norm before clipping
+    exp_avg = optimizer.state[model.weight]["exp_avg"]
+    assert exp_avg.norm().item() == pytest.approx((1 - 0.95) * 1e-3, rel=1e-4)
+
+
+def test_non_finite_step_is_skipped(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 3})
+    model = StandIn(nan_calls={1})
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    summary = do_train(cfg, model, _loader(4), optimizer, scheduler, checkpointer, CPU, 0)
+    assert summary["skipped_steps"] == 1
+    assert optimizer.state[model.weight]["step"] == 2  # Adam stepped twice of three
+    assert scheduler.last_epoch == 3
+    assert torch.isfinite(model.weight).all()
+
+
+def test_consecutive_non_finite_stop_and_keep_last_good_checkpoint(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 10, "SOLVER.MAX_NONFINITE": 2})
+    model = StandIn(nan_calls=set(range(2, 100)))
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    with pytest.raises(NonFiniteError, match="2 consecutive non-finite.*MAX_NONFINITE = 2"):
+        do_train(cfg, model, _loader(4), optimizer, scheduler, checkpointer, CPU, 0)
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["model_0000002.pth"]
+    assert open(tmp_path / LAST_CHECKPOINT).read().strip() == "model_0000002.pth"
+    state = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert torch.isfinite(state["model"]["weight"]).all()
+
+
+def test_real_model_with_heldout_evaluation(tmp_path):
+    cfg = tiny_cfg(str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    gen = torch.Generator().manual_seed(0)
+    dataset = [
+        (torch.rand(3, 16, 16, generator=gen), torch.randint(0, 3, (16, 16), generator=gen))
+        for _ in range(5)
+    ]
+    heldout = make_heldout_batches(dataset, num_images=3, batch_size=2)
+    assert [b[0].shape[0] for b in heldout] == [2, 1] and heldout[0][1].shape == (2, 16, 16)
+    assert [b[0].shape[0] for b in make_heldout_batches(dataset, 5, 2, rank=1, world_size=2)] == [2]
+    writer = RecordingWriter()
+    summary = do_train(
+        cfg, model, _loader(4), optimizer, scheduler, checkpointer, CPU, 0,
+        heldout=heldout, heldout_name="toy", writer=writer,
+    )  # fmt: skip
+    assert summary["last_eval"]["num_images"] == 3
+    assert len(summary["last_eval"]["fg_ari_per_iter"]) == 3
+    assert [s for s, _ in writer.scalars["eval/fg_ari"]] == [2, 4]
+    assert {"eval/ari", "eval/mse", "eval/fg_ari_t0", "loss/kl_t1"} <= set(writer.scalars)
+    assert writer.images["eval_images/slots"] == [2, 4]
+    assert model.training

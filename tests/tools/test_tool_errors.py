@@ -1,0 +1,88 @@
+"""The tools fail with one clear line (exit status 1) on mistakes a user can make."""
+
+import os
+
+import pytest
+import torch
+from tools_helpers import load_tool, write_config
+
+from lib.config import load_cfg
+from lib.model import build_model
+from lib.utils.checkpoint import Checkpointer
+
+train_net = load_tool("train_net")
+test_net = load_tool("test_net")
+
+
+def _fails(tool, argv, capsys, *fragments):
+    capsys.readouterr()
+    assert tool.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_config_errors(tmp_path, data_root, capsys):
+    config = write_config(str(tmp_path), data_root)
+    _fails(train_net, ["--config-file", config, "SOLVER.NOPE", "1"], capsys, "SOLVER.NOPE")
+    _fails(test_net, ["--config-file", str(tmp_path / "missing.yaml")], capsys, "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("SOLVER:\n  MAX_ITERS: 3\n")
+    _fails(train_net, ["--config-file", str(bad)], capsys, "bad.yaml", "SOLVER.MAX_ITERS")
+    _fails(train_net, ["--config-file", config, "SOLVER.MAX_ITER", "0"], capsys, "SOLVER.MAX_ITER")
+
+
+def test_dataset_errors(tmp_path, data_root, capsys):
+    config = write_config(str(tmp_path), data_root)
+    out = str(tmp_path / "run")
+    missing = str(tmp_path / "nowhere")
+    _fails(
+        train_net,
+        ["--config-file", config, "OUTPUT_DIR", out, "DATASETS.TRAIN", f"folder:{missing}"],
+        capsys,
+        "nowhere",
+    )
+    _fails(
+        train_net,
+        ["--config-file", config, "OUTPUT_DIR", out, "DATASETS.TEST", "no_such_set"],
+        capsys,
+        "no_such_set",
+    )
+    _fails(
+        test_net,
+        ["--config-file", config, "OUTPUT_DIR", out, "DATASETS.TEST", f"folder:{missing}"],
+        capsys,
+        "nothing to evaluate",
+    )
+    # The message is also in log.txt, with the traceback for whoever needs it.
+    assert "Traceback" in open(os.path.join(out, "log.txt")).read()
+
+
+def test_checkpoint_errors(tmp_path, data_root, capsys):
+    config = write_config(str(tmp_path), data_root)
+    out = str(tmp_path / "run")
+    _fails(test_net, ["--config-file", config, "OUTPUT_DIR", out], capsys, "nothing to evaluate")
+    # Weights of another architecture (latent size 8 in the file, 4 in the run).
+    cfg = load_cfg(config)
+    Checkpointer(build_model(cfg), save_dir=str(tmp_path / "w")).save(0)
+    weight = str(tmp_path / "w" / "model_0000000.pth")
+    other = ["MODEL.IODINE.LATENT_DIM", "4", "MODEL.WEIGHT", weight, "OUTPUT_DIR", out]
+    _fails(train_net, ["--config-file", config, *other], capsys, "init_posterior", "(16,)", "(8,)")
+    _fails(test_net, ["--config-file", config, *other], capsys, "shape mismatch")
+    # A dangling last_checkpoint.
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000009.pth\n")
+    _fails(train_net, ["--config-file", config, "OUTPUT_DIR", out], capsys, "model_0000009.pth")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu(tmp_path, data_root, capsys):
+    config = write_config(str(tmp_path), data_root)
+    _fails(
+        train_net,
+        ["--config-file", config, "OUTPUT_DIR", str(tmp_path / "r"), "MODEL.DEVICE", "cuda"],
+        capsys,
+        "MODEL.DEVICE",
+    )
