@@ -50,6 +50,9 @@ _C.MODEL.IODINE.EVAL_SEED = 0
 # Weight initialisation: "released" (truncated normal std 1/sqrt(fan_in), zero biases, LSTM
 # forget bias +1, Glorot-uniform initial lambda) or "pytorch" (PyTorch module defaults).
 _C.MODEL.IODINE.INIT = "released"
+# Initial posterior std of every slot; 0 = released (Glorot-uniform raw scale, std ~0.83).
+# A small value lets the decoder read z before the refinement has learned to shrink the noise.
+_C.MODEL.IODINE.INIT_POSTERIOR_SCALE = 0.0
 # Keep the released legacy constants: capacity 0.5 inputs and the decoder's appended 5.0.
 _C.MODEL.IODINE.LEGACY_CONSTANTS = True
 # Loss whose gradients feed the refinement inputs: "sum" (per-image sum of L_t, batch
@@ -81,6 +84,9 @@ _C.MODEL.REFINEMENT.CONV_CHANNELS = (64, 64, 64, 64)
 _C.MODEL.REFINEMENT.KERNEL_SIZE = 3
 # Stride of the refinement convs.
 _C.MODEL.REFINEMENT.STRIDE = 2
+# How the conv features become a vector: "avg" (global average pool, released) or "flatten"
+# (the released CNN module's other mode: keeps where features are, for small images).
+_C.MODEL.REFINEMENT.POOL = "avg"
 # Hidden sizes of the MLP after global average pooling (ELU between, last layer linear).
 _C.MODEL.REFINEMENT.MLP_SIZES = (256, 256)
 # Hidden size of the per-slot LSTM; 0 = no LSTM (Tetrominoes).

@@ -32,6 +32,8 @@ def build_model(cfg: CfgNode) -> IODINE:
         refine_padding=r.PADDING,
         refine_mlp_sizes=tuple(r.MLP_SIZES),
         refine_lstm_size=r.LSTM_SIZE,
+        refine_pool=r.POOL,
+        image_size=cfg.INPUT.IMAGE_SIZE,
         decoder_conv_channels=tuple(d.CONV_CHANNELS),
         decoder_kernel_size=d.KERNEL_SIZE,
         decoder_output_kernel_size=d.OUTPUT_KERNEL_SIZE,
@@ -43,6 +45,7 @@ def build_model(cfg: CfgNode) -> IODINE:
         eval_sample=m.EVAL_SAMPLE,
         eval_seed=m.EVAL_SEED,
         init=m.INIT,
+        init_posterior_scale=m.INIT_POSTERIOR_SCALE,
         legacy_constants=m.LEGACY_CONSTANTS,
         grad_input_reduction=m.GRAD_INPUT_REDUCTION,
     )

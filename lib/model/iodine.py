@@ -52,7 +52,9 @@ class IODINE(nn.Module):
         vector_inputs: names of the vector inputs among dzp, flat_capacity, zp.
         coord_type: "linear" or "cosine" refinement coordinate channels.
         refine_conv_channels, refine_kernel_size, refine_stride, refine_padding,
-        refine_mlp_sizes, refine_lstm_size: the refinement network (see RefinementNetwork).
+        refine_mlp_sizes, refine_lstm_size, refine_pool: the refinement network (see
+            RefinementNetwork).
+        image_size: side of the square input (used only by refine_pool="flatten").
         decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size,
         decoder_factorized_first_layer: the decoder.
         likelihood: "logistic" or "gaussian"; pixel_scale its fixed scale.
@@ -61,6 +63,8 @@ class IODINE(nn.Module):
         eval_sample: sample z in eval mode from a reseeded generator (else use the mean).
         eval_seed: seed of that generator.
         init: "released" or "pytorch" weight initialisation.
+        init_posterior_scale: if > 0, the initial posterior std of every latent (its raw
+            scale set to softplus^-1(std^2)); 0 keeps the released Glorot-uniform init.
         legacy_constants: keep the capacity inputs and the decoder's constant 5.0.
         grad_input_reduction: "sum" (per-image sum of L_t) or "mean" (released batch mean)
             as the loss whose gradients are refinement inputs.
@@ -81,6 +85,8 @@ class IODINE(nn.Module):
         refine_padding: str = "tf_same",
         refine_mlp_sizes: tuple[int, ...] = (256, 256),
         refine_lstm_size: int = 256,
+        refine_pool: str = "avg",
+        image_size: int | None = None,
         decoder_conv_channels: tuple[int, ...] = (64, 64, 64, 64),
         decoder_kernel_size: int = 3,
         decoder_output_kernel_size: int = 3,
@@ -92,6 +98,7 @@ class IODINE(nn.Module):
         eval_sample: bool = True,
         eval_seed: int = 0,
         init: str = "released",
+        init_posterior_scale: float = 0.0,
         legacy_constants: bool = True,
         grad_input_reduction: str = "sum",
     ) -> None:
@@ -142,6 +149,8 @@ class IODINE(nn.Module):
             padding=refine_padding,
             mlp_sizes=tuple(refine_mlp_sizes),
             lstm_size=refine_lstm_size,
+            pool=refine_pool,
+            image_size=image_size,
         )
         norm_channels = {"counterfactual": 1, "dcomponents": 3, "dmask": 1, "log_prob": 1}
         norm_channels["dzp"] = 2 * latent_dim
@@ -154,6 +163,11 @@ class IODINE(nn.Module):
         # TF's Glorot-uniform on a 1-D [2D] variable: fan_in = fan_out = 2D.
         limit = math.sqrt(6.0 / (4 * latent_dim))
         nn.init.uniform_(self.init_posterior, -limit, limit)
+        if init_posterior_scale > 0:
+            with torch.no_grad():
+                # scale = sqrt(softplus(raw)) -> raw = log(expm1(scale^2))
+                raw = math.log(math.expm1(init_posterior_scale**2))
+                self.init_posterior[latent_dim:] = raw
         if init == "released":
             released_init_(self.decoder)
             released_init_(self.refinement)

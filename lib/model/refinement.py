@@ -23,6 +23,8 @@ class RefinementNetwork(nn.Module):
         conv_channels, kernel_size, stride, padding: the conv stack.
         mlp_sizes: MLP layer sizes.
         lstm_size: LSTM hidden size; 0 = no LSTM (the MLP output goes to the head).
+        pool: "avg" (global average pool, released) or "flatten" (needs ``image_size``).
+        image_size: side of the square input, used to size the MLP input when flattening.
     """
 
     def __init__(
@@ -36,13 +38,24 @@ class RefinementNetwork(nn.Module):
         padding: str = "tf_same",
         mlp_sizes: tuple[int, ...] = (256, 256),
         lstm_size: int = 256,
+        pool: str = "avg",
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
-        convs, ch = [], in_channels
+        if pool not in ("avg", "flatten"):
+            raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
+        if pool == "flatten" and not image_size:
+            raise ValueError("pool='flatten' needs image_size")
+        convs, ch, side = [], in_channels, image_size
         for out_ch in conv_channels:
             convs.append(Conv2dSame(ch, out_ch, kernel_size, stride=stride, padding=padding))
             ch = out_ch
+            side = -(-side // stride) if side else side  # SAME: ceil(side / stride)
         self.convs = nn.ModuleList(convs)
+        self.pool = pool
+        self.feature_side = side
+        if pool == "flatten":
+            ch = ch * side * side
         mlp = []
         for size in mlp_sizes:
             mlp.append(nn.Linear(ch, size))
@@ -80,7 +93,16 @@ class RefinementNetwork(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
             x = F.elu(conv(x))
-        h = x.mean(dim=(2, 3))  # (B*K, C_last)
+        if self.pool == "avg":
+            h = x.mean(dim=(2, 3))  # (B*K, C_last)
+        else:
+            if x.shape[-1] != self.feature_side or x.shape[-2] != self.feature_side:
+                raise ValueError(
+                    f"refinement built for {self.feature_side}x{self.feature_side} features "
+                    f"(pool='flatten'), got {tuple(x.shape[-2:])}: the input size differs from "
+                    "INPUT.IMAGE_SIZE"
+                )
+            h = x.flatten(1)  # (B*K, C_last * H' * W')
         for i, layer in enumerate(self.mlp):
             h = layer(h)
             if i < len(self.mlp) - 1:

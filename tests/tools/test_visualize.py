@@ -1,0 +1,187 @@
+"""tools/visualize.py: every subcommand on a tiny random-weight model and generated data."""
+
+import os
+import subprocess
+
+import pytest
+import torch
+from PIL import Image
+from tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
+from torch.utils.tensorboard import SummaryWriter
+
+from lib.config import load_cfg
+from lib.model import build_model
+from lib.utils import visualize as vis
+from lib.utils.checkpoint import Checkpointer
+
+visualize = load_tool("visualize")
+
+K, T, CELL = 3, 2, 48
+STEP = CELL + vis.GAP_PX
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_root):
+    """A tiny config, a random-weight checkpoint at iteration 7 and TensorBoard scalars."""
+    folder = tmp_path_factory.mktemp("vis")
+    config = write_config(str(folder), data_root)
+    out = str(folder / "run")
+    cfg = load_cfg(config, ["OUTPUT_DIR", out])
+    torch.manual_seed(0)
+    Checkpointer(build_model(cfg), save_dir=out).save(7, cfg.dump())
+    writer = SummaryWriter(out)
+    for step in (1, 2, 3):
+        writer.add_scalar("loss/total", 100.0 - step, step)
+        for t in range(T + 1):
+            writer.add_scalar(f"loss/nll_t{t}", 50.0 - step, step)
+            writer.add_scalar(f"loss/kl_t{t}", 1.0 + step, step)
+    writer.add_scalar("eval/fg_ari", 0.3, 2)
+    writer.close()
+    return {"config": config, "out": out, "folder": str(folder)}
+
+
+def _draw(run, argv):
+    """Run one subcommand in-process; returns (every text of the figure joined by spaces,
+    (width, height) of the written PNG, checked against what the figure promises)."""
+    args = visualize.parse_args(argv)
+    cfg = visualize.build_cfg(args)
+    fig = visualize.COMMAND_FUNCTIONS[args.command](args, cfg)
+    texts = " ".join(t.get_text() for t in fig.texts)
+    path = args.out
+    size = vis.save_figure(fig, path)
+    with Image.open(path) as image:
+        assert image.size == size == vis.figure_pixel_size(fig)
+    return texts, size
+
+
+def _argv(run, command, *extra):
+    out = os.path.join(run["folder"], f"{command}.png")
+    return [
+        command,
+        "--config-file",
+        run["config"],
+        "--out",
+        out,
+        "--cell-size",
+        str(CELL),
+        *extra,
+        "OUTPUT_DIR",
+        run["out"],
+    ]
+
+
+def _width(columns):
+    return vis.ROW_LABEL_PX + columns * STEP + vis.GAP_PX
+
+
+def test_decomposition(run):
+    texts, (width, height) = _draw(run, _argv(run, "decomposition", "--num-images", "2"))
+    # input, recon, argmax, true masks, then one column per slot.
+    assert width == _width(4 + K)
+    assert "model_0000007.pth (iteration 7)" in texts and "tetrominoes_test" in texts
+    assert "tiny.yaml" in texts and "fg ARI" in texts and "slot 2" in texts
+
+    _, (width3, height3) = _draw(run, _argv(run, "decomposition", "--num-images", "3"))
+    _, (width_s, height_s) = _draw(run, _argv(run, "decomposition", "--num-images", "2", "--steps"))
+    assert width3 == width_s == width
+    row = height3 - height
+    assert row > 2 * CELL  # a row holds slot tiles twice as tall as wide
+    # One more row per step t = 0..T (their labels, "t=0 argmax slot", may wrap more).
+    assert height_s >= height + (T + 1) * row
+
+
+def test_decomposition_without_masks(run, tmp_path):
+    # A folder dataset of images only: no true-mask column, no ARI.
+    folder = tmp_path / "pngs"
+    os.makedirs(folder / "images")
+    for i in range(2):
+        pixels = (torch.rand(20, 24, 3) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / "images" / f"{i:02d}.png")
+    argv = _argv(run, "decomposition", "--dataset", f"folder:{folder}", "--background", "black")
+    texts, (width, _) = _draw(run, argv)
+    assert width == _width(3 + K)
+    assert "no true masks" in texts and "fg ARI" not in texts
+
+
+def test_refinement(run):
+    texts, (width, _) = _draw(run, _argv(run, "refinement", "--index", "1"))
+    assert width == _width(T + 2)  # reference column + steps 0..T
+    for t in range(T + 1):
+        assert f"t={t} recon\nMSE" in texts and f"t={t} argmax\nARI" in texts
+    assert "fg ARI" in texts and "image #1" in texts
+
+
+def test_traversal(run):
+    argv = _argv(run, "traversal", "--dims", "2", "--steps-per-dim", "5", "--show-component")
+    texts, (width, height) = _draw(run, argv)
+    assert width == _width(5)
+    _, (_, shorter) = _draw(run, _argv(run, "traversal", "--dims", "2", "--steps-per-dim", "5"))
+    assert height > shorter  # the component rows
+    for unit in ("posterior", "prior"):
+        argv = _argv(run, "traversal", "--slot", "0", "--dims", "1", "--range-unit", unit)
+        texts, _ = _draw(run, argv)
+        assert "slot 0, offsets in" in texts and f"{unit} std" in texts
+    assert visualize.main(_argv(run, "traversal", "--slot", "9")) == 1
+
+
+def test_generalisation(run, capsys):
+    argv = _argv(run, "generalisation", "--dataset", "tetrominoes", "--num-images", "2")
+    texts, (width, _) = _draw(run, [*argv[:-2], "--num-slots", "5", "--full-eval", *argv[-2:]])
+    assert width == _width(4 + 5)
+    assert "dataset tetrominoes " in texts
+    assert "computed directly on these 2 images" in texts
+    assert "K=3 (as trained): fg ARI" in texts and "K=5: fg ARI" in texts
+    assert "do_evaluate on all 30 images of tetrominoes" in texts
+    # TEST.NUM_SLOTS as a trailing override works too; no extra slots is an error.
+    assert visualize.main([*argv, "TEST.NUM_SLOTS", "4"]) == 0
+    assert visualize.main(argv) == 1
+    assert "--num-slots" in capsys.readouterr().err
+
+
+def test_curves(run):
+    texts, size = _draw(run, _argv(run, "curves", "--dpi", "60"))
+    assert size == (600, 432)
+    assert "last logged iteration 3" in texts
+    assert visualize.main(_argv(run, "curves", "--logdir", os.path.join(run["folder"], "x"))) == 1
+
+
+def test_dataset_command_line(run):
+    out = os.path.join(run["folder"], "dataset.png")
+    cmd = [
+        PYTHON,
+        os.path.join(REPO, "tools", "visualize.py"),
+        "dataset",
+        "--config-file",
+        run["config"],
+        "--dataset",
+        "tetrominoes_test",
+        "--num-images",
+        "5",
+        "--pairs-per-row",
+        "2",
+        "--cell-size",
+        str(CELL),
+        "--out",
+        out,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        width, height = image.size
+    assert f"({width}x{height} px)" in result.stdout
+    assert width == 4 * STEP + vis.GAP_PX  # 2 image/mask pairs per row, no row labels
+    assert height > 3 * CELL  # 3 rows
+
+
+def test_checkpoint_resolution(run, tmp_path, capsys):
+    # --weights wins over last_checkpoint.
+    cfg = load_cfg(run["config"], ["OUTPUT_DIR", run["out"]])
+    other = str(tmp_path / "other")
+    path = Checkpointer(build_model(cfg), save_dir=other).save(3, cfg.dump())
+    argv = _argv(run, "refinement")
+    texts, _ = _draw(run, [*argv[:-2], "--weights", path, *argv[-2:]])
+    assert "model_0000003.pth (iteration 3)" in texts
+    # Neither MODEL.WEIGHT nor last_checkpoint: a one-line error.
+    empty = str(tmp_path / "empty")
+    assert visualize.main([*argv[:-1], empty]) == 1
+    assert "nothing to draw" in capsys.readouterr().err
