@@ -1,6 +1,6 @@
 """Procedural sprites: small 32x32 scenes of simple shapes, the quickstart's dataset.
 
-Each scene has 1 to ``max_objects`` sprites (square, circle, triangle, diamond) of random size
+Each scene has 2 to ``max_objects`` sprites (square, circle, triangle, diamond) of random size
 and position on a black background, drawn back to front so later sprites occlude earlier
 ones. Colours come from eight saturated colours; with probability ``same_color_prob`` a sprite
 repeats the previous sprite's colour, so colour alone cannot always separate objects. A
@@ -44,7 +44,7 @@ def generate(
     seed: int,
     size: int = 32,
     max_objects: int = 3,
-    min_objects: int = 1,
+    min_objects: int = 2,
     min_radius: float = 4.0,
     max_radius: float = 8.0,
     same_color_prob: float = 0.3,
