@@ -79,6 +79,7 @@ BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
     "clevr6": BuiltinSpec("clevr_with_masks", CLEVR_CROP, 7.0, True),
     "clevr10": BuiltinSpec("clevr_with_masks", CLEVR_CROP, None, True),
     "sprites": BuiltinSpec(None),
+    "sprites5": BuiltinSpec(None),
 }
 
 

@@ -2,38 +2,126 @@
 
 import json
 
+import pytest
+import torch
 from tools_helpers import load_tool
 
+import lib.model.iodine as iodine_module
+from lib.config import load_cfg
+from lib.model import build_model
+from lib.utils import profiling
+
+bench = load_tool("benchmark")
+
+B, K, T, D, S = 2, 3, 2, 4, 16
 TINY = [
-    "MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", "16", "MODEL.IODINE.NUM_SLOTS", "3",
-    "MODEL.IODINE.NUM_ITERS", "2", "MODEL.IODINE.LATENT_DIM", "4",
+    "MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", str(S), "MODEL.IODINE.NUM_SLOTS", str(K),
+    "MODEL.IODINE.NUM_ITERS", str(T), "MODEL.IODINE.LATENT_DIM", str(D),
     "MODEL.REFINEMENT.CONV_CHANNELS", "(8, 8)", "MODEL.REFINEMENT.MLP_SIZES", "(16,)",
     "MODEL.REFINEMENT.LSTM_SIZE", "16", "MODEL.DECODER.CONV_CHANNELS", "(8, 8)",
     "MODEL.DECODER.FACTORIZED_FIRST_LAYER", "False",
 ]  # fmt: skip
 
 
-def test_benchmark_reports_consistent_numbers(tmp_path):
-    out = tmp_path / "bench.json"
-    bench = load_tool("benchmark")
-    result = bench.main(
-        ["--batch-size", "2", "--steps", "2", "--warmup", "1", "--json", str(out), *TINY]
-    )
-    saved = json.loads(out.read_text())
-    assert saved["train_images_per_s"] == result["train_images_per_s"] > 0
-    assert result["infer_images_per_s"] > 0 and result["peak_memory_mib"] > 0
-    shares = result["train_shares"]
-    assert set(shares) == {"decode", "grad_inputs", "refinement", "final_backward", "other"}
-    assert all(0.0 <= v <= 1.0 for v in shares.values())
-    assert abs(sum(shares.values()) - 1.0) < 0.05
+def _conv(cin: int, cout: int, k: int, side: int) -> int:
+    return 2 * cin * cout * k * k * side * side
 
-    # Decoder forward FLOPs of one inference pass, counted by hand: T+1 decodes of K slots,
-    # each conv 2 * Cin * Cout * k * k * H * W (stride 1, SAME).
-    t1, k, hw = 3, 3, 16 * 16
-    convs = [(4 + 1 + 2, 8), (8, 8), (8, 4)]  # (z, 5.0, coords) -> 8 -> 8 -> 4, all 3x3
-    decoder = t1 * k * sum(2 * cin * cout * 9 * hw for cin, cout in convs)
-    # Inference also runs T backward passes through the decoder for the gradient inputs, and
-    # the refinement network; so the total is above the decoder forward alone but below the
-    # decoder's forward plus three times that for backward plus the refinement.
-    assert decoder < result["infer_gflop_per_image"] * 1e9 < 4 * decoder + 1e6
-    assert result["train_gflop_per_image"] > result["infer_gflop_per_image"]
+
+# FLOPs of one decode of one slot, by hand: (z, 5.0, 2 coords) -> 8 -> 8 -> 4, 3x3, stride 1.
+DECODE = _conv(D + 1 + 2, 8, 3, S) + _conv(8, 8, 3, S) + _conv(8, 4, 3, S)
+# One refinement call for one slot: 18 image channels (capacity 1, components 3, coordinates
+# 2, counterfactual 1, dcomponents 3, dmask 1, image 3, log_prob 1, mask 1, posterior 1,
+# pred_mask 1) -> stride-2 convs 8 (8x8) -> 8 (4x4); MLP 8 -> 16; LSTM on 16 + 2D + 1 + 2D
+# inputs, 16 units; head 16 -> 2D.
+VECTOR = 16 + 2 * D + 1 + 2 * D
+REFINE = (
+    _conv(18, 8, 3, S // 2)
+    + _conv(8, 8, 3, S // 4)
+    + 2 * 8 * 16
+    + 2 * VECTOR * 4 * 16
+    + 2 * 16 * 4 * 16
+    + 2 * 16 * 2 * D
+)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """One CLI run on the tiny model (2 timed steps per mode), read back from its JSON."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["--batch-size", str(B), "--steps", "2", "--warmup", "1", "--json", str(out), *TINY]
+    assert bench.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_speed_memory_and_shares(result):
+    assert result["setup"]["batch_size"] == B and result["env"]["device"] == "cpu"
+    assert result["env"]["torch"] == torch.__version__ and result["env"]["device_name"]
+    assert load_cfg(None, TINY).dump() == result["config"]
+    for mode in ("train", "infer"):
+        r = result[mode]
+        assert r["images_per_s"] > 0
+        assert r["images_per_s"] == pytest.approx(B / r["step_time_s"]["median"])
+        assert len(r["step_time_s"]["all"]) == 2
+        assert r["peak_memory_bytes"] > 0 and r["peak_memory_increase_bytes"] >= 0
+        shares = r["shares"]
+        assert set(shares) == {"decoder", "grad_inputs", "refinement", "backward", "other"}
+        assert all(0.0 <= v <= 1.0 for v in shares.values()), shares
+        assert sum(shares.values()) == pytest.approx(1.0, abs=0.05)
+        assert 0.0 <= r["optimizer_share"] <= shares["other"] + 1e-9
+        # Per profiled step: T+1 decodes, T gradient-input calls, T refinement calls.
+        calls = r["part_calls_per_step"]
+        assert (calls["decoder"], calls["grad_inputs"], calls["refinement"]) == (T + 1, T, T)
+    assert result["infer"]["shares"]["backward"] == 0.0
+    assert result["train"]["shares"]["backward"] > 0.0
+
+
+def test_flops_match_a_hand_count(result):
+    infer, train = result["infer"], result["train"]
+    per_image = {"decoder": (T + 1) * K * DECODE, "refinement": T * K * REFINE}
+    # Each gradient-input call backpropagates to z through every decoder conv: one input
+    # gradient per conv, as many FLOPs as its forward; no weight gradients.
+    per_image["grad_inputs"] = T * K * DECODE
+    for part, flops in per_image.items():
+        assert infer["flops_per_image_by_part"][part] == flops, part
+        assert train["flops_per_image_by_part"][part] == flops, part
+    assert infer["flops_per_image"] == sum(per_image.values())
+    # The final backward: weight and input gradients of every decode and refinement call
+    # (some input gradients are not needed), nothing of second order.
+    backward = train["flops_per_image_by_part"]["backward"]
+    assert (T + 1) * K * DECODE < backward <= 2 * (T + 1) * K * DECODE + 2 * T * K * REFINE
+    assert train["flops_per_image"] == sum(per_image.values()) + backward
+    for mode in ("train", "infer"):
+        r = result[mode]
+        rate = r["flops_per_image"] * B / r["step_time_s"]["median"] / 1e9
+        assert r["gflops_per_s"] == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_meta_flop_count_equals_a_real_one(mode):
+    cfg = load_cfg(None, [*TINY, "MODEL.DECODER.FACTORIZED_FIRST_LAYER", "True"])
+    cpu = torch.device("cpu")
+    meta = bench._count_mode_flops(cfg, mode, B, S, cpu, meta=True)
+    real = bench._count_mode_flops(cfg, mode, B, S, cpu, meta=False)
+    assert meta["device"] == "meta" and real["device"] == "cpu"
+    assert meta["total"] == real["total"] > 0 and meta["phases"] == real["phases"]
+
+
+def test_instrumentation_is_removed():
+    cfg = load_cfg(None, TINY)
+    model = build_model(cfg).eval()
+    timer = profiling.PhaseTimer(torch.device("cpu"))
+    with profiling.instrument(model, timer), torch.no_grad():
+        model(torch.rand(B, 3, S, S))
+    assert dict(timer.calls) == {"decoder": T + 1, "grad_inputs": T, "refinement": T}
+    assert iodine_module.torch is torch and timer.active is None
+    for module in (model.decoder, model.refinement):
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_bad_arguments(capsys):
+    assert bench.main(["MODEL.NOPE", "1"]) == 1
+    assert "MODEL.NOPE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--nope", "1"])
+    with pytest.raises(ValueError):
+        bench.run_benchmark(load_cfg(None, TINY), steps=0)

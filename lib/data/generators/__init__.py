@@ -40,6 +40,8 @@ GENERATORS: dict[str, GeneratorSpec] = {
     "clevr6": GeneratorSpec("lib.data.generators.clevr", {"min_objects": 3, "max_objects": 6}),
     "clevr10": GeneratorSpec("lib.data.generators.clevr", {"min_objects": 3, "max_objects": 10}),
     "sprites": GeneratorSpec("lib.data.generators.sprites"),
+    # more objects than the quickstart saw in training: the generalisation test
+    "sprites5": GeneratorSpec("lib.data.generators.sprites", {"max_objects": 5}),
 }
 
 
