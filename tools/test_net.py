@@ -20,9 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from yacs.config import CfgNode  # noqa: E402
 
-from lib.config import load_cfg  # noqa: E402
 from lib.engine.inference import do_evaluate, format_metrics  # noqa: E402
-from lib.engine.launch import RunError, log_config, seed_all, setup_run  # noqa: E402
+from lib.engine.launch import RunError, log_config, run_tool, seed_all, setup_run  # noqa: E402
 from lib.utils import comm  # noqa: E402
 from lib.utils.checkpoint import Checkpointer, CheckpointError, atomic_write_text  # noqa: E402
 from lib.utils.logger import close_logger  # noqa: E402
@@ -163,18 +162,7 @@ def test(cfg: CfgNode, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a one-line message on a known failure)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    try:
-        cfg = load_cfg(args.config_file or None, args.opts)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        test(cfg, argv)
-    except (RunError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_tool(argv, parse_args, test, (RunError, CheckpointError))
 
 
 if __name__ == "__main__":

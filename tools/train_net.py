@@ -21,9 +21,8 @@ import torch  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from yacs.config import CfgNode  # noqa: E402
 
-from lib.config import load_cfg  # noqa: E402
 from lib.engine.inference import find_provenance  # noqa: E402
-from lib.engine.launch import RunError, log_config, seed_all, setup_run  # noqa: E402
+from lib.engine.launch import RunError, log_config, run_tool, seed_all, setup_run  # noqa: E402
 from lib.engine.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches  # noqa: E402
 from lib.utils import comm  # noqa: E402
@@ -234,18 +233,7 @@ def train(cfg: CfgNode, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a one-line message on a known failure)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    try:
-        cfg = load_cfg(args.config_file or None, args.opts)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        train(cfg, argv)
-    except (RunError, CheckpointError, NonFiniteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_tool(argv, parse_args, train, (RunError, CheckpointError, NonFiniteError))
 
 
 if __name__ == "__main__":

@@ -77,3 +77,32 @@ def setup_run(cfg: CfgNode, argv: list[str], log_name: str = "log.txt"):
 def log_config(logger: logging.Logger, cfg: CfgNode) -> None:
     """Write the full config to the log."""
     logger.info("config:\n%s", cfg.dump())
+
+
+def run_tool(argv: list[str], parse_args, run, errors: tuple[type[BaseException], ...]) -> int:
+    """Shared ``main`` of train_net and test_net: load the config, run, report known failures.
+
+    Args:
+        argv: command-line arguments (without the program name).
+        parse_args: ``argv -> Namespace`` with ``config_file`` and ``opts``.
+        run: ``(cfg, argv) -> Any``, the tool's work.
+        errors: exception types reported as a one-line ``error: ...`` on stderr (exit 1);
+            config errors (missing file, bad key or value) always are.
+
+    Returns:
+        The exit status: 0, or 1 after a reported failure.
+    """
+    from lib.config import load_cfg
+
+    args = parse_args(argv)
+    try:
+        cfg = load_cfg(args.config_file or None, args.opts)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        run(cfg, argv)
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
