@@ -104,6 +104,9 @@ _C.MODEL.DECODER.KERNEL_SIZE = 3
 _C.MODEL.DECODER.OUTPUT_KERNEL_SIZE = 3
 # Compute the first decoder conv as a matmul on z plus a shared coordinate conv; exact, faster.
 _C.MODEL.DECODER.FACTORIZED_FIRST_LAYER = True
+# Initial slope of the mask logit with distance from (z_0, z_1) (coordinates in [-1, 1]);
+# 0 = released init. > 0 starts masks as Voronoi cells of slot positions (a deviation).
+_C.MODEL.DECODER.BLOB_INIT_GAIN = 0.0
 
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = CN()
@@ -154,6 +157,9 @@ _C.SOLVER.DECAY_RATE = 0.1
 _C.SOLVER.DECAY_STEPS = 1000000
 # Linear learning-rate warm-up iterations from 0 to BASE_LR; 0 = none (released).
 _C.SOLVER.WARMUP_ITERS = 0
+# Learning rate of the decoder relative to BASE_LR (released 1.0); < 1 lets the refinement
+# learn to place slots before the decoder unlearns its initial spatial structure.
+_C.SOLVER.DECODER_LR_FACTOR = 1.0
 # Clip gradients to this global L2 norm (released 5.0); 0 = no clipping.
 _C.SOLVER.GRAD_CLIP_NORM = 5.0
 # Micro-batches whose gradients are accumulated before each step (reach the paper batch).

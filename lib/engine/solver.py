@@ -7,20 +7,32 @@ from torch.optim import Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from yacs.config import CfgNode
 
+from lib.utils.checkpoint import unwrap_model
+
 
 def make_optimizer(cfg: CfgNode, model: nn.Module) -> Adam:
     """Adam over every trainable parameter (released: beta1 0.95, TensorFlow's beta2 and eps).
 
+    The decoder's parameters form their own group at ``BASE_LR * SOLVER.DECODER_LR_FACTOR``
+    (1.0 = released, one rate for all); the scheduler scales both groups alike.
+
     Args:
-        cfg: config (SOLVER.BASE_LR, BETA1, BETA2, EPS).
-        model: the model (possibly wrapped).
+        cfg: config (SOLVER.BASE_LR, DECODER_LR_FACTOR, BETA1, BETA2, EPS).
+        model: the model (possibly wrapped in DDP or torch.compile).
 
     Returns:
         The optimiser.
     """
+    decoder = getattr(unwrap_model(model), "decoder", None)
+    decoder_ids = {id(p) for p in decoder.parameters()} if decoder is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in decoder_ids]}]
+    decoder_params = [p for p in params if id(p) in decoder_ids]
+    if decoder_params:
+        lr = cfg.SOLVER.BASE_LR * cfg.SOLVER.DECODER_LR_FACTOR
+        groups.append({"params": decoder_params, "lr": lr})
     return Adam(
-        params,
+        groups,
         lr=cfg.SOLVER.BASE_LR,
         betas=(cfg.SOLVER.BETA1, cfg.SOLVER.BETA2),
         eps=cfg.SOLVER.EPS,

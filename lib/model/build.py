@@ -38,6 +38,7 @@ def build_model(cfg: CfgNode) -> IODINE:
         decoder_kernel_size=d.KERNEL_SIZE,
         decoder_output_kernel_size=d.OUTPUT_KERNEL_SIZE,
         decoder_factorized_first_layer=d.FACTORIZED_FIRST_LAYER,
+        decoder_blob_init_gain=d.BLOB_INIT_GAIN,
         likelihood=m.LIKELIHOOD,
         pixel_scale=m.PIXEL_SCALE,
         prior_scale=m.PRIOR_SCALE,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +49,68 @@ class SpatialBroadcastDecoder(nn.Module):
             in_ch = ch
         self.hidden = nn.ModuleList(layers)
         self.output = Conv2dSame(in_ch, 4, output_kernel_size)
+
+    @torch.no_grad()
+    def blob_init_(self, gain: float, directions: int = 4) -> None:
+        """Start the mask logit as a cone centred at the position held by z[0], z[1].
+
+        A deviation from the released initialisation (which leaves the mask logit nearly
+        independent of position, so that every slot starts out spatially uniform). Here the first
+        hidden conv gets ``2 * directions`` units ``+-(w_j . (c - p))`` for unit vectors w_j
+        spread over half a turn, c the pixel's (y, x) coordinates and p = (z_0, z_1); after the
+        ELU each pair sums to ``|u| - 1 + exp(-|u|) >= 0``. The second conv adds them into its
+        channel 0 (a distance from p), later hidden convs pass channel 0 on, and the output's
+        mask logit starts as ``-gain`` times that distance plus the released random part. The
+        argmax of the K slots' masks then starts as the Voronoi cells of their positions, so the
+        slots compete for regions from the first step; every weight stays trainable. Only the
+        centre taps of those units are set (other taps and inputs zero); the means and all other
+        units keep the released initialisation.
+
+        Args:
+            gain: slope of the initial mask logit per unit of coordinate distance (coordinates
+                span [-1, 1]).
+            directions: number of directions w_j (2 * directions first-layer units).
+
+        Raises:
+            ValueError: a decoder without hidden convs, with too few channels, an even kernel or
+                a latent smaller than 2.
+        """
+        n_units = 2 * directions
+        if not self.hidden:
+            raise ValueError("blob initialisation needs at least one hidden decoder conv")
+        first = self.hidden[0]
+        if first.out_channels < n_units or any(c.kernel_size[0] % 2 == 0 for c in self.hidden):
+            raise ValueError(
+                f"blob initialisation needs >= {n_units} channels in the first decoder conv "
+                f"(got {first.out_channels}) and odd kernels"
+            )
+        coord_in = first.in_channels - 2  # coordinates are the last two inputs: y, then x
+        if coord_in - int(self.legacy_constant) < 2:
+            raise ValueError("blob initialisation needs a latent of at least 2 dimensions")
+        centre = first.kernel_size[0] // 2
+        for j in range(directions):
+            angle = math.pi * j / directions
+            w = (math.cos(angle), math.sin(angle))  # (y, x) direction
+            for sign, unit in ((1.0, 2 * j), (-1.0, 2 * j + 1)):
+                first.weight[unit].zero_()
+                first.bias[unit] = 0.0
+                for axis in range(2):
+                    first.weight[unit, coord_in + axis, centre, centre] = sign * w[axis]
+                    first.weight[unit, axis, centre, centre] = -sign * w[axis]
+        # Each later layer reads only channel 0 (the distance) or, for the output, the units.
+        layers = [*self.hidden[1:], self.output]
+        sources = list(range(n_units))
+        for i, conv in enumerate(layers):
+            c = conv.kernel_size[0] // 2
+            if i == len(layers) - 1:
+                # The mask logit keeps its random part from the other channels.
+                conv.weight[0, sources] = 0.0
+                conv.weight[0, sources, c, c] = -gain
+            else:
+                conv.weight[0].zero_()
+                conv.bias[0] = 0.0
+                conv.weight[0, sources, c, c] = 1.0
+            sources = [0]
 
     def forward(self, z: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Args:

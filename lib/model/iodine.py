@@ -57,6 +57,8 @@ class IODINE(nn.Module):
         image_size: side of the square input (used only by refine_pool="flatten").
         decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size,
         decoder_factorized_first_layer: the decoder.
+        decoder_blob_init_gain: if > 0, start the decoder's mask logit as -gain times the
+            distance from (z_0, z_1) (``SpatialBroadcastDecoder.blob_init_``); 0 = released.
         likelihood: "logistic" or "gaussian"; pixel_scale its fixed scale.
         prior_scale: std of the latent prior N(0, prior_scale).
         loss_weights: "linspace", "uniform" or "last": weights w_t of the T+1 step losses.
@@ -91,6 +93,7 @@ class IODINE(nn.Module):
         decoder_kernel_size: int = 3,
         decoder_output_kernel_size: int = 3,
         decoder_factorized_first_layer: bool = True,
+        decoder_blob_init_gain: float = 0.0,
         likelihood: str = "logistic",
         pixel_scale: float = 0.03,
         prior_scale: float = math.sqrt(math.log(2.0)),
@@ -173,6 +176,8 @@ class IODINE(nn.Module):
             released_init_(self.refinement)
         elif init != "pytorch":
             raise ValueError(f"init must be 'released' or 'pytorch', got {init!r}")
+        if decoder_blob_init_gain > 0:
+            self.decoder.blob_init_(decoder_blob_init_gain)
 
     # ------------------------------------------------------------------------------------------
     def step_weights(self, num_iters: int) -> list[float]:

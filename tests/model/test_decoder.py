@@ -44,3 +44,57 @@ def test_decoder_output_layout():
     )
     assert dec.hidden[0].in_channels == 4 + 2
     assert dec(torch.zeros(2, 4), 7, 5).shape == (2, 4, 7, 5)
+
+
+def _cone(z01: torch.Tensor, h: int, w: int, directions: int) -> torch.Tensor:
+    """Sum over directions of elu(u) + elu(-u), u = w_j . (c - p), by an explicit loop."""
+    out = torch.zeros(len(z01), h, w, dtype=z01.dtype)
+    ys = torch.linspace(-1, 1, h, dtype=z01.dtype)
+    xs = torch.linspace(-1, 1, w, dtype=z01.dtype)
+    for n in range(len(z01)):
+        for i in range(h):
+            for j in range(w):
+                for d in range(directions):
+                    a = torch.tensor(torch.pi * d / directions, dtype=z01.dtype)
+                    u = torch.cos(a) * (ys[i] - z01[n, 0]) + torch.sin(a) * (xs[j] - z01[n, 1])
+                    out[n, i, j] += F.elu(u) + F.elu(-u)
+    return out
+
+
+def test_blob_init_adds_minus_gain_times_distance_cone_to_the_mask_logit():
+    torch.manual_seed(0)
+    dec = SpatialBroadcastDecoder(5, (8, 8, 8), kernel_size=3).double()
+    dec.blob_init_(gain=3.0, directions=3)
+    z = torch.randn(4, 5, dtype=torch.float64)
+    got = dec(z, 7, 6)[:, 0]
+    without = SpatialBroadcastDecoder(5, (8, 8, 8), kernel_size=3).double()
+    without.load_state_dict(dec.state_dict())
+    with torch.no_grad():
+        without.output.weight[0, 0] = 0.0  # drop the cone, keep the random part
+    rest = without(z, 7, 6)[:, 0]
+    torch.testing.assert_close(got - rest, -3.0 * _cone(z[:, :2], 7, 6, 3))
+
+
+def test_blob_init_starts_slots_as_voronoi_cells_of_their_positions():
+    torch.manual_seed(1)
+    dec = SpatialBroadcastDecoder(4, (16, 16, 16)).double()
+    dec.blob_init_(gain=40.0)  # large gain: the random part of the logit no longer matters
+    z = torch.zeros(3, 4, dtype=torch.float64)
+    z[:, :2] = torch.tensor([[-0.6, -0.6], [0.6, -0.2], [0.0, 0.7]])  # (y, x) per slot
+    labels = dec(z, 16, 16)[:, 0].argmax(0)  # (H, W) winning slot per pixel
+    ys = torch.linspace(-1, 1, 16, dtype=torch.float64)[:, None, None]
+    xs = torch.linspace(-1, 1, 16, dtype=torch.float64)[None, :, None]
+    dist = (ys - z[:, 0]) ** 2 + (xs - z[:, 1]) ** 2  # (H, W, K) squared distances
+    nearest = dist.argmin(-1)
+    # The cone is an octagonal (not Euclidean) distance: allow a few pixels on cell borders.
+    assert (labels == nearest).double().mean() > 0.9
+
+
+def test_blob_init_rejects_a_decoder_too_narrow_for_its_units():
+    dec = SpatialBroadcastDecoder(4, (4, 4))
+    try:
+        dec.blob_init_(gain=1.0, directions=4)
+    except ValueError as exc:
+        assert "8 channels" in str(exc)
+    else:
+        raise AssertionError("expected a ValueError")
