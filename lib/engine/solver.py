@@ -13,8 +13,8 @@ from lib.utils.checkpoint import unwrap_model
 def make_optimizer(cfg: CfgNode, model: nn.Module) -> Adam:
     """Adam over every trainable parameter (released: beta1 0.95, TensorFlow's beta2 and eps).
 
-    The decoder's parameters form their own group at ``BASE_LR * SOLVER.DECODER_LR_FACTOR``
-    (1.0 = released, one rate for all); the scheduler scales both groups alike.
+    With ``SOLVER.DECODER_LR_FACTOR`` != 1 the decoder's parameters form a second group at
+    ``BASE_LR * factor``; the scheduler scales both groups alike. 1.0 (released) keeps one group.
 
     Args:
         cfg: config (SOLVER.BASE_LR, DECODER_LR_FACTOR, BETA1, BETA2, EPS).
@@ -23,14 +23,18 @@ def make_optimizer(cfg: CfgNode, model: nn.Module) -> Adam:
     Returns:
         The optimiser.
     """
-    decoder = getattr(unwrap_model(model), "decoder", None)
-    decoder_ids = {id(p) for p in decoder.parameters()} if decoder is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in decoder_ids]}]
-    decoder_params = [p for p in params if id(p) in decoder_ids]
-    if decoder_params:
-        lr = cfg.SOLVER.BASE_LR * cfg.SOLVER.DECODER_LR_FACTOR
-        groups.append({"params": decoder_params, "lr": lr})
+    groups: list[dict] = [{"params": params}]
+    factor = cfg.SOLVER.DECODER_LR_FACTOR
+    if factor != 1.0:  # released: one group, so default checkpoints keep their optimiser layout
+        decoder_ids = {id(p) for p in unwrap_model(model).decoder.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in decoder_ids]},
+            {
+                "params": [p for p in params if id(p) in decoder_ids],
+                "lr": cfg.SOLVER.BASE_LR * factor,
+            },
+        ]
     return Adam(
         groups,
         lr=cfg.SOLVER.BASE_LR,

@@ -79,7 +79,9 @@ class SpatialBroadcastDecoder(nn.Module):
         if not self.hidden:
             raise ValueError("blob initialisation needs at least one hidden decoder conv")
         first = self.hidden[0]
-        if first.out_channels < n_units or any(c.kernel_size[0] % 2 == 0 for c in self.hidden):
+        if first.out_channels < n_units or any(
+            c.kernel_size[0] % 2 == 0 for c in [*self.hidden, self.output]
+        ):
             raise ValueError(
                 f"blob initialisation needs >= {n_units} channels in the first decoder conv "
                 f"(got {first.out_channels}) and odd kernels"
@@ -97,7 +99,7 @@ class SpatialBroadcastDecoder(nn.Module):
                 for axis in range(2):
                     first.weight[unit, coord_in + axis, centre, centre] = sign * w[axis]
                     first.weight[unit, axis, centre, centre] = -sign * w[axis]
-        # Each later layer reads only channel 0 (the distance) or, for the output, the units.
+        # The next layer sums the units into its channel 0; later ones pass channel 0 on.
         layers = [*self.hidden[1:], self.output]
         sources = list(range(n_units))
         for i, conv in enumerate(layers):

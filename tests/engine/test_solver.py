@@ -43,3 +43,12 @@ def test_scheduler_decays_both_groups_alike():
         sched.step()
     lrs = sorted(group["lr"] for group in opt.param_groups)
     assert abs(lrs[0] - 2e-3 * 0.25 * 0.5) < 1e-15 and abs(lrs[1] - 2e-3 * 0.5) < 1e-15
+
+
+def test_released_factor_keeps_a_single_group():
+    cfg = _small_cfg()
+    cfg.SOLVER.DECODER_LR_FACTOR = 1.0
+    model = build_model(cfg)
+    opt = make_optimizer(cfg, model)
+    assert len(opt.param_groups) == 1
+    assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))

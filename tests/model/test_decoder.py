@@ -1,5 +1,6 @@
 """The spatial broadcast decoder against the plain convolution it stands for."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -92,9 +93,5 @@ def test_blob_init_starts_slots_as_voronoi_cells_of_their_positions():
 
 def test_blob_init_rejects_a_decoder_too_narrow_for_its_units():
     dec = SpatialBroadcastDecoder(4, (4, 4))
-    try:
+    with pytest.raises(ValueError, match="8 channels"):
         dec.blob_init_(gain=1.0, directions=4)
-    except ValueError as exc:
-        assert "8 channels" in str(exc)
-    else:
-        raise AssertionError("expected a ValueError")

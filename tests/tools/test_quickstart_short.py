@@ -60,13 +60,13 @@ def test_quickstart_short(tmp_path):
     # Trivial baseline: predicting the black background everywhere.
     cfg = load_cfg(config, ["DATASETS.ROOT", root])
     test_set = make_dataset("sprites_test", cfg, False)
-    black_mse = float(torch.stack([test_set[i][0] for i in range(len(test_set))]).pow(2).mean())
+    items = [test_set[i] for i in range(len(test_set))]
+    black_mse = float(torch.stack([image for image, _ in items]).pow(2).mean())
     assert metrics["mse"] < 0.9 * black_mse, (metrics["mse"], black_mse)
     # Trivial segmentation: every foreground pixel in one segment.
     trivial = []
-    for i in range(len(test_set)):
-        labels = np.asarray(test_set[i][1])
-        fg = labels[labels > 0]
+    for _, labels in items:
+        fg = np.asarray(labels)[np.asarray(labels) > 0]
         trivial.append(adjusted_rand_score(fg, np.zeros_like(fg)))
     trivial_fg_ari = float(np.mean(trivial))
     assert metrics["fg_ari"] > trivial_fg_ari + MIN_FG_ARI, (metrics["fg_ari"], trivial_fg_ari)
