@@ -18,6 +18,7 @@ _CHOICES = {
     "MODEL.REFINEMENT.COORD_TYPE": ("linear", "cosine"),
     "MODEL.REFINEMENT.PADDING": ("tf_same", "symmetric"),
     "MODEL.REFINEMENT.POOL": ("avg", "flatten"),
+    "INPUT.RESIZE": ("bilinear", "nearest"),
 }
 _IMAGE_INPUTS = set(_C.MODEL.REFINEMENT.IMAGE_INPUTS)
 _VECTOR_INPUTS = set(_C.MODEL.REFINEMENT.VECTOR_INPUTS)

@@ -112,6 +112,9 @@ _C.MODEL.DECODER.BLOB_INIT_GAIN = 0.0
 _C.INPUT = CN()
 # Side of the square model input in pixels (images are cropped/resized to it).
 _C.INPUT.IMAGE_SIZE = 128
+# How images are resized to IMAGE_SIZE: "bilinear" (antialiased) or "nearest" (sampled at the
+# label map's pixel centres; keeps hard-edged sprites hard, so no pixel blends two objects).
+_C.INPUT.RESIZE = "bilinear"
 
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()

@@ -64,6 +64,35 @@ def test_non_square_is_centre_cropped(tmp_path):
     np.testing.assert_array_equal(mask.numpy()[::2, ::2], arrays["x.png"][1][:, 7:17])
 
 
+@pytest.mark.parametrize("size", [16, 13])
+def test_nearest_resize_samples_image_and_labels_alike(tmp_path, size):
+    arrays = _write(tmp_path, ["x.png"], size=(32, 32))
+    image_u8, label = arrays["x.png"]
+    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=size, INPUT__RESIZE="nearest")
+    image, mask = make_dataset(f"folder:{tmp_path}", cfg, False)[0]
+    # Pixel centres: output pixel i samples source row floor((i + 0.5) * 32 / size).
+    src = [int((i + 0.5) * 32 / size) for i in range(size)]
+    for i in range(size):
+        for j in range(size):
+            assert mask[i, j] == label[src[i], src[j]]
+            np.testing.assert_array_equal(
+                _u8(image[:, i, j, None, None])[0, 0], image_u8[src[i], src[j]]
+            )
+    # The default antialiased bilinear blends neighbours: most pixels match no source pixel.
+    image, _ = make_dataset(
+        f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=size), False
+    )[0]
+    exact = (_u8(image) == image_u8[src][:, src]).all(axis=2)
+    assert exact.mean() < 0.5
+
+
+def test_unknown_resize_is_config_error(tmp_path):
+    from lib.data.datasets.base import to_model_input
+
+    with pytest.raises(ValueError, match="INPUT.RESIZE"):
+        to_model_input(np.zeros((8, 8, 3), np.uint8), None, 4, resize="area")
+
+
 def test_folder_without_masks(tmp_path, caplog):
     _write(tmp_path, ["a.png", "b.png"], masks=False)
     with caplog.at_level(logging.WARNING):

@@ -6,6 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# INPUT.RESIZE values: antialiased bilinear (default) or nearest-exact, as the labels.
+RESIZE_MODES = ("bilinear", "nearest")
+
 
 def square_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
     """Centre square crop of a frame.
@@ -33,6 +36,7 @@ def to_model_input(
     mask: np.ndarray | None,
     size: int,
     crop: tuple[int, int, int, int] | None = None,
+    resize: str = "bilinear",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Crop and resize one example to the square model input.
 
@@ -42,12 +46,19 @@ def to_model_input(
         size: side of the output (``INPUT.IMAGE_SIZE``).
         crop: ``(row0, row1, col0, col1)`` to cut first (CLEVR's official crop), or None for
             the centre square crop (a no-op on square frames).
+        resize: ``INPUT.RESIZE``: "bilinear" (antialiased) or "nearest" (the image sampled at
+            the same pixel centres as the label map, so every pixel keeps one object's colour).
 
     Returns:
-        image float32 (3, size, size) in [0, 1] (bilinear with antialiasing when resized,
-        bit-exact ``value / 255`` when not) and mask int64 (size, size) (nearest neighbour) or
+        image float32 (3, size, size) in [0, 1] (resized as ``resize`` says, bit-exact
+        ``value / 255`` when not resized) and mask int64 (size, size) (nearest neighbour) or
         None.
+
+    Raises:
+        ValueError: a non-square crop or an unknown ``resize``.
     """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"INPUT.RESIZE must be one of {RESIZE_MODES}, got {resize!r}")
     h, w = image.shape[:2]
     r0, r1, c0, c1 = crop if crop is not None else square_crop_box(h, w)
     if r1 - r0 != c1 - c0:
@@ -58,9 +69,12 @@ def to_model_input(
     if mask is not None:
         lab = torch.from_numpy(_writable(mask[r0:r1, c0:c1])).to(torch.int64)
     if r1 - r0 != size:
-        img = F.interpolate(
-            img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )[0].clamp_(0.0, 1.0)
+        if resize == "nearest":
+            img = F.interpolate(img[None], size=(size, size), mode="nearest-exact")[0]
+        else:
+            img = F.interpolate(
+                img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )[0].clamp_(0.0, 1.0)
         if lab is not None:
             # "nearest-exact" samples pixel centres; plain "nearest" is shifted by half a pixel.
             lab = F.interpolate(lab[None, None].float(), size=(size, size), mode="nearest-exact")

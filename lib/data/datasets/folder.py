@@ -75,6 +75,7 @@ class FolderDataset(Dataset):
     def __init__(self, cfg, is_train: bool, path: str):
         self.root = path
         self.size = int(cfg.INPUT.IMAGE_SIZE)
+        self.resize = str(cfg.INPUT.RESIZE)
         self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"folder dataset {path}: no such folder")
@@ -148,4 +149,4 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         image, mask = self.load_arrays(index)
-        return to_model_input(image, mask, self.size)
+        return to_model_input(image, mask, self.size, resize=self.resize)

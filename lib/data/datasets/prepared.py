@@ -52,6 +52,7 @@ class PreparedDataset(Dataset):
         self.path = ensure_prepared(dataset, cfg)
         self.meta = load_meta(self.path)
         self.size = int(cfg.INPUT.IMAGE_SIZE)
+        self.resize = str(cfg.INPUT.RESIZE)
         self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
         self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
         n = int(self.meta["num_examples"])
@@ -140,4 +141,4 @@ class PreparedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_arrays(index)
         check_max_objects(mask, self.max_objects, f"{self.path} example {self._index(index)}")
-        return to_model_input(image, mask, self.size, self.crop)
+        return to_model_input(image, mask, self.size, self.crop, self.resize)
