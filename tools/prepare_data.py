@@ -3,109 +3,133 @@
     # convert the official file (multi_object_datasets release)
     python tools/prepare_data.py --dataset tetrominoes --tfrecords tetrominoes_train.tfrecords
     python tools/prepare_data.py --dataset clevr6 --tfrecords clevr_with_masks_train.tfrecords
-    # generate a procedural stand-in (train part from --seed, test part from its own stream)
+    # generate a procedural stand-in on every core (training part from --seed, test part
+    # from its own stream); an interrupted run resumes when run again
     python tools/prepare_data.py --dataset multi_dsprites --num-examples 50000 --seed 0
+    # take the defaults from a config's DATASETS keys (ROOT, GENERATE_SIZE, GENERATE_SEED,
+    # TEST_SIZE, CLEVR_TRAIN_RECORDS), with trailing KEY VALUE overrides
+    python tools/prepare_data.py --dataset sprites --config-file configs/quickstart.yaml
 
-Writes <root>/<dataset>/ (images.npy, masks.npy, factors/, meta.json) atomically; see
-data/README.md and lib/data/prepare.py for the format and the split rules.
+An option given on the command line wins over the config key. Writes <root>/<dataset>/
+(images.npy, masks.npy, factors/, meta.json) atomically; see data/README.md,
+lib/data/format.py and lib/prepare/ for the format and the split rules.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from collections.abc import Sequence
 
-# Runnable without `pip install -e .`: the repo root on the path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from yacs.config import CfgNode
 
-from lib.config import get_cfg  # noqa: E402
-from lib.data.prepare import BUILTIN_DATASETS, convert_official, generate_dataset  # noqa: E402
+from lib.data.format import BUILTIN_DATASETS
+from lib.engine.launch import default_argument_parser, run_tool
+from lib.prepare import convert_official, generate_dataset
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; defaults come from ``lib/config/defaults.py``."""
-    cfg = get_cfg()
-    parser = argparse.ArgumentParser(
-        description="Convert or generate a built-in dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``--config-file``, the options below and ``KEY VALUE`` overrides."""
+    parser = default_argument_parser("Convert or generate a built-in dataset.")
     parser.add_argument("--dataset", required=True, choices=sorted(BUILTIN_DATASETS))
     parser.add_argument(
         "--tfrecords",
         metavar="FILE",
         help="official GZIP TFRecord file to convert; omit to generate",
     )
-    parser.add_argument("--root", default=cfg.DATASETS.ROOT, help="DATASETS.ROOT to write into")
+    parser.add_argument("--root", help="folder to write into (default: DATASETS.ROOT)")
     parser.add_argument(
         "--num-examples",
         type=int,
-        default=cfg.DATASETS.GENERATE_SIZE,
-        help="generated training examples",
+        help="generation: training examples (default: DATASETS.GENERATE_SIZE)",
     )
     parser.add_argument(
-        "--seed", type=int, default=cfg.DATASETS.GENERATE_SEED, help="generator seed"
+        "--seed", type=int, help="generation: generator seed (default: DATASETS.GENERATE_SEED)"
     )
     parser.add_argument(
         "--test-size",
         type=int,
-        default=cfg.DATASETS.TEST_SIZE,
-        help="examples of the test part (stored last)",
+        help="examples of the test part, stored last (default: DATASETS.TEST_SIZE)",
     )
     parser.add_argument(
         "--max-examples",
         type=int,
-        default=None,
         help="conversion: only the first N records (CLEVR: at most N training scenes)",
     )
     parser.add_argument(
         "--train-records",
         type=int,
-        default=cfg.DATASETS.CLEVR_TRAIN_RECORDS,
-        help="CLEVR conversion: raw records of the training part",
+        help="CLEVR conversion: raw records of the training part "
+        "(default: DATASETS.CLEVR_TRAIN_RECORDS)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="generation: processes (default: every core this process may use)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _settings(cfg: CfgNode, args: argparse.Namespace) -> argparse.Namespace:
+    """The options with the config's DATASETS keys filled in where none was given."""
+    defaults = {
+        "root": cfg.DATASETS.ROOT,
+        "num_examples": cfg.DATASETS.GENERATE_SIZE,
+        "seed": cfg.DATASETS.GENERATE_SEED,
+        "test_size": cfg.DATASETS.TEST_SIZE,
+        "train_records": cfg.DATASETS.CLEVR_TRAIN_RECORDS,
+    }
+    settings = argparse.Namespace(**vars(args))
+    for name, value in defaults.items():
+        if getattr(settings, name) is None:
+            setattr(settings, name, value)
     for name in ("num_examples", "test_size", "max_examples", "train_records"):
-        value = getattr(args, name)
+        value = getattr(settings, name)
         if value is not None and value < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    return args
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if settings.workers is not None and settings.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {settings.workers}")
+    return settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 = success, 1 = error)."""
-    args = parse_args(argv)
+def prepare(cfg: CfgNode, args: argparse.Namespace) -> str:
+    """Convert or generate the dataset; returns its folder."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        if args.tfrecords:
-            path = convert_official(
-                args.dataset,
-                args.tfrecords,
-                args.root,
-                test_size=args.test_size,
-                max_examples=args.max_examples,
-                train_records=args.train_records,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-        else:
-            path = generate_dataset(
-                args.dataset,
-                args.root,
-                num_examples=args.num_examples,
-                seed=args.seed,
-                test_size=args.test_size,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        print(f"prepare_data: error: {exc}", file=sys.stderr)
-        return 1
+    s = _settings(cfg, args)
+    if s.tfrecords:
+        path = convert_official(
+            s.dataset,
+            s.tfrecords,
+            s.root,
+            test_size=s.test_size,
+            max_examples=s.max_examples,
+            train_records=s.train_records,
+            overwrite=s.overwrite,
+            progress=not s.no_progress,
+        )
+    else:
+        path = generate_dataset(
+            s.dataset,
+            s.root,
+            num_examples=s.num_examples,
+            seed=s.seed,
+            test_size=s.test_size,
+            overwrite=s.overwrite,
+            progress=not s.no_progress,
+            workers=s.workers,
+        )
     print(f"wrote {path}")
-    return 0
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 = success, 1 = error)."""
+    return run_tool(
+        argv, build_parser(), prepare, errors=(OSError, ValueError, KeyError, ImportError)
+    )
 
 
 if __name__ == "__main__":

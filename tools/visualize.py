@@ -36,17 +36,23 @@ import argparse
 import os
 import sys
 
-# Runnable without `pip install -e .`: the repo root on the path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from matplotlib.figure import Figure
+from yacs.config import CfgNode
 
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from yacs.config import CfgNode  # noqa: E402
-
-from lib.config import load_cfg  # noqa: E402
-from lib.engine.launch import RunError, resolve_device, seed_all  # noqa: E402
-from lib.utils import visualize as vis  # noqa: E402
-from lib.utils.checkpoint import Checkpointer, CheckpointError  # noqa: E402
+from lib.analysis import figures
+from lib.analysis.layout import auto_cell_px, save_figure
+from lib.analysis.scalars import read_scalars
+from lib.analysis.scores import format_percent, segmentation_scores, step_metrics
+from lib.analysis.traversal import (
+    choose_traversal_slot,
+    rank_latent_dims,
+    traversal_offsets,
+    traverse_slot,
+)
+from lib.config import load_cfg
+from lib.engine.launch import RunError, build_datasets, resolve_device, run_tool, seed_all
+from lib.evaluation.ari import mean_ari
 
 COMMANDS = ("decomposition", "refinement", "traversal", "generalisation", "curves", "dataset")
 RANGE_UNITS = ("absolute", "posterior", "prior")
@@ -55,15 +61,12 @@ RANGE_UNITS = ("absolute", "posterior", "prior")
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse ``SUBCOMMAND --config-file CFG [options] [KEY VALUE ...]``.
-
-    Args:
-        argv: the arguments after the program name (default ``sys.argv[1:]``).
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``SUBCOMMAND --config-file CFG [options] [KEY VALUE ...]``.
 
     Returns:
-        The namespace; ``command`` names the subcommand and ``opts`` holds the trailing
-        config overrides.
+        The parser; its namespace's ``command`` names the subcommand and ``opts`` holds the
+        config overrides (``lib.engine.launch.parse_tool_args`` collects them).
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config-file", default="", metavar="FILE", help="YAML config file")
@@ -172,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
         )
         subparser.set_defaults(command=name)
-    return parser.parse_args(argv)
+    return parser
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
@@ -182,7 +185,7 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     TEST.NUM_SLOTS (given after the trailing overrides, so they win).
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
 
     Returns:
         The frozen config.
@@ -200,8 +203,29 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
+def load_model_weights(cfg: CfgNode, model: torch.nn.Module) -> tuple[str, int | None]:
+    """Load MODEL.WEIGHT (``--weights``), else the file named by OUTPUT_DIR/last_checkpoint.
+
+    The one place this tool reads a checkpoint: the shared tools layer does the work.
+
+    Args:
+        cfg: the config.
+        model: the built model.
+
+    Returns:
+        ``(checkpoint path, its iteration or None)``.
+
+    Raises:
+        RunError: no checkpoint to load ("nothing to draw").
+        CheckpointError: unreadable or mismatched checkpoint.
+    """
+    from lib.engine.launch import load_weights
+
+    return load_weights(cfg, model, purpose="draw")
+
+
 def load_model(cfg: CfgNode) -> tuple[torch.nn.Module, str, int | None, torch.device]:
-    """Build the model and load MODEL.WEIGHT, else OUTPUT_DIR/last_checkpoint (as test_net).
+    """Build the model on MODEL.DEVICE and load its weights (``load_model_weights``).
 
     Args:
         cfg: the config.
@@ -218,16 +242,9 @@ def load_model(cfg: CfgNode) -> tuple[torch.nn.Module, str, int | None, torch.de
     device = resolve_device(cfg.MODEL.DEVICE)
     seed_all(cfg.SEED)
     model = build_model(cfg).to(device)
-    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
-    path = cfg.MODEL.WEIGHT or checkpointer.last_checkpoint()
-    if not path:
-        raise RunError(
-            f"nothing to draw: MODEL.WEIGHT is empty and {cfg.OUTPUT_DIR}/last_checkpoint "
-            "does not exist (train first, or pass --weights)"
-        )
-    state = checkpointer.load(path, weights_only=True)
+    path, iteration = load_model_weights(cfg, model)
     model.eval()
-    return model, path, state.get("iteration"), device
+    return model, path, iteration, device
 
 
 def load_images(
@@ -246,13 +263,10 @@ def load_images(
     Raises:
         RunError: the dataset cannot be built or ``start`` is out of range.
     """
-    from lib.data import collate, make_dataset
+    from lib.data import collate
 
     name = cfg.DATASETS.TEST[0]
-    try:
-        dataset = make_dataset(name, cfg, False)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise RunError(f"dataset {name}: {exc}") from exc
+    dataset = build_datasets(cfg, [name], is_train=False)[name]
     if not 0 <= start < len(dataset):
         raise RunError(f"--index {start} is out of range: {name} has {len(dataset)} images")
     indices = list(range(start, min(start + max(count, 1), len(dataset))))
@@ -290,7 +304,7 @@ def describe(
     """The first title line of a figure.
 
     Args:
-        args: ``parse_args`` output (subcommand, config file).
+        args: ``build_parser()`` namespace (subcommand, config file).
         checkpoint: the loaded checkpoint's path, or None.
         iteration: its training iteration.
         dataset: the dataset drawn.
@@ -317,7 +331,7 @@ def cmd_decomposition(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     """Figure of ``decomposition``.
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -330,7 +344,7 @@ def cmd_decomposition(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     title = f"{describe(args, path, iteration, name)}\nK={k} slots, T={t} steps; ARI in %"
     if masks is None:
         title += " (no true masks: ARI not computed)"
-    return vis.decomposition_figure(
+    return figures.decomposition_figure(
         images, out["masks"], out["recon"], out["components"], masks, title, _labels(indices),
         steps_for=0 if args.steps else None, background=args.background,
         cell_px=_cell(args, cfg), dpi=args.dpi,
@@ -341,7 +355,7 @@ def cmd_refinement(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     """Figure of ``refinement``.
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -350,24 +364,24 @@ def cmd_refinement(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     model, path, iteration, device = load_model(cfg)
     name, images, masks, indices = load_images(cfg, args.index, 1)
     out = run_model(model, images, device, cfg.TEST.NUM_SLOTS, cfg.TEST.NUM_ITERS)
-    metrics = vis.step_metrics(images[0], out["masks"][0], out["recon"][0], _first(masks))
+    metrics = step_metrics(images[0], out["masks"][0], out["recon"][0], _first(masks))
     title = (
         f"{describe(args, path, iteration, name)}\nimage #{indices[0]}: "
         f"MSE {metrics['mse'][0]:.4f} -> {metrics['mse'][-1]:.4f}"
     )
     if masks is not None:
         title += (
-            f", fg ARI {vis.fmt_score(metrics['fg_ari'][0])} -> "
-            f"{vis.fmt_score(metrics['fg_ari'][-1])} (%)"
+            f", fg ARI {format_percent(metrics['fg_ari'][0])} -> "
+            f"{format_percent(metrics['fg_ari'][-1])} (%)"
         )
-    return vis.refinement_figure(
+    return figures.refinement_figure(
         images[0], out["masks"][0], out["recon"][0], _first(masks), title,
         cell_px=_cell(args, cfg), dpi=args.dpi,
     )  # fmt: skip
 
 
 def _cell(args, cfg) -> int:
-    return args.cell_size or vis.auto_cell_px(cfg.INPUT.IMAGE_SIZE)
+    return args.cell_size or auto_cell_px(cfg.INPUT.IMAGE_SIZE)
 
 
 def _first(masks):
@@ -378,7 +392,7 @@ def cmd_traversal(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     """Figure of ``traversal`` (final-step posterior means, one slot varied).
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -390,23 +404,21 @@ def cmd_traversal(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     loc, scale = out["posterior_loc"][0, -1], out["posterior_scale"][0, -1]  # (K, D)
     k = loc.shape[0]
     slot = (
-        args.slot
-        if args.slot >= 0
-        else vis.choose_traversal_slot(out["masks"][0, -1], _first(masks))
+        args.slot if args.slot >= 0 else choose_traversal_slot(out["masks"][0, -1], _first(masks))
     )
     if not 0 <= slot < k:
         raise RunError(f"--slot {slot} is out of range: the model has K={k} slots")
     with torch.no_grad():
         kl = model.latent_kl(loc.to(device), scale.to(device))[slot].float().cpu()  # (D,)
-    dims = vis.rank_latent_dims(kl, args.dims)
-    offsets = vis.traversal_offsets(args.range, args.steps_per_dim)
+    dims = rank_latent_dims(kl, args.dims)
+    offsets = traversal_offsets(args.range, args.steps_per_dim)
     unit = {
         "absolute": None,
         "posterior": scale[slot],
         "prior": torch.full_like(scale[slot], float(model.prior_scale)),
     }[args.range_unit]
     height, width = images.shape[-2:]
-    traversal = vis.traverse_slot(
+    traversal = traverse_slot(
         model, loc.to(device), slot, dims, offsets, height, width,
         None if unit is None else unit.to(device),
     )  # fmt: skip
@@ -420,7 +432,7 @@ def cmd_traversal(args: argparse.Namespace, cfg: CfgNode) -> Figure:
         f"{describe(args, path, iteration, name)}\nimage #{indices[0]}, final step; rows = the "
         f"{len(dims)} dimensions of largest KL of slot {slot}"
     )
-    return vis.traversal_figure(
+    return figures.traversal_figure(
         images[0], traversal, slot, dims, kl, offsets, unit_name, title,
         show_component=args.show_component, background=args.background,
         cell_px=_cell(args, cfg), dpi=args.dpi,
@@ -437,7 +449,7 @@ def cmd_generalisation(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     """Figure of ``generalisation``: K as trained vs K = TEST.NUM_SLOTS.
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -455,8 +467,8 @@ def cmd_generalisation(args: argparse.Namespace, cfg: CfgNode) -> Figure:
         tag = f"K={k} (as trained)" if k == k_trained else f"K={k}"
         runs.append((tag, final))
         if masks is not None:
-            _, fg = vis.segmentation_scores(masks, final["masks"])
-            summary.append(f"{tag}: fg ARI {vis.fmt_score(vis.mean_or_nan(fg))}")
+            _, fg = segmentation_scores(masks, final["masks"])
+            summary.append(f"{tag}: fg ARI {format_percent(mean_ari(fg))}")
     scope = f"fg ARI (%) computed directly on these {images.shape[0]} images"
     if masks is None:
         scope = "no true masks: ARI not computed"
@@ -464,7 +476,7 @@ def cmd_generalisation(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     if args.full_eval:
         line += "\n" + _full_eval(cfg, model, device, name, k_trained, k_given)
     title = f"{describe(args, path, iteration, name)}\n{line}"
-    return vis.generalisation_figure(
+    return figures.generalisation_figure(
         images, runs, masks, title, _labels(indices), background=args.background,
         cell_px=_cell(args, cfg), dpi=args.dpi,
     )  # fmt: skip
@@ -475,6 +487,7 @@ def _full_eval(cfg, model, device, name, k_trained, k_given) -> str:
     from lib.data import make_data_loader
     from lib.engine.inference import do_evaluate
 
+    build_datasets(cfg, [name], is_train=False)  # prepares a missing built-in dataset
     try:
         loaders = make_data_loader(cfg, False)[:1]
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -482,7 +495,7 @@ def _full_eval(cfg, model, device, name, k_trained, k_given) -> str:
     parts = []
     for k in (k_trained, k_given):
         metrics = do_evaluate(model, loaders, device, k, cfg.TEST.NUM_ITERS)[name]
-        parts.append(f"K={k}: fg ARI {vis.fmt_score(metrics['fg_ari'])}")
+        parts.append(f"K={k}: fg ARI {format_percent(metrics['fg_ari'])}")
         count = metrics["num_images"]
     return f"do_evaluate on all {count} images of {name}: " + ", ".join(parts)
 
@@ -491,7 +504,7 @@ def cmd_curves(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     """Figure of ``curves`` (TensorBoard scalars of OUTPUT_DIR or --logdir).
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -500,7 +513,7 @@ def cmd_curves(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     logdir = args.logdir or cfg.OUTPUT_DIR
     if not os.path.isdir(logdir):
         raise RunError(f"no run folder {logdir} (train first, or pass --logdir)")
-    scalars = vis.read_scalars(logdir)
+    scalars = read_scalars(logdir)
     if not scalars:
         raise RunError(f"no TensorBoard scalars in {logdir}")
     last = max(steps[-1] for steps, _ in scalars.values() if steps)
@@ -510,14 +523,14 @@ def cmd_curves(args: argparse.Namespace, cfg: CfgNode) -> Figure:
         f"(last logged iteration {last}) | training data {dataset}"
     )
     width = max(400, int(10 * args.dpi))
-    return vis.curves_figure(scalars, title, dpi=args.dpi, size_px=(width, int(width * 0.72)))
+    return figures.curves_figure(scalars, title, dpi=args.dpi, size_px=(width, int(width * 0.72)))
 
 
 def cmd_dataset(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     """Figure of ``dataset`` (no model).
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -528,7 +541,7 @@ def cmd_dataset(args: argparse.Namespace, cfg: CfgNode) -> Figure:
     title += f"..{indices[-1]} at {images.shape[-1]}x{images.shape[-2]}"
     if masks is None:
         title += " (no true masks)"
-    return vis.dataset_figure(
+    return figures.dataset_figure(
         images, masks, title, _labels(indices), pairs_per_row=args.pairs_per_row,
         cell_px=_cell(args, cfg), dpi=args.dpi,
     )  # fmt: skip
@@ -548,7 +561,7 @@ def draw(args: argparse.Namespace, cfg: CfgNode) -> tuple[str, tuple[int, int]]:
     """Draw and save the figure of one subcommand.
 
     Args:
-        args: ``parse_args`` output.
+        args: ``build_parser()`` namespace.
         cfg: ``build_cfg(args)``.
 
     Returns:
@@ -556,26 +569,19 @@ def draw(args: argparse.Namespace, cfg: CfgNode) -> tuple[str, tuple[int, int]]:
     """
     fig = COMMAND_FUNCTIONS[args.command](args, cfg)
     out = args.out or os.path.join(cfg.OUTPUT_DIR, "figures", f"{args.command}.png")
-    size = vis.save_figure(fig, out)
+    size = save_figure(fig, out)
     return out, size
+
+
+def run(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """Draw the subcommand's figure and say where it went."""
+    path, (width, height) = draw(args, cfg)
+    print(f"wrote {path} ({width}x{height} px)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a one-line message on a known failure)."""
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    try:
-        cfg = build_cfg(args)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        path, (width, height) = draw(args, cfg)
-    except (RunError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {path} ({width}x{height} px)")
-    return 0
+    return run_tool(argv, build_parser(), run, make_cfg=build_cfg)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ _CHOICES = {
     "MODEL.IODINE.INIT": ("released", "pytorch"),
     "MODEL.IODINE.GRAD_INPUT_REDUCTION": ("sum", "mean"),
     "MODEL.REFINEMENT.COORD_TYPE": ("linear", "cosine"),
+    "MODEL.REFINEMENT.LSTM_INIT": ("sonnet", "zero_bias"),
     "MODEL.REFINEMENT.PADDING": ("tf_same", "symmetric"),
     "MODEL.REFINEMENT.POOL": ("avg", "flatten"),
     "INPUT.RESIZE": ("bilinear", "nearest"),
@@ -50,6 +51,7 @@ _NON_NEGATIVE = (
     "TEST.EVAL_PERIOD",
     "LOG.IMAGE_PERIOD",
     "MODEL.REFINEMENT.LSTM_SIZE",
+    "MODEL.IODINE.EVAL_GRAD_DIVISOR",
 )
 
 

@@ -47,17 +47,24 @@ _C.MODEL.IODINE.LOSS_WEIGHTS = "linspace"
 _C.MODEL.IODINE.EVAL_SAMPLE = True
 # Seed of the evaluation-mode noise generator (one draw per step and slot, shared by the batch).
 _C.MODEL.IODINE.EVAL_SEED = 0
-# Weight initialisation: "released" (truncated normal std 1/sqrt(fan_in), zero biases, LSTM
-# forget bias +1, Glorot-uniform initial lambda) or "pytorch" (PyTorch module defaults).
+# Weight initialisation: "released" (truncated normal std 1/sqrt(fan_in), zero biases, the LSTM
+# as MODEL.REFINEMENT.LSTM_INIT says, Glorot-uniform initial lambda) or "pytorch" (PyTorch
+# module defaults everywhere, LSTM included; LSTM_INIT and LSTM_FORGET_BIAS are then unused).
 _C.MODEL.IODINE.INIT = "released"
 # Initial posterior std of every slot; 0 = released (Glorot-uniform raw scale, std ~0.83).
 # A small value lets the decoder read z before the refinement has learned to shrink the noise.
 _C.MODEL.IODINE.INIT_POSTERIOR_SCALE = 0.0
 # Keep the released legacy constants: capacity 0.5 inputs and the decoder's appended 5.0.
 _C.MODEL.IODINE.LEGACY_CONSTANTS = True
-# Loss whose gradients feed the refinement inputs: "sum" (per-image sum of L_t, batch
-# independent) or "mean" (released batch mean); identical after LayerNorm up to its eps.
-_C.MODEL.IODINE.GRAD_INPUT_REDUCTION = "sum"
+# Loss L_t whose gradients (dmask, dcomponents, dzp) feed the refinement inputs: "mean"
+# (released: batch mean over the per-process batch, so gradients are divided by B before the
+# LayerNorm; eval mode divides by EVAL_GRAD_DIVISOR) or "sum" (per-image sum, no division).
+# With LayerNorm eps 1e-5 the two differ for low-variance slots.
+_C.MODEL.IODINE.GRAD_INPUT_REDUCTION = "mean"
+# Fixed B (images) dividing the eval-mode gradient inputs under "mean", so evaluation does not
+# depend on the batch; 0 = SOLVER.IMS_PER_BATCH // SOLVER.ACCUMULATE_STEPS (the training
+# micro-batch of one process; under torchrun with N processes set that / N to match training).
+_C.MODEL.IODINE.EVAL_GRAD_DIVISOR = 0
 
 _C.MODEL.REFINEMENT = CN()
 # Image-sized refinement inputs, released order (alphabetical); drop names to ablate.
@@ -91,6 +98,13 @@ _C.MODEL.REFINEMENT.POOL = "avg"
 _C.MODEL.REFINEMENT.MLP_SIZES = (256, 256)
 # Hidden size of the per-slot LSTM; 0 = no LSTM (Tetrominoes).
 _C.MODEL.REFINEMENT.LSTM_SIZE = 256
+# LSTM initialisation under MODEL.IODINE.INIT "released": "sonnet" (released Sonnet 1.35:
+# weights and gate biases truncated normal, std 1/sqrt(input + hidden), bias_hh frozen at 0) or
+# "zero_bias" (earlier versions: zero gate biases, bias_hh trainable, 1,024 more CLEVR6 params).
+_C.MODEL.REFINEMENT.LSTM_INIT = "sonnet"
+# Constant added to the LSTM forget-gate pre-activation (Sonnet forget_bias; folded into
+# bias_ih at initialisation, so it is trainable from there).
+_C.MODEL.REFINEMENT.LSTM_FORGET_BIAS = 1.0
 # Padding of stride-2 convs: "tf_same" (TensorFlow SAME, extra pixel bottom/right, released)
 # or "symmetric" (PyTorch padding=k//2; a documented deviation).
 _C.MODEL.REFINEMENT.PADDING = "tf_same"
@@ -126,13 +140,15 @@ _C.DATASETS.TEST = ("clevr6_test",)
 _C.DATASETS.ROOT = "data"
 # Largest number of objects (labels > 0) allowed in a label map; 0 = no limit.
 _C.DATASETS.MAX_OBJECTS = 0
-# Number of held-out examples at the end of each prepared dataset (the _test split).
+# Read at preparation only: test examples a prepared set gets, stored last (the _test split
+# reads its size from the folder's meta.json, num_test).
 _C.DATASETS.TEST_SIZE = 320
-# Number of training examples generated when a generated dataset is missing.
+# Read at preparation only: training examples generated for a missing built-in dataset.
 _C.DATASETS.GENERATE_SIZE = 50000
-# Seed of the generator when a generated dataset is missing.
+# Read at preparation only: generator seed of a missing built-in dataset.
 _C.DATASETS.GENERATE_SEED = 0
-# Official CLEVR conversion: raw records forming the training part (test = next filtered scenes).
+# Read at preparation only: official CLEVR conversion, raw records of the training part (test =
+# the next TEST_SIZE filtered scenes).
 _C.DATASETS.CLEVR_TRAIN_RECORDS = 70000
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Data: dataset registry, loaders, preparation of the built-in datasets."""
+"""Data, reading side: the dataset registry, loaders and the prepared-folder format.
+
+Reading only: the built-in folders are written by ``lib.prepare`` (``tools/prepare_data.py``),
+which this package never imports.
+"""
 
 from lib.data.build import (
     DATASET_REGISTRY,
@@ -9,13 +13,7 @@ from lib.data.build import (
     make_data_loader,
     make_dataset,
 )
-from lib.data.prepare import (
-    BUILTIN_DATASETS,
-    convert_official,
-    ensure_prepared,
-    generate_dataset,
-    load_meta,
-)
+from lib.data.format import BUILTIN_DATASETS, dataset_dir, load_meta
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -23,10 +21,8 @@ __all__ = [
     "InfiniteShuffleSampler",
     "UnknownDatasetError",
     "collate",
-    "convert_official",
+    "dataset_dir",
     "dataset_provenance",
-    "ensure_prepared",
-    "generate_dataset",
     "load_meta",
     "make_data_loader",
     "make_dataset",

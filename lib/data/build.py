@@ -8,7 +8,7 @@ optionally give it a ``provenance`` dict. Then register it under a name::
     from lib.data.build import DATASET_REGISTRY
     DATASET_REGISTRY["my_set_train"] = (MyDataset, {"split": "train"})
 
-and use the name in ``DATASETS.TRAIN`` / ``DATASETS.TEST``. A folder of PNGs needs no code:
+and use the name in ``DATASETS.TRAIN`` / ``DATASETS.TEST``. A folder of images needs no code:
 ``folder:<path>`` (see ``lib/data/datasets/folder.py``).
 """
 
@@ -19,11 +19,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, Sampler
 
 from lib.data.datasets.folder import FolderDataset
 from lib.data.datasets.prepared import PreparedDataset
-from lib.data.prepare import BUILTIN_DATASETS
+from lib.data.format import BUILTIN_DATASETS, SPLIT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ FOLDER_PREFIX = "folder:"
 DATASET_REGISTRY: dict[str, tuple[type, dict]] = {
     f"{name}{suffix}": (PreparedDataset, {"dataset": name, "split": split})
     for name in BUILTIN_DATASETS
-    for suffix, split in (("", "all"), ("_train", "train"), ("_test", "test"))
+    for suffix, split in SPLIT_SUFFIXES.items()
 }
 
 
@@ -59,7 +59,9 @@ def make_dataset(name: str, cfg, is_train: bool) -> Dataset:
 
     Raises:
         UnknownDatasetError: an unknown name (the message lists the known names).
-        FileNotFoundError: a missing folder (see ``ensure_prepared`` and ``FolderDataset``).
+        FileNotFoundError: a missing folder (``PreparedDataset`` only reads: prepare a missing
+            built-in folder first with ``lib.prepare.prepare_missing`` or
+            ``tools/prepare_data.py``; see also ``FolderDataset``).
     """
     if name.startswith(FOLDER_PREFIX):
         path = name[len(FOLDER_PREFIX) :]
@@ -74,20 +76,26 @@ def make_dataset(name: str, cfg, is_train: bool) -> Dataset:
     return cls(cfg, is_train, **kwargs)
 
 
-def dataset_provenance(dataset: Dataset) -> list[dict]:
-    """Provenance of a dataset, looking through ConcatDataset and Subset.
+def dataset_provenance(dataset) -> list[dict]:
+    """Provenance of a dataset, looking through ConcatDataset and wrappers.
 
     Args:
-        dataset: a dataset from ``make_dataset`` or a loader's ``dataset``.
+        dataset: a dataset from ``make_dataset``, or anything that wraps one in a
+            ``dataset`` attribute (``Subset``, a ``DataLoader``), or a ``ConcatDataset``.
 
     Returns:
-        One dict per underlying dataset (``{"source": class name}`` when it records none).
+        One dict (a copy) per underlying dataset, in order; ``{"source": class name}`` for a
+        dataset that records none.
     """
     if isinstance(dataset, ConcatDataset):
         return [p for d in dataset.datasets for p in dataset_provenance(d)]
-    if isinstance(dataset, Subset):
-        return dataset_provenance(dataset.dataset)
-    return [dict(getattr(dataset, "provenance", {"source": type(dataset).__name__}))]
+    provenance = getattr(dataset, "provenance", None)
+    if provenance is not None:
+        return [dict(provenance)]
+    inner = getattr(dataset, "dataset", None)
+    if inner is not None:  # Subset, DataLoader, ...
+        return dataset_provenance(inner)
+    return [{"source": type(dataset).__name__}]
 
 
 def collate(

@@ -21,11 +21,22 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lib.data import dataset_provenance
+from lib.engine.checkpoint import unwrap_model
 from lib.evaluation.ari import adjusted_rand_index
 from lib.utils import comm
-from lib.utils.checkpoint import unwrap_model
 
 NO_MASK_REASON = "dataset has no ground-truth masks: ARI not computed"
+# The keys metrics.json always has at the top level (values of the first test dataset).
+METRIC_KEYS = (
+    "fg_ari",
+    "ari",
+    "mse",
+    "num_images",
+    "fg_ari_per_iter",
+    "ari_per_iter",
+    "mse_per_iter",
+)
 
 
 def sanitize_name(name: str) -> str:
@@ -33,18 +44,6 @@ def sanitize_name(name: str) -> str:
     become '_' (``folder:/data/x`` -> ``folder__data_x``)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
     return cleaned or "dataset"
-
-
-def find_provenance(dataset: Any) -> dict | None:
-    """The ``provenance`` dict of a dataset, looking through Subset-like wrappers."""
-    for _ in range(8):
-        if dataset is None:
-            return None
-        provenance = getattr(dataset, "provenance", None)
-        if provenance is not None:
-            return dict(provenance)
-        dataset = getattr(dataset, "dataset", None)
-    return None
 
 
 class _Accumulator:
@@ -165,8 +164,9 @@ def do_evaluate(
         ``{name: metrics}`` with, per dataset: ``fg_ari``, ``ari``, ``mse`` (final step; ARI
         values None without masks), ``fg_ari_per_iter``, ``ari_per_iter``, ``mse_per_iter``
         (T+1 values each), ``num_images`` (distinct images), ``fg_ari_num_images`` (images
-        with foreground) or ``reason`` (why ARI is missing), and ``provenance`` when the
-        dataset records one. Identical on every rank.
+        with foreground) or ``reason`` (why ARI is missing), and ``provenance``
+        (``lib.data.dataset_provenance``; one dict, or a list for a concatenation) when the
+        loader has a ``dataset``. Identical on every rank.
     """
     logger = logger or logging.getLogger(__name__)
     net = unwrap_model(model)
@@ -210,9 +210,11 @@ def do_evaluate(
             has_masks = bool(comm.all_reduce_max(torch.tensor([0 if has_masks else 1])) == 0)
             accumulator.reduce()
             metrics = accumulator.metrics(has_masks)
-            provenance = find_provenance(getattr(loader, "dataset", None))
-            if provenance is not None:
-                metrics["provenance"] = provenance
+            dataset = getattr(loader, "dataset", None)
+            if dataset is not None:
+                # One dict for a single dataset (the usual case), a list for a concatenation.
+                provenance = dataset_provenance(dataset)
+                metrics["provenance"] = provenance[0] if len(provenance) == 1 else provenance
             results[name] = metrics
             if predictions_dir is not None:
                 ordered = _gather_in_order(predictions)
@@ -245,3 +247,41 @@ def format_metrics(results: dict[str, dict[str, Any]]) -> str:
             line += "  fg_ari per step: " + " ".join(pct(v) for v in m["fg_ari_per_iter"])
         lines.append(line)
     return "\n".join(lines)
+
+
+def metrics_document(
+    results: dict[str, dict[str, Any]],
+    checkpoint: str,
+    iteration: int | None,
+    num_slots: int,
+    num_iters: int,
+) -> dict[str, Any]:
+    """The content of metrics.json.
+
+    Args:
+        results: ``do_evaluate``'s output (at least one dataset).
+        checkpoint: path of the evaluated weights.
+        iteration: their training iteration, or None.
+        num_slots, num_iters: K and T of the evaluation.
+
+    Returns:
+        The first dataset's ``METRIC_KEYS`` (and ``fg_ari_num_images``, ``reason``,
+        ``provenance`` when present) at the top level, every dataset's metrics under
+        ``datasets``, and ``dataset``, ``checkpoint``, ``iteration``, ``num_slots``,
+        ``num_iters``.
+    """
+    first_name = next(iter(results))
+    first = results[first_name]
+    doc = {key: first[key] for key in METRIC_KEYS}
+    for key in ("fg_ari_num_images", "reason", "provenance"):
+        if key in first:
+            doc[key] = first[key]
+    doc.update(
+        dataset=first_name,
+        datasets=results,
+        checkpoint=checkpoint,
+        iteration=iteration,
+        num_slots=num_slots,
+        num_iters=num_iters,
+    )
+    return doc

@@ -7,7 +7,7 @@ from torch.optim import Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from yacs.config import CfgNode
 
-from lib.utils.checkpoint import unwrap_model
+from lib.engine.checkpoint import unwrap_model
 
 
 def make_optimizer(cfg: CfgNode, model: nn.Module) -> Adam:

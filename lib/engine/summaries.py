@@ -1,11 +1,17 @@
-"""TensorBoard image summaries of IODINE outputs (grids built with torchvision's make_grid)."""
+"""TensorBoard image summaries of IODINE outputs (grids built with torchvision's make_grid).
+
+TensorBoard shows an image at its own pixel size, so small model inputs (16 px in the
+quickstart) would arrive as a 69 x 69 grid; each grid is enlarged by an integer factor with
+nearest-neighbour sampling so that every tile is at least ``MIN_TILE_PX`` pixels.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid
+
+MIN_TILE_PX = 64
 
 
 def image_grids(
@@ -25,6 +31,10 @@ def image_grids(
         ``masks`` (the K final masks, grey), ``slots`` (the K masked components m_k * mu_k at
         the final step) and ``refinement`` (input | reconstruction at t = 0..T).
     """
+    # Imported here: torchvision's import loads torch._dynamo (about a second), which nothing
+    # else in a training or evaluation process needs before the first picture.
+    from torchvision.utils import make_grid
+
     n = min(num_images, images.shape[0])
     x = images[:n].detach().float().cpu().clamp(0, 1)
     recon = out["recon"][:n].detach().float().cpu().clamp(0, 1)  # (n, T+1, 3, H, W)
@@ -56,7 +66,9 @@ def add_image_summaries(
     step: int,
     num: int,
 ) -> None:
-    """Write the grids of ``image_grids`` as TensorBoard images ``<prefix>/<name>``.
+    """Write the grids of ``image_grids`` as TensorBoard images ``<prefix>/<name>``, enlarged
+    by an integer factor (nearest neighbour) so that each tile is at least ``MIN_TILE_PX``
+    pixels.
 
     Args:
         writer: a ``torch.utils.tensorboard.SummaryWriter``.
@@ -64,5 +76,9 @@ def add_image_summaries(
         images, out, num: as for ``image_grids``.
         step: global step (iteration).
     """
+    from lib.analysis.palette import upscale_nearest  # imports torchvision (see image_grids)
+
+    tile = min(images.shape[-2:])
     for name, grid in image_grids(images, out, num).items():
+        grid = upscale_nearest(grid, min_tile=MIN_TILE_PX, tile_size=tile)
         writer.add_image(f"{prefix}/{name}", grid, step)

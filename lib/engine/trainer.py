@@ -1,9 +1,10 @@
-"""``do_train``: the iteration-based IODINE training loop.
+"""Training: ``train_step`` (one optimiser step) and ``do_train`` (the iteration loop).
 
 One iteration: forward and backward over SOLVER.ACCUMULATE_STEPS micro-batches, gradient norm
 and clipping, a finite check agreed by every rank (a non-finite loss or gradient skips the
 step), the optimiser and scheduler steps, then, at their periods, scalar logs, image
-summaries, the held-out evaluation and a checkpoint.
+summaries, the held-out evaluation and a checkpoint. ``tools/benchmark.py`` times the same
+``train_step``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,10 +23,17 @@ from torch import nn
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from lib.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    Checkpointer,
+    get_rng_states,
+    set_rng_states,
+    unwrap_model,
+)
 from lib.engine.inference import do_evaluate
+from lib.engine.launch import seed_all
 from lib.engine.summaries import add_image_summaries
 from lib.utils import comm
-from lib.utils.checkpoint import Checkpointer, get_rng_states, unwrap_model
 
 
 class NonFiniteError(RuntimeError):
@@ -31,6 +41,7 @@ class NonFiniteError(RuntimeError):
 
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+PhaseFactory = Callable[[str], contextlib.AbstractContextManager]
 
 
 def make_heldout_batches(
@@ -60,6 +71,112 @@ def make_heldout_batches(
     return batches
 
 
+def forward_autocast(amp: bool, device: torch.device) -> Callable[[], Any]:
+    """The context factory of the training forward: bf16 autocast with SOLVER.AMP on CUDA.
+
+    Off CUDA, SOLVER.AMP is ignored (the tools warn), and without it there is no autocast
+    context at all, so the fp32 step runs exactly the same operations as a plain forward.
+
+    Args:
+        amp: SOLVER.AMP.
+        device: where the model runs.
+
+    Returns:
+        A zero-argument callable returning a context manager.
+    """
+    if amp and device.type == "cuda":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@dataclass
+class StepResult:
+    """What ``train_step`` did.
+
+    Attributes:
+        values: (1 + 2 (T+1),) float32: [loss, nll_0..T, kl_0..T], means over the micro-batches.
+        grad_norm: scalar, the global gradient norm before clipping.
+        skipped: True when the step was not taken (non-finite loss or gradient on some rank).
+        images: (b, 3, H, W) the last micro-batch.
+        out: the model's output on it.
+    """
+
+    values: torch.Tensor
+    grad_norm: torch.Tensor
+    skipped: bool
+    images: torch.Tensor
+    out: dict[str, torch.Tensor]
+
+
+def _micro_batch_context(model: nn.Module, sync: bool):
+    # DDP all-reduces gradients in backward; skip that for all but the last micro-batch.
+    if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _no_phase(_: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    clip: float = math.inf,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    phase: PhaseFactory | None = None,
+) -> StepResult:
+    """One optimiser step over micro-batches whose gradients add up to the batch mean.
+
+    Each micro-batch's loss (its own batch mean) is divided by the number of micro-batches
+    before ``backward``, so with equal micro-batches the summed gradient is that of the mean
+    over all of them. Then the gradient norm is clipped at ``clip``, every rank agrees whether
+    the loss or the norm is non-finite, and the optimiser steps, or the gradients are dropped.
+    The scheduler, logs and checkpoints are the caller's.
+
+    Args:
+        model: returns a dict with ``loss`` (scalar), ``nll`` and ``kl`` ((T+1,) each); may be
+            wrapped in DistributedDataParallel (gradients are synchronised once, in the last
+            micro-batch's backward).
+        optimizer: its optimiser.
+        micro_batches: (b, 3, H, W) image batches on the model's device, at least one.
+        params: the trainable parameters (clipped together).
+        clip: global gradient-norm limit (``math.inf``: no clipping).
+        autocast: factory of the forward's context (``forward_autocast``).
+        phase: ``name -> context`` timing the ``"backward"`` and ``"optimizer"`` parts (the
+            benchmark's timer); None: untimed.
+
+    Returns:
+        A ``StepResult``.
+    """
+    phase = phase or _no_phase
+    count = len(micro_batches)
+    with phase("optimizer"):
+        optimizer.zero_grad(set_to_none=True)
+    values = []
+    for index, images in enumerate(micro_batches):
+        with _micro_batch_context(model, sync=index == count - 1):
+            with autocast():
+                out = model(images)
+            loss = out["loss"] if count == 1 else out["loss"] / count
+            with phase("backward"):
+                loss.backward()
+        values.append(torch.cat([out["loss"].detach()[None], out["nll"], out["kl"]]))
+    mean_values = torch.stack(values).float().mean(dim=0)
+    with phase("optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        # Every rank must skip the same steps, so the finite check is agreed on.
+        bad = (~torch.isfinite(mean_values[0]) | ~torch.isfinite(grad_norm)).float().reshape(1)
+        skipped = bool(comm.all_reduce_max(bad).item() > 0)
+        if skipped:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
+    return StepResult(mean_values, grad_norm, skipped, images, out)
+
+
 class _PeriodMeter:
     """Sums of training statistics since the last log, kept on the device (no sync)."""
 
@@ -85,15 +202,88 @@ class _PeriodMeter:
         return mean, rate
 
 
-def _micro_batch_context(model: nn.Module, sync: bool):
-    # DDP all-reduces gradients in backward; skip that for all but the last micro-batch.
-    if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    return contextlib.nullcontext()
-
-
 def _due(iteration: int, period: int, max_iter: int) -> bool:
     return period > 0 and (iteration % period == 0 or iteration == max_iter)
+
+
+def resume_or_start(
+    cfg: CfgNode,
+    checkpointer: Checkpointer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    logger: logging.Logger,
+) -> int:
+    """Restore a run from ``OUTPUT_DIR/last_checkpoint``, or start fresh (from MODEL.WEIGHT).
+
+    Also seeds this rank's noise stream: the checkpoint's RNG states when it has one per
+    process, else ``SEED + rank`` (plus an offset on a resume with another process count).
+
+    Args:
+        cfg: the config (SOLVER.RESUME, MODEL.WEIGHT, SEED, OUTPUT_DIR, the schedule keys).
+        checkpointer: holds the model, optimiser and scheduler.
+        scheduler: from ``make_lr_scheduler``; a resumed run keeps the checkpoint's schedule
+            (a warning names each key whose config value differs).
+        logger: where the start is reported.
+
+    Returns:
+        The completed iterations to start after (0 on a fresh start).
+
+    Raises:
+        CheckpointError: an unreadable or mismatched checkpoint or MODEL.WEIGHT.
+    """
+    rank, world = comm.get_rank(), comm.get_world_size()
+    last = checkpointer.last_checkpoint() if cfg.SOLVER.RESUME else None
+    seed_all(cfg.SEED + rank)
+    if last is not None:
+        state = checkpointer.load(last)
+        start_iter = int(state["iteration"])
+        rng = state.get("rng_states") or []
+        if len(rng) == world:
+            set_rng_states(rng[rank])
+        else:
+            logger.warning(
+                "checkpoint has RNG states of %d processes, this run has %d: reseeding",
+                len(rng),
+                world,
+            )
+            seed_all(cfg.SEED + rank + 7919 * start_iter)
+        logger.info("resumed from %s at iteration %d", last, start_iter)
+        _warn_schedule_change(cfg, scheduler, logger)
+        return start_iter
+    if cfg.MODEL.WEIGHT:
+        checkpointer.load(cfg.MODEL.WEIGHT, weights_only=True)
+        logger.info("fresh start from the weights of %s", cfg.MODEL.WEIGHT)
+        return 0
+    if not cfg.SOLVER.RESUME and os.path.exists(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)):
+        logger.warning(
+            "SOLVER.RESUME False: starting over in %s, which holds an earlier run's "
+            "checkpoints (the oldest are deleted as new ones are written)",
+            cfg.OUTPUT_DIR,
+        )
+    logger.info("fresh start")
+    return 0
+
+
+def _warn_schedule_change(
+    cfg: CfgNode, scheduler: torch.optim.lr_scheduler.LambdaLR, logger: logging.Logger
+) -> None:
+    # The scheduler state holds BASE_LR and the decay and warm-up settings of the checkpoint.
+    factor = scheduler.lr_lambdas[0]
+    saved = {
+        "SOLVER.BASE_LR": scheduler.base_lrs[0],
+        "SOLVER.DECAY_RATE": factor.decay_rate,
+        "SOLVER.DECAY_STEPS": factor.decay_steps,
+        "SOLVER.WARMUP_ITERS": factor.warmup_iters,
+    }
+    for key, value in saved.items():
+        wanted = cfg.SOLVER[key.split(".")[1]]
+        if abs(float(value) - float(wanted)) > 1e-12 * max(abs(float(wanted)), 1.0):
+            logger.warning(
+                "%s = %s in the config, but the resumed checkpoint's schedule uses %s: "
+                "the checkpoint's value is kept (start a new OUTPUT_DIR to change it)",
+                key,
+                wanted,
+                value,
+            )
 
 
 def do_train(
@@ -146,7 +336,7 @@ def do_train(
     accumulate = cfg.SOLVER.ACCUMULATE_STEPS
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
     max_nonfinite = max(cfg.SOLVER.MAX_NONFINITE, 1)
-    amp = bool(cfg.SOLVER.AMP) and device.type == "cuda"
+    autocast = forward_autocast(cfg.SOLVER.AMP, device)
     params = [p for p in model.parameters() if p.requires_grad]
     main = comm.is_main_process()
     cfg_yaml = cfg.dump()
@@ -168,30 +358,18 @@ def do_train(
     logger.info("start training at iteration %d of %d", start_iter, max_iter)
 
     for iteration in range(start_iter + 1, max_iter + 1):
-        # 1. Forward and backward over the micro-batches; gradients sum to the batch mean.
-        optimizer.zero_grad(set_to_none=True)
-        step_values = []
-        for micro in range(accumulate):
-            images, _ = next(data_iter)
-            images = images.to(device, non_blocking=True)
-            with _micro_batch_context(model, sync=micro == accumulate - 1):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = model(images)
-                (out["loss"] / accumulate).backward()
-            step_values.append(torch.cat([out["loss"].detach()[None], out["nll"], out["kl"]]))
-            meter.images += images.shape[0] * comm.get_world_size()
-        values = torch.stack(step_values).float().mean(dim=0)  # [loss, nll_0..T, kl_0..T]
-
-        # 2. Global gradient norm (clipped at GRAD_CLIP_NORM) and a finite check that every
-        # rank agrees on, so that all ranks skip the same steps.
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        bad = (~torch.isfinite(values[0]) | ~torch.isfinite(grad_norm)).float().reshape(1)
-        bad = bool(comm.all_reduce_max(bad).item() > 0)
-
-        # 3. Optimiser step, or skip a non-finite one.
+        # 1. Forward and backward over the micro-batches, clipping, the agreed finite check
+        # and the optimiser step (or a skipped one).
+        micro_batches = [
+            next(data_iter)[0].to(device, non_blocking=True) for _ in range(accumulate)
+        ]
         lr = optimizer.param_groups[0]["lr"]
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
+        step = train_step(model, optimizer, micro_batches, params, clip, autocast)
+        values, grad_norm = step.values, step.grad_norm
+        meter.images += sum(b.shape[0] for b in micro_batches) * comm.get_world_size()
+
+        # 2. A skipped step counts towards SOLVER.MAX_NONFINITE; a good one resets the count.
+        if step.skipped:
             consecutive_bad += 1
             skipped_steps += 1
             log = logger.warning if main else logger.debug  # every rank agrees: say it once
@@ -212,7 +390,6 @@ def do_train(
                     f"{cfg.SOLVER.MAX_NONFINITE}); the last good checkpoint is untouched"
                 )
         else:
-            optimizer.step()
             consecutive_bad = 0
             meter.add(torch.cat([values.to(grad_norm.device), grad_norm.reshape(1).float()]))
         scheduler.step()
@@ -220,7 +397,7 @@ def do_train(
             bar.update(1)
             bar.set_postfix(loss=f"{values[0].item():.1f}", refresh=False)
 
-        # 4. Scalars, averaged over the steps since the last log and over ranks.
+        # 3. Scalars, averaged over the steps since the last log and over ranks.
         if _due(iteration, cfg.LOG.PERIOD, max_iter):
             mean, images_per_s = meter.take()
             if mean is not None:
@@ -228,19 +405,21 @@ def do_train(
             if writer is not None:
                 writer.add_scalar("train/skipped_steps", skipped_steps, iteration)
 
-        # 5. Pictures of the current training batch (rank 0's last micro-batch).
+        # 4. Pictures of the current training batch (rank 0's last micro-batch).
         extras_start = time.perf_counter()
         if writer is not None and _due(iteration, cfg.LOG.IMAGE_PERIOD, max_iter):
-            add_image_summaries(writer, "train_images", images, out, iteration, cfg.LOG.NUM_IMAGES)
+            add_image_summaries(
+                writer, "train_images", step.images, step.out, iteration, cfg.LOG.NUM_IMAGES
+            )
 
-        # 6. Held-out evaluation (collective).
+        # 5. Held-out evaluation (collective).
         if heldout is not None and _due(iteration, cfg.TEST.EVAL_PERIOD, max_iter):
             last_eval = _evaluate_heldout(
                 cfg, model, heldout, heldout_name, device, iteration, writer, logger
             )
             model.train()
 
-        # 7. Checkpoint (every rank's RNG state is gathered; rank 0 writes).
+        # 6. Checkpoint (every rank's RNG state is gathered; rank 0 writes).
         if iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or iteration == max_iter:
             rng_states = comm.all_gather_object(get_rng_states())
             checkpointer.save(iteration, cfg_yaml, rng_states)

@@ -8,6 +8,27 @@ from yacs.config import CfgNode
 from lib.model.iodine import IODINE
 
 
+def eval_grad_divisor(cfg: CfgNode) -> int:
+    """The fixed B dividing the eval-mode gradient inputs (``MODEL.IODINE.EVAL_GRAD_DIVISOR``).
+
+    0 means the training micro-batch of one process, ``SOLVER.IMS_PER_BATCH //
+    SOLVER.ACCUMULATE_STEPS`` (at least 1). The world size is deliberately not read: a
+    checkpoint then evaluates to the same numbers in train_net under torchrun and in a
+    single-process test_net; a torchrun user who wants eval to match the per-process training
+    batch exactly sets the key to ``IMS_PER_BATCH // (ACCUMULATE_STEPS * processes)``.
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        The divisor, an int >= 1.
+    """
+    fixed = cfg.MODEL.IODINE.EVAL_GRAD_DIVISOR
+    if fixed > 0:
+        return int(fixed)
+    return max(1, cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.ACCUMULATE_STEPS)
+
+
 def build_model(cfg: CfgNode) -> IODINE:
     """Build IODINE from ``cfg.MODEL`` (architecture, likelihood, prior, switches).
 
@@ -33,6 +54,8 @@ def build_model(cfg: CfgNode) -> IODINE:
         refine_mlp_sizes=tuple(r.MLP_SIZES),
         refine_lstm_size=r.LSTM_SIZE,
         refine_pool=r.POOL,
+        refine_lstm_init=r.LSTM_INIT,
+        refine_lstm_forget_bias=r.LSTM_FORGET_BIAS,
         image_size=cfg.INPUT.IMAGE_SIZE,
         decoder_conv_channels=tuple(d.CONV_CHANNELS),
         decoder_kernel_size=d.KERNEL_SIZE,
@@ -49,6 +72,7 @@ def build_model(cfg: CfgNode) -> IODINE:
         init_posterior_scale=m.INIT_POSTERIOR_SCALE,
         legacy_constants=m.LEGACY_CONSTANTS,
         grad_input_reduction=m.GRAD_INPUT_REDUCTION,
+        eval_grad_divisor=eval_grad_divisor(cfg),
     )
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 from lib.model import distributions as dist
 from lib.model.decoder import SpatialBroadcastDecoder
 from lib.model.layers import (
+    LSTM_INITS,
     SlotLayerNorm,
     cosine_coordinates,
     linear_coordinates,
@@ -54,6 +56,11 @@ class IODINE(nn.Module):
         refine_conv_channels, refine_kernel_size, refine_stride, refine_padding,
         refine_mlp_sizes, refine_lstm_size, refine_pool: the refinement network (see
             RefinementNetwork).
+        refine_lstm_init: "sonnet" (released: Sonnet 1.35's LSTM, ``bias_hh`` frozen at zero)
+            or "zero_bias" (zero gate biases, trainable ``bias_hh``); see
+            ``layers.released_init_``. Used with ``init="released"`` only.
+        refine_lstm_forget_bias: constant added to the LSTM forget gate (folded into
+            ``bias_ih`` at initialisation).
         image_size: side of the square input (used only by refine_pool="flatten").
         decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size,
         decoder_factorized_first_layer: the decoder.
@@ -64,12 +71,25 @@ class IODINE(nn.Module):
         loss_weights: "linspace", "uniform" or "last": weights w_t of the T+1 step losses.
         eval_sample: sample z in eval mode from a reseeded generator (else use the mean).
         eval_seed: seed of that generator.
-        init: "released" or "pytorch" weight initialisation.
+        init: "released" or "pytorch" (PyTorch module defaults everywhere, the LSTM included)
+            weight initialisation.
         init_posterior_scale: if > 0, the initial posterior std of every latent (its raw
             scale set to softplus^-1(std^2)); 0 keeps the released Glorot-uniform init.
         legacy_constants: keep the capacity inputs and the decoder's constant 5.0.
-        grad_input_reduction: "sum" (per-image sum of L_t) or "mean" (released batch mean)
-            as the loss whose gradients are refinement inputs.
+        grad_input_reduction: the loss whose gradients are refinement inputs: "mean"
+            (released: in training the batch mean L_t, so each image's gradients are divided by
+            B; in eval mode the per-image sum divided by ``eval_grad_divisor``, so an image's
+            result does not depend on its batch) or "sum" (per-image sum of L_t in both modes).
+            The LayerNorm's eps makes the two differ for low-variance slots.
+        eval_grad_divisor: the fixed B of "mean" in eval mode (> 0); ``build_model`` sets the
+            per-process training micro-batch.
+
+    Attributes:
+        phase_hook: None, or a callable(phase name) returning a context manager that is
+            entered around each decoder call ("decoder"), gradient-input ``autograd.grad``
+            call ("grad_inputs") and refinement-network call ("refinement"); set by
+            ``lib.analysis.profiling.instrument``. While a torch profiler runs, the same calls
+            are marked as ``torch.profiler.record_function("iodine.<phase>")`` ranges.
     """
 
     def __init__(
@@ -103,13 +123,20 @@ class IODINE(nn.Module):
         init: str = "released",
         init_posterior_scale: float = 0.0,
         legacy_constants: bool = True,
-        grad_input_reduction: str = "sum",
+        grad_input_reduction: str = "mean",
+        eval_grad_divisor: float = 32.0,
+        refine_lstm_init: str = "sonnet",
+        refine_lstm_forget_bias: float = 1.0,
     ) -> None:
         super().__init__()
         if likelihood not in ("logistic", "gaussian"):
             raise ValueError(f"likelihood must be 'logistic' or 'gaussian', got {likelihood!r}")
         if grad_input_reduction not in ("sum", "mean"):
             raise ValueError(f"grad_input_reduction must be sum or mean: {grad_input_reduction!r}")
+        if refine_lstm_init not in LSTM_INITS:
+            raise ValueError(f"refine_lstm_init must be one of {LSTM_INITS}: {refine_lstm_init!r}")
+        if not eval_grad_divisor > 0:
+            raise ValueError(f"eval_grad_divisor must be > 0, got {eval_grad_divisor!r}")
         if loss_weights not in ("linspace", "uniform", "last"):
             raise ValueError(f"unknown loss_weights {loss_weights!r}")
         if not legacy_constants:
@@ -128,6 +155,8 @@ class IODINE(nn.Module):
         self.eval_sample = eval_sample
         self.eval_seed = eval_seed
         self.grad_input_reduction = grad_input_reduction
+        self.phase_hook = None  # see Attributes; a plain attribute, not saved in state_dict
+        self.eval_grad_divisor = float(eval_grad_divisor)
 
         channels = dict(IMAGE_INPUT_CHANNELS, coordinates=2 if coord_type == "linear" else 8)
         in_channels = sum(channels[name] for name in self.image_inputs)
@@ -172,8 +201,9 @@ class IODINE(nn.Module):
                 raw = math.log(math.expm1(init_posterior_scale**2))
                 self.init_posterior[latent_dim:] = raw
         if init == "released":
-            released_init_(self.decoder)
-            released_init_(self.refinement)
+            lstm = {"lstm_init": refine_lstm_init, "lstm_forget_bias": refine_lstm_forget_bias}
+            released_init_(self.decoder, **lstm)
+            released_init_(self.refinement, **lstm)
         elif init != "pytorch":
             raise ValueError(f"init must be 'released' or 'pytorch', got {init!r}")
         if decoder_blob_init_gain > 0:
@@ -188,6 +218,20 @@ class IODINE(nn.Module):
             return [1.0] * (num_iters + 1)
         return [0.0] * num_iters + [1.0]
 
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Mark one phase of the forward (see ``phase_hook``): a profiler range while a
+        profiler runs, and the hook's context when one is set."""
+        # The range costs several microseconds even with no profiler; the check costs 0.1.
+        profiling = torch.autograd._profiler_enabled()
+        mark = torch.profiler.record_function if profiling else contextlib.nullcontext
+        with mark(f"iodine.{name}"):
+            if self.phase_hook is None:
+                yield
+            else:
+                with self.phase_hook(name):
+                    yield
+
     def decode(self, z: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
         """Decode every slot's latent.
 
@@ -200,7 +244,8 @@ class IODINE(nn.Module):
             ``masks`` (B, K, H, W) softmax over K and ``recon`` (B, 3, H, W) = sum_k m_k mu_k.
         """
         b, k, d = z.shape
-        out = self.decoder(z.reshape(b * k, d), height, width)  # (B*K, 4, H, W)
+        with self._phase("decoder"):
+            out = self.decoder(z.reshape(b * k, d), height, width)  # (B*K, 4, H, W)
         # Likelihood arithmetic stays in at least float32 under bf16 autocast.
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         out = out.view(b, k, 4, height, width)
@@ -332,11 +377,15 @@ class IODINE(nn.Module):
             # Gradient inputs: one backward through this step's decoder, no second-order graph.
             if self.grad_input_reduction == "sum":
                 grad_loss = nll.sum() + kl.sum()
+            elif self.training:
+                grad_loss = step_loss  # released: the batch mean over this process's batch
             else:
-                grad_loss = step_loss
-            d_lam, d_mu, d_logits = torch.autograd.grad(
-                grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
-            )
+                # A fixed divisor in place of B keeps evaluation independent of the batch.
+                grad_loss = (nll.sum() + kl.sum()) / self.eval_grad_divisor
+            with self._phase("grad_inputs"):
+                d_lam, d_mu, d_logits = torch.autograd.grad(
+                    grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
+                )
             with maybe_no_grad():
                 lam, state = self._refine(
                     images, coords, lam, state, mu, mask_logits, log_masks, comp_lp, log_px,
@@ -426,5 +475,6 @@ class IODINE(nn.Module):
             vector["zp"] = flat_lam
         vector_in = torch.cat([vector[n] for n in self.vector_inputs], dim=1)  # (B*K, V)
 
-        new_lam, state = self.refinement(image_in, vector_in, flat_lam, state)
+        with self._phase("refinement"):
+            new_lam, state = self.refinement(image_in, vector_in, flat_lam, state)
         return new_lam.view(b, k, -1), state

@@ -93,27 +93,89 @@ def cosine_coordinates(height: int, width: int, freqs: int = 3, device=None) -> 
     return basis.permute(2, 0, 1).contiguous()
 
 
-def released_init_(module: nn.Module) -> None:
+LSTM_INITS = ("sonnet", "zero_bias")
+
+
+def _trunc_normal_(tensor: torch.Tensor, std: float) -> None:
+    # TF1's truncated_normal_initializer: a normal with this std, redrawn beyond 2 std.
+    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+def sonnet_lstm_init_(cell: nn.LSTMCell, forget_bias: float = 1.0) -> None:
+    """Make ``cell`` compute what Sonnet 1.35's ``snt.LSTM`` computes at initialisation.
+
+    Sonnet draws its one weight matrix ``w_gates`` (input + hidden, 4 * hidden) and its one
+    bias ``b_gates`` (4 * hidden) from a truncated normal with std 1/sqrt(input + hidden), and
+    adds ``forget_bias`` as a constant inside the forget gate. Here ``weight_ih`` and
+    ``weight_hh`` (the two blocks of ``w_gates``) and ``bias_ih`` get that draw, ``bias_ih``'s
+    forget block (PyTorch gate order i, f, g, o: rows hidden..2*hidden) gets ``forget_bias``
+    added, and ``bias_hh``, which has no Sonnet counterpart, is zeroed and frozen
+    (``requires_grad`` False): otherwise Adam would move the bias sum twice as fast and the
+    clipping norm would count its gradient twice. Gradients and Adam steps equal Sonnet's, since
+    Adam is invariant to the constant shift. A checkpoint converter inverts exactly this:
+    ``bias_ih = reorder(b_gates) + forget_bias`` on the f block, ``bias_hh = 0``.
+
+    Args:
+        cell: the LSTM cell, initialised in place.
+        forget_bias: constant added to the forget gate's pre-activation (Sonnet default 1.0).
+    """
+    std = 1.0 / math.sqrt(cell.input_size + cell.hidden_size)
+    for tensor in (cell.weight_ih, cell.weight_hh, cell.bias_ih):
+        _trunc_normal_(tensor, std)
+    with torch.no_grad():
+        cell.bias_ih[cell.hidden_size : 2 * cell.hidden_size] += forget_bias
+        cell.bias_hh.zero_()
+    cell.bias_hh.requires_grad_(False)
+
+
+def zero_bias_lstm_init_(cell: nn.LSTMCell, forget_bias: float = 1.0) -> None:
+    """This project's earlier LSTM initialisation, kept bit-identical for old runs.
+
+    ``weight_ih`` and ``weight_hh`` as in ``sonnet_lstm_init_``; both bias vectors zero except
+    ``bias_ih``'s forget block, set to ``forget_bias``; ``bias_hh`` stays trainable.
+
+    Args:
+        cell: the LSTM cell, initialised in place.
+        forget_bias: value of the forget block of ``bias_ih``.
+    """
+    std = 1.0 / math.sqrt(cell.input_size + cell.hidden_size)
+    for w in (cell.weight_ih, cell.weight_hh):
+        _trunc_normal_(w, std)
+    nn.init.zeros_(cell.bias_ih)
+    nn.init.zeros_(cell.bias_hh)
+    with torch.no_grad():
+        cell.bias_ih[cell.hidden_size : 2 * cell.hidden_size].fill_(forget_bias)
+
+
+def released_init_(
+    module: nn.Module, *, lstm_init: str = "sonnet", lstm_forget_bias: float = 1.0
+) -> None:
     """Initialise like Sonnet 1: truncated normal weights, std 1/sqrt(fan_in), cut at 2 std.
 
-    Conv and linear biases are zero. LSTM cells get std 1/sqrt(input + hidden) on both weight
-    matrices, zero biases and forget-gate bias +1 (Sonnet adds forget_bias=1 to the gate).
+    Conv and linear biases are zero. LSTM cells follow ``lstm_init``: "sonnet" (released,
+    ``sonnet_lstm_init_``, freezes ``bias_hh``) or "zero_bias" (``zero_bias_lstm_init_``).
+
+    Args:
+        module: every Conv2d, Linear and LSTMCell inside it is initialised in place.
+        lstm_init: "sonnet" or "zero_bias".
+        lstm_forget_bias: the LSTM forget-gate bias (Sonnet's forget_bias).
+
+    Raises:
+        ValueError: an unknown ``lstm_init``.
     """
+    if lstm_init not in LSTM_INITS:
+        raise ValueError(f"lstm_init must be one of {LSTM_INITS}, got {lstm_init!r}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
-            std = 1.0 / math.sqrt(fan_in)
-            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            _trunc_normal_(m.weight, 1.0 / math.sqrt(fan_in))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LSTMCell):
-            std = 1.0 / math.sqrt(m.input_size + m.hidden_size)
-            for w in (m.weight_ih, m.weight_hh):
-                nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
-            nn.init.zeros_(m.bias_ih)
-            nn.init.zeros_(m.bias_hh)
-            with torch.no_grad():
-                m.bias_ih[m.hidden_size : 2 * m.hidden_size].fill_(1.0)
+            if lstm_init == "sonnet":
+                sonnet_lstm_init_(m, lstm_forget_bias)
+            else:
+                zero_bias_lstm_init_(m, lstm_forget_bias)
 
 
 class SlotLayerNorm(nn.Module):

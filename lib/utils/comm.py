@@ -48,8 +48,8 @@ def init_distributed(use_cuda: bool, timeout_minutes: int = 30) -> bool:
 
     Args:
         use_cuda: whether the run uses CUDA devices.
-        timeout_minutes: collective timeout (dataset generation on rank 0 happens behind a
-            barrier, so it must cover that).
+        timeout_minutes: collective timeout: the longest one rank may wait for the others
+            (e.g. while rank 0 writes a checkpoint or prediction PNGs).
 
     Returns:
         True when a process group was initialised (or already was).
@@ -133,12 +133,3 @@ def all_gather_object(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Send a picklable object from rank ``src`` to every process and return it."""
-    if not is_dist() or get_world_size() == 1:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]

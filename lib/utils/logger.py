@@ -36,7 +36,7 @@ def setup_logger(
 ) -> logging.Logger:
     """Configure a logger: INFO to stdout and ``save_dir/filename`` on rank 0, WARNING only else.
 
-    The loggers of ``packages`` (module loggers such as ``lib.data.prepare``, which announces
+    The loggers of ``packages`` (module loggers such as ``lib.prepare.missing``, which announces
     dataset generation) get the same handlers at INFO level, so their messages reach the
     console and log.txt too. Calling it again replaces (and closes) the handlers a previous
     call installed, so a process may set up several runs in turn (as the tests do).

@@ -1,4 +1,4 @@
-"""make_dataset: registry, splits, auto-generation, provenance, resizing."""
+"""make_dataset: registry, splits from meta.json, read-only errors, provenance, resizing."""
 
 import json
 import logging
@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.data import DATASET_REGISTRY, UnknownDatasetError, ensure_prepared, make_dataset
-from lib.data import generators as gen_registry
-from lib.data.generators import tetrominoes as tet
-from lib.data.prepare import derived_test_seed, generate_dataset
+from lib.data import DATASET_REGISTRY, UnknownDatasetError, make_dataset
+from lib.prepare import generate_dataset
 from tests.data.conftest import data_cfg
 
 
@@ -29,70 +27,74 @@ def test_unknown_name_lists_known_names(tmp_path):
         assert name in message
 
 
-def test_missing_generated_dataset_is_generated_loudly(tmp_path, caplog):
-    cfg = data_cfg(
-        tmp_path,
-        INPUT__IMAGE_SIZE=35,
-        DATASETS__GENERATE_SIZE=12,
-        DATASETS__TEST_SIZE=4,
-        DATASETS__GENERATE_SEED=3,
-    )
-    with caplog.at_level(logging.WARNING):
-        train = make_dataset("tetrominoes_train", cfg, True)
-    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert os.path.join(str(tmp_path), "tetrominoes") in warning
-    assert "tools/prepare_data.py --dataset tetrominoes" in warning
-    test = make_dataset("tetrominoes_test", cfg, False)
-    assert (len(train), len(test)) == (12, 4)
-    prov = test.provenance
-    assert prov["source"] == "generated" and prov["seed"] == 3
-    assert prov["generator"] == "lib.data.generators.tetrominoes"
-    assert prov["test_seed"] == derived_test_seed(3) != 3
-    assert prov["split"] == "test" and prov["split_range"] == [12, 16]
-    # Training part from the seed, test part from its own stream, stored last.
-    expected_train = [it["image"] for it in tet.generate(12, 3)]
-    expected_test = [it["image"] for it in tet.generate(4, derived_test_seed(3))]
-    for i in range(12):
-        np.testing.assert_array_equal(train.load_arrays(i)[0], expected_train[i])
-    for i in range(4):
-        np.testing.assert_array_equal(test.load_arrays(i)[0], expected_test[i])
-    train_bytes = {a.tobytes() for a in expected_train}
-    assert not any(a.tobytes() in train_bytes for a in expected_test)
-
-
-def test_existing_folder_is_used_whatever_its_size(tmp_path, caplog):
-    generate_dataset(
-        "tetrominoes", str(tmp_path), num_examples=5, seed=0, test_size=2, progress=False
-    )
-    cfg = data_cfg(
-        tmp_path, INPUT__IMAGE_SIZE=35, DATASETS__GENERATE_SIZE=50, DATASETS__TEST_SIZE=2
-    )
-    with caplog.at_level(logging.WARNING):
-        assert len(make_dataset("tetrominoes", cfg, False)) == 7
-    assert not caplog.records
-
-
-def test_test_size_mismatch_warns(tmp_path, caplog):
-    generate_dataset(
-        "tetrominoes", str(tmp_path), num_examples=5, seed=0, test_size=2, progress=False
-    )
-    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=35, DATASETS__TEST_SIZE=3)
-    with caplog.at_level(logging.WARNING):
-        assert len(make_dataset("tetrominoes_test", cfg, False)) == 3
-    assert "DATASETS.TEST_SIZE" in caplog.text
-
-
-def test_missing_without_generator_is_error(tmp_path, monkeypatch):
-    monkeypatch.delitem(gen_registry.GENERATORS, "clevr6")
-    with pytest.raises(FileNotFoundError, match=r"clevr6.*--tfrecords"):
-        make_dataset("clevr6_train", data_cfg(tmp_path), True)
-    assert not os.path.exists(tmp_path / "clevr6")
+def test_missing_folder_is_an_error_naming_the_command(tmp_path):
+    # Reading never generates: the tools call lib.prepare.prepare_missing first.
+    with pytest.raises(FileNotFoundError) as info:
+        make_dataset("tetrominoes_train", data_cfg(tmp_path / "root"), True)
+    message = str(info.value)
+    assert os.path.join(str(tmp_path / "root"), "tetrominoes") in message
+    assert "tools/prepare_data.py --dataset tetrominoes" in message
+    assert not os.path.exists(tmp_path / "root")
 
 
 def test_folder_without_meta_is_error(tmp_path):
     os.makedirs(tmp_path / "tetrominoes")
     with pytest.raises(FileNotFoundError, match="no meta.json"):
-        ensure_prepared("tetrominoes", data_cfg(tmp_path))
+        make_dataset("tetrominoes", data_cfg(tmp_path), False)
+
+
+def test_split_follows_meta_not_config(tmp_path, caplog):
+    path = generate_dataset(
+        "tetrominoes", str(tmp_path), num_examples=5, seed=0, test_size=2, progress=False
+    )
+    # DATASETS.TEST_SIZE is a preparation key: the split is meta.json's num_test.
+    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=35, DATASETS__TEST_SIZE=3)
+    full = make_dataset("tetrominoes", cfg, False)
+    with caplog.at_level(logging.WARNING):
+        train = make_dataset("tetrominoes_train", cfg, True)
+        test = make_dataset("tetrominoes_test", cfg, False)
+    assert not caplog.records
+    assert (len(full), len(train), len(test)) == (7, 5, 2)
+    stored = np.load(os.path.join(path, "images.npy"))
+    for i in range(2):
+        np.testing.assert_array_equal(test.load_arrays(i)[0], stored[5 + i])
+    assert test.provenance["split_range"] == [5, 7] and train.provenance["split_range"] == [0, 5]
+
+
+def test_meta_without_num_test_falls_back_to_320(tmp_path, caplog):
+    path = generate_dataset(
+        "sprites", str(tmp_path), num_examples=3, seed=0, test_size=322, progress=False
+    )
+    meta_path = os.path.join(path, "meta.json")
+    meta = json.load(open(meta_path))
+    del meta["num_test"]
+    json.dump(meta, open(meta_path, "w"))
+    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=32)
+    with caplog.at_level(logging.WARNING):
+        test = make_dataset("sprites_test", cfg, False)
+    assert len(test) == 320 and test.start == 5
+    assert path in caplog.text and "num_test" in caplog.text
+    assert len(make_dataset("sprites_train", cfg, True)) == 5
+
+
+@pytest.mark.parametrize("num_test", [-1, 8, 1.5])
+def test_bad_num_test_is_error(tmp_path, num_test):
+    path = generate_dataset(
+        "tetrominoes", str(tmp_path), num_examples=4, seed=0, test_size=2, progress=False
+    )
+    meta = json.load(open(os.path.join(path, "meta.json")))
+    meta["num_test"] = num_test
+    json.dump(meta, open(os.path.join(path, "meta.json"), "w"))
+    with pytest.raises(ValueError, match="num_test"):
+        make_dataset("tetrominoes_test", data_cfg(tmp_path), False)
+
+
+def test_empty_split_is_error(tmp_path):
+    generate_dataset("tetrominoes", str(tmp_path), num_examples=3, seed=0, test_size=0)
+    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=35)
+    assert len(make_dataset("tetrominoes_train", cfg, True)) == 3
+    with pytest.raises(ValueError, match=r"split 'test' of .*tetrominoes is empty"):
+        make_dataset("tetrominoes_test", cfg, False)
 
 
 def test_bad_format_version(tmp_path):

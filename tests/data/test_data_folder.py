@@ -175,3 +175,60 @@ def test_too_many_objects(tmp_path):
     ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path, DATASETS__MAX_OBJECTS=3), True)
     with pytest.raises(ValueError, match=r"a\.png: label map has 4 objects.*MAX_OBJECTS = 3"):
         ds[0]
+
+
+def test_flat_layout_without_images_folder(tmp_path):
+    # The older port's layout: <path>/*.png, used when <path>/images/ does not exist.
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for name in ("b.png", "a.png", "c.PNG"):
+        arrays[name] = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        Image.fromarray(arrays[name]).save(tmp_path / name, format="PNG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    assert [os.path.basename(f) for f in ds.files] == ["a.png", "b.png", "c.PNG"]
+    assert ds.layout == ds.provenance["layout"] == "flat" and not ds.has_masks
+    for i, name in enumerate(["a.png", "b.png", "c.PNG"]):
+        image, mask = ds[i]
+        assert mask is None
+        np.testing.assert_array_equal(_u8(image), arrays[name])
+
+
+@pytest.mark.parametrize("layout", ["images", "flat"])
+def test_jpeg_matches_pil_decode_and_mixed_extensions_sort_by_name(tmp_path, layout):
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "images" if layout == "images" else tmp_path
+    os.makedirs(folder, exist_ok=True)
+    os.makedirs(tmp_path / "masks")
+    labels = {}
+    for name in ("b.jpg", "a.png", "c.jpeg", "a2.JPG"):
+        smooth = np.kron(rng.integers(0, 256, size=(4, 4, 3)), np.ones((4, 4, 1)))
+        Image.fromarray(smooth.astype(np.uint8)).save(folder / name, quality=90)
+        stem = os.path.splitext(name)[0]
+        labels[stem] = rng.integers(0, 3, size=(16, 16), dtype=np.uint8)
+        Image.fromarray(labels[stem], mode="L").save(tmp_path / "masks" / f"{stem}.png")
+    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    order = ["a.png", "a2.JPG", "b.jpg", "c.jpeg"]
+    assert [os.path.basename(f) for f in ds.files] == order
+    assert ds.layout == layout and ds.has_masks
+    for i, name in enumerate(order):
+        image, mask = ds[i]
+        with Image.open(folder / name) as im:
+            expected = np.asarray(im.convert("RGB"))  # PIL's own decode, lossy for JPEG
+        np.testing.assert_array_equal(_u8(image), expected)
+        np.testing.assert_array_equal(mask.numpy(), labels[os.path.splitext(name)[0]])
+
+
+def test_empty_folder_is_clear_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(
+        FileNotFoundError, match=r"no \*\.png, \*\.jpg or \*\.jpeg image in .*no images/"
+    ):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+
+
+def test_two_images_of_one_stem_with_masks_is_error(tmp_path):
+    _write(tmp_path, ["a.png"])
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
+    with pytest.raises(ValueError, match=r"\['a'\] exist with several extensions"):
+        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)

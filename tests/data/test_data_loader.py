@@ -7,8 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.data import InfiniteShuffleSampler, collate, dataset_provenance, make_data_loader
-from lib.data.prepare import generate_dataset
+from lib.data import (
+    InfiniteShuffleSampler,
+    collate,
+    dataset_provenance,
+    make_data_loader,
+    make_dataset,
+)
+from lib.prepare import generate_dataset
 from tests.data.conftest import data_cfg
 
 
@@ -132,3 +138,18 @@ def test_bad_batch_size(root):
     cfg = _cfg(root, SOLVER__IMS_PER_BATCH=2, SOLVER__ACCUMULATE_STEPS=2)
     with pytest.raises(ValueError, match="IMS_PER_BATCH"):
         make_data_loader(cfg, True, num_replicas=2)
+
+
+def test_provenance_through_wrappers(root):
+    cfg = _cfg(root)
+    test = make_dataset("tetrominoes_test", cfg, False)
+    train = make_dataset("tetrominoes_train", cfg, True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test, [0, 1]))
+    assert dataset_provenance(loader) == [test.provenance]
+    both = dataset_provenance(torch.utils.data.ConcatDataset([train, test]))
+    assert [p["split"] for p in both] == ["train", "test"]
+    plain = torch.utils.data.TensorDataset(torch.zeros(2))
+    assert dataset_provenance(plain) == [{"source": "TensorDataset"}]
+    # A copy: changing it does not change the dataset's record.
+    dataset_provenance(test)[0]["split"] = "changed"
+    assert test.provenance["split"] == "test"

@@ -36,13 +36,13 @@ def _worker(rank, world, port, queue):
 
     torch.manual_seed(100 + rank)
     plain(images)["loss"].backward()
-    local = torch.cat([p.grad.flatten() for p in plain.parameters()])
+    local = torch.cat([p.grad.flatten() for p in plain.parameters() if p.requires_grad])
     expected = comm.all_reduce_mean(local)
 
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
     torch.manual_seed(100 + rank)
     ddp(images)["loss"].backward()
-    synced = torch.cat([p.grad.flatten() for p in model.parameters()])
+    synced = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     error = ((synced - expected).abs().max() / expected.abs().max()).item()
     differs_from_local = not torch.allclose(synced, local)
     comm.destroy_distributed()

@@ -3,14 +3,15 @@
 import itertools
 import os
 
+import numpy as np
 import pytest
 import torch
 from engine_helpers import StandIn, tiny_cfg
 
+from lib.engine.checkpoint import LAST_CHECKPOINT, Checkpointer
 from lib.engine.solver import make_lr_scheduler, make_optimizer
-from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches
+from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches, train_step
 from lib.model import build_model
-from lib.utils.checkpoint import LAST_CHECKPOINT, Checkpointer
 
 CPU = torch.device("cpu")
 
@@ -116,25 +117,88 @@ def test_resume_continues_from_start_iter(tmp_path):
     assert scheduler2.last_epoch == 6
 
 
-def test_accumulation_equals_one_large_batch(tmp_path):
-    def first_moment(accumulate, batch):
-        cfg = tiny_cfg(
-            str(tmp_path / f"acc{accumulate}"),
-            **{
-                "SOLVER.MAX_ITER": 1,
-                "SOLVER.ACCUMULATE_STEPS": accumulate,
-                "SOLVER.GRAD_CLIP_NORM": 0.0,
-            },
-        )
-        data = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-        loader = ((data[i : i + batch], None) for i in itertools.cycle(range(0, 4, batch)))
-        model = StandIn()
-        optimizer, scheduler, checkpointer = _setup(cfg, model)
-        do_train(cfg, model, loader, optimizer, scheduler, checkpointer, CPU, 0)
-        assert model.seen_batches == [batch] * accumulate
-        return optimizer.state[model.weight]["exp_avg"]
+def test_do_train_feeds_accumulate_micro_batches_per_step(tmp_path):
+    # With SOLVER.ACCUMULATE_STEPS 2, one step sees two micro-batches and Adam's first moment
+    # is (1 - beta1) times the gradient of the mean loss over both (closed form for StandIn).
+    cfg = tiny_cfg(
+        str(tmp_path),
+        **{"SOLVER.MAX_ITER": 1, "SOLVER.ACCUMULATE_STEPS": 2, "SOLVER.GRAD_CLIP_NORM": 0.0},
+    )
+    data = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    loader = ((data[i : i + 2], None) for i in itertools.cycle((0, 2)))
+    model = StandIn()
+    optimizer, scheduler, checkpointer = _setup(cfg, model)
+    do_train(cfg, model, loader, optimizer, scheduler, checkpointer, CPU, 0)
+    assert model.seen_batches == [2, 2]
+    # loss = mean_i sum_c (mean_pixels(x_ic) - w_c)^2, so dloss/dw = -2 mean_i (m_i - w), w = 1.
+    means = data.double().mean(dim=(2, 3)).numpy()
+    grad = -2 * (means - 1.0).mean(axis=0)
+    exp_avg = optimizer.state[model.weight]["exp_avg"].double().numpy()
+    np.testing.assert_allclose(exp_avg, (1 - 0.95) * grad, rtol=1e-5)
 
-    assert torch.allclose(first_moment(2, 2), first_moment(1, 4), atol=1e-7)
+
+def _real_model_and_batches(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(tiny_cfg()).train()
+    gen = torch.Generator().manual_seed(seed + 1)
+    micro_batches = [torch.rand(2, 3, 16, 16, generator=gen) for _ in range(2)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, micro_batches, params
+
+
+def _hand_gradients(model, micro_batches, params, noise_seed):
+    """Mean over micro-batches of each one's batch-mean-loss gradient, one autograd.grad call
+    per micro-batch, with the noise stream train_step will see."""
+    torch.manual_seed(noise_seed)
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    losses = []
+    for images in micro_batches:
+        loss = model(images)["loss"]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc += g.double() / len(micro_batches)
+        losses.append(loss.item())
+    return total, float(np.mean(losses))
+
+
+def test_train_step_accumulates_the_real_model_gradients():
+    model, micro_batches, params = _real_model_and_batches()
+    expected, mean_loss = _hand_gradients(model, micro_batches, params, noise_seed=5)
+    before = [p.detach().clone().double() for p in params]
+    # Plain SGD with lr 1: each parameter moves by exactly minus its accumulated gradient.
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    torch.manual_seed(5)
+    step = train_step(model, optimizer, micro_batches, params)
+    assert not step.skipped
+    assert step.values[0].item() == pytest.approx(mean_loss, rel=1e-5)
+    assert step.images is micro_batches[-1]
+    for p, p0, g in zip(params, before, expected):
+        torch.testing.assert_close(p0 - p.detach().double(), g, rtol=1e-4, atol=1e-6)
+    hand_norm = np.sqrt(sum(float((g**2).sum()) for g in expected))
+    assert step.grad_norm.item() == pytest.approx(hand_norm, rel=1e-4)
+
+
+def test_train_step_clips_the_global_norm():
+    model, micro_batches, params = _real_model_and_batches(seed=3)
+    expected, _ = _hand_gradients(model, micro_batches, params, noise_seed=7)
+    hand_norm = np.sqrt(sum(float((g**2).sum()) for g in expected))
+    clip = hand_norm / 10
+    before = [p.detach().clone().double() for p in params]
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    torch.manual_seed(7)
+    step = train_step(model, optimizer, micro_batches, params, clip=clip)
+    assert step.grad_norm.item() == pytest.approx(hand_norm, rel=1e-4)  # before clipping
+    for p, p0, g in zip(params, before, expected):
+        torch.testing.assert_close(p0 - p.detach().double(), g / 10, rtol=1e-3, atol=1e-7)
+
+
+def test_train_step_skips_a_non_finite_step():
+    model = StandIn(nan_calls={0})
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    step = train_step(model, optimizer, [torch.rand(2, 3, 4, 4)], list(model.parameters()))
+    assert step.skipped and not torch.isfinite(step.values[0])
+    assert torch.equal(model.weight.detach(), torch.ones(3)) and model.weight.grad is None
 
 
 def test_gradient_clipping(tmp_path):

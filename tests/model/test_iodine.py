@@ -43,27 +43,51 @@ def test_masks_sum_to_one_and_shapes(images):
     torch.testing.assert_close(out["recon"], want)
 
 
-def test_gradient_inputs_equal_finite_differences(images):
-    """dcomponents, dmask and dzp fed to the network equal FD gradients of L_0 (float64)."""
+DIVISOR = 5  # MODEL.IODINE.EVAL_GRAD_DIVISOR in the gradient-input test
+
+
+@pytest.mark.parametrize(
+    "mode,reduction", [("train", "mean"), ("eval", "mean"), ("train", "sum"), ("eval", "sum")]
+)
+def test_gradient_inputs_equal_finite_differences(images, mode, reduction):
+    """dcomponents, dmask and dzp reaching their LayerNorm equal FD gradients of the loss the
+    released code differentiates (float64): in training the batch mean of L_0 (per-image
+    gradients divided by B), in eval mode the per-image sum over the fixed divisor; "sum" (the
+    earlier behaviour) the per-image sum in both modes. The refinement then sees their
+    LayerNorm (eps 1e-5)."""
     cfg = tiny_cfg(
         **{
             "MODEL.REFINEMENT.IMAGE_INPUTS": ("dcomponents", "dmask"),
             "MODEL.REFINEMENT.VECTOR_INPUTS": ("dzp",),
             "MODEL.IODINE.NUM_ITERS": 1,
+            "MODEL.IODINE.GRAD_INPUT_REDUCTION": reduction,
+            "MODEL.IODINE.EVAL_GRAD_DIVISOR": DIVISOR,
         }
     )
-    model = build_model(cfg).double().eval()
+    model = build_model(cfg).double().train(mode == "train")
     x = images[:2].double()
-    captured = {}
+    b, k, d = 2, 3, model.latent_dim
+
+    def reduce(per_image):  # (B,) -> the scalar whose gradients the model feeds on
+        if reduction == "sum":
+            return per_image.sum()
+        return per_image.mean() if mode == "train" else per_image.sum() / DIVISOR
+
+    pre_norm, captured = {}, {}
+    for name in ("dcomponents", "dmask", "dzp"):
+        model.input_norms[name].register_forward_pre_hook(
+            lambda mod, args, name=name: pre_norm.setdefault(name, args[0].detach().clone())
+        )
     model.refinement.register_forward_pre_hook(
         lambda mod, args: captured.update(image=args[0].detach(), vector=args[1].detach())
     )
+    torch.manual_seed(0)
     out = model(x)
-    b, k, d = 2, 3, model.latent_dim
     mu0 = out["components"][:, 0].clone()
     logits0 = out["mask_logits"][:, 0].clone()
+    loc0, scale0 = out["posterior_loc"][:, 0], out["posterior_scale"][:, 0]
+    noise = (out["z"][:, 0] - loc0) / scale0  # (B, K, D), the draw this step used
 
-    # dL/dmu and dL/dlogits by central differences of the explicit per-image-summed NLL.
     def fd(tensor, fn, idx_list, h=1e-6):
         grads = []
         for idx in idx_list:
@@ -73,23 +97,24 @@ def test_gradient_inputs_equal_finite_differences(images):
             grads.append(((fn(plus) - fn(minus)) / (2 * h)).item())
         return torch.tensor(grads, dtype=torch.float64)
 
+    # dL/dmu and dL/dlogits: autograd of the explicit NLL, checked by central differences.
     gen = torch.Generator().manual_seed(0)
     mu_idx = [
         tuple(int(torch.randint(0, n, (1,), generator=gen)) for n in mu0.shape) for _ in range(6)
     ]
-    fd_mu = fd(mu0, lambda m: _nll_explicit(x, m, logits0).sum(), mu_idx)
     lg_idx = [
         tuple(int(torch.randint(0, n, (1,), generator=gen)) for n in logits0.shape)
         for _ in range(6)
     ]
-    fd_lg = fd(logits0, lambda lg: _nll_explicit(x, mu0, lg).sum(), lg_idx)
-
-    # Full analytic gradients (to apply the same LayerNorm the model applies) checked at the FD points.
+    fd_mu = fd(mu0, lambda m: reduce(_nll_explicit(x, m, logits0)), mu_idx)
+    fd_lg = fd(logits0, lambda lg: reduce(_nll_explicit(x, mu0, lg)), lg_idx)
     mu_req = mu0.clone().requires_grad_(True)
     lg_req = logits0.clone().requires_grad_(True)
-    g_mu, g_lg = torch.autograd.grad(_nll_explicit(x, mu_req, lg_req).sum(), [mu_req, lg_req])
-    torch.testing.assert_close(torch.stack([g_mu[i] for i in mu_idx]), fd_mu, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(torch.stack([g_lg[i] for i in lg_idx]), fd_lg, rtol=1e-4, atol=1e-3)
+    g_mu, g_lg = torch.autograd.grad(reduce(_nll_explicit(x, mu_req, lg_req)), [mu_req, lg_req])
+    torch.testing.assert_close(torch.stack([g_mu[i] for i in mu_idx]), fd_mu, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.stack([g_lg[i] for i in lg_idx]), fd_lg, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pre_norm["dcomponents"], g_mu.reshape(b * k, 3, 16, 16))
+    torch.testing.assert_close(pre_norm["dmask"], g_lg.reshape(b * k, 1, 16, 16))
     image_in = captured["image"].view(b, k, 4, 16, 16)
     torch.testing.assert_close(
         image_in[:, :, :3], _layer_norm(g_mu.reshape(b * k, 3, 16, 16)).view(b, k, 3, 16, 16)
@@ -98,10 +123,8 @@ def test_gradient_inputs_equal_finite_differences(images):
         image_in[:, :, 3], _layer_norm(g_lg.reshape(b * k, 16, 16)).view(b, k, 16, 16)
     )
 
-    # dL/dlambda: FD through decoder, sampling (fixed eval noise) and the KL to N(0, prior).
-    noise = torch.randn(2, 1, k, d, generator=torch.Generator().manual_seed(model.eval_seed))[
-        0
-    ].double()
+    # dL/dlambda through decoder, sampling (the recorded noise) and the KL to N(0, prior):
+    # autograd of the explicit loss, checked by central differences.
     lam0 = model.init_posterior.detach().expand(b, k, 2 * d).clone()
     prior = torch.distributions.Normal(0.0, math.sqrt(math.log(2.0)))
 
@@ -109,18 +132,23 @@ def test_gradient_inputs_equal_finite_differences(images):
         loc, raw = lam[..., :d], lam[..., d:]
         scale = torch.sqrt(F.softplus(raw))
         dec = model.decode(loc + scale * noise, 16, 16)
-        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale), prior).sum()
-        return _nll_explicit(x, dec["components"], dec["mask_logits"]).sum() + kl
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale), prior)
+        nll = _nll_explicit(x, dec["components"], dec["mask_logits"])
+        return reduce(nll + kl.sum(dim=(1, 2)))
 
+    lam_req = lam0.clone().requires_grad_(True)
+    (g_lam,) = torch.autograd.grad(loss_of_lam(lam_req), [lam_req])
+    lam_idx = [
+        tuple(int(torch.randint(0, n, (1,), generator=gen)) for n in lam0.shape) for _ in range(6)
+    ]
     with torch.no_grad():
-        fd_lam = torch.stack(
-            [
-                fd(lam0, loss_of_lam, [(bi, ki, j) for j in range(2 * d)], h=1e-5)
-                for bi in range(b)
-                for ki in range(k)
-            ]
-        )  # (B*K, 2D)
-    torch.testing.assert_close(captured["vector"], _layer_norm(fd_lam), rtol=1e-4, atol=1e-4)
+        fd_lam = fd(lam0, loss_of_lam, lam_idx, h=1e-5)
+    torch.testing.assert_close(
+        torch.stack([g_lam[i] for i in lam_idx]), fd_lam, rtol=1e-4, atol=1e-5
+    )
+    g_lam = g_lam.reshape(b * k, 2 * d)
+    torch.testing.assert_close(pre_norm["dzp"], g_lam)
+    torch.testing.assert_close(captured["vector"], _layer_norm(g_lam))
 
 
 def test_stop_gradient_inputs_are_detached_before_layer_norm(images):
@@ -143,6 +171,9 @@ def test_gradient_flows_through_the_unrolled_chain(images):
     model(images)["loss"].backward()
     assert model.init_posterior.grad.abs().sum() > 0
     for name, p in model.refinement.named_parameters():
+        if not p.requires_grad:  # the LSTM's frozen bias_hh (Sonnet has one bias vector)
+            assert name == "lstm.bias_hh" and p.grad is None
+            continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
     # The step-0 decode feeds the non-stopped inputs (components, mask, posterior, pred_mask)
@@ -191,7 +222,8 @@ def test_no_grad_caller_gets_detached_outputs_and_more_slots_work(images):
 
 
 def _expected_params(d, coord_ch, ref_convs, ref_k, mlp, lstm, dec_convs, dec_k):
-    """Parameter count from DESIGN.md's layer table, written out."""
+    """Trainable parameter count from DESIGN.md's layer table, written out (Sonnet's LSTM:
+    one weight matrix on [input, h] and one bias vector)."""
     n = 0
     cin = 1 + 3 + coord_ch + 1 + 3 + 1 + 3 + 1 + 1 + 1 + 1  # the 11 image inputs, sorted
     for c in ref_convs:
@@ -202,7 +234,7 @@ def _expected_params(d, coord_ch, ref_convs, ref_k, mlp, lstm, dec_convs, dec_k)
         cin = m
     cin += 2 * d + 1 + 2 * d  # [h, dzp, flat_capacity, zp]
     if lstm:
-        n += 4 * lstm * (cin + lstm) + 2 * 4 * lstm  # PyTorch keeps two bias vectors
+        n += 4 * lstm * (cin + lstm) + 4 * lstm
         cin = lstm
     n += cin * 2 * d + 2 * d  # residual head
     cin = d + 1 + 2  # z, constant 5.0, two coordinates
@@ -216,24 +248,39 @@ def _expected_params(d, coord_ch, ref_convs, ref_k, mlp, lstm, dec_convs, dec_k)
 
 
 @pytest.mark.parametrize(
-    "config,expected",
+    "config,expected,released,lstm",
     [
         (
             "configs/clevr6_prop.yaml",
             _expected_params(64, 2, [64] * 4, 3, [256, 256], 256, [64] * 4, 3),
+            1_177_168,
+            256,
         ),
         (
             "configs/multi_dsprites.yaml",
             _expected_params(16, 8, [32] * 3, 5, [128], 128, [32] * 4, 5),
+            339_152,
+            128,
         ),
-        ("configs/tetrominoes.yaml", _expected_params(32, 8, [32] * 3, 5, [128], 0, [32] * 4, 5)),
+        (
+            "configs/tetrominoes.yaml",
+            _expected_params(32, 8, [32] * 3, 5, [128], 0, [32] * 4, 5),
+            199_568,
+            0,
+        ),
     ],
 )
-def test_paper_config_parameter_counts(config, expected):
+def test_paper_config_parameter_counts(config, expected, released, lstm):
+    """Trainable counts equal the layer table and the released checkpoints' counts; the
+    earlier LSTM init (zero_bias) trains PyTorch's second bias too."""
+    assert expected == released
     model = build_model(load_cfg(config))
-    assert sum(p.numel() for p in model.parameters()) == expected
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == released
+    old = build_model(load_cfg(config, ["MODEL.REFINEMENT.LSTM_INIT", "zero_bias"]))
+    assert sum(p.numel() for p in old.parameters() if p.requires_grad) == released + 4 * lstm
 
 
+@pytest.mark.slow
 def test_small_model_overfits_one_batch():
     """Loss on a fixed batch of two-square scenes falls by at least 3x within 150 Adam steps."""
     torch.manual_seed(0)
@@ -243,13 +290,14 @@ def test_small_model_overfits_one_batch():
         imgs[i, 2, 8:14, 8 - i : 14 - i] = 1.0
     cfg = tiny_cfg(**{"MODEL.IODINE.PIXEL_SCALE": 0.1, "MODEL.IODINE.LIKELIHOOD": "gaussian"})
     model = build_model(cfg).train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.95, 0.999))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3, betas=(0.95, 0.999))
     losses = []
     for _ in range(150):
         opt.zero_grad()
         loss = model(imgs)["loss"]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)

@@ -3,15 +3,18 @@
 import pytest
 import torch
 
-from lib.data import generate_dataset
+from lib.prepare import generate_dataset
 
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """DATASETS.ROOT with ``tetrominoes``: 24 training + 6 test scenes."""
-    root = tmp_path_factory.mktemp("data")
-    generate_dataset("tetrominoes", str(root), num_examples=24, seed=0, test_size=6, progress=False)
-    return str(root)
+    root = str(tmp_path_factory.mktemp("data"))
+    # One worker: a process pool's start-up costs seconds, the 30 scenes milliseconds.
+    generate_dataset(
+        "tetrominoes", root, num_examples=24, seed=0, test_size=6, progress=False, workers=1
+    )
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,10 @@ import signal
 import subprocess
 import time
 
+import pytest
 from tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 
-from lib.utils.checkpoint import LAST_CHECKPOINT, read_checkpoint
+from lib.engine.checkpoint import LAST_CHECKPOINT, read_checkpoint
 
 train_net = load_tool("train_net")
 
@@ -20,6 +21,7 @@ def _last_iteration(out: str) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path, data_root):
     config = write_config(str(tmp_path), data_root)
     out = str(tmp_path / "run")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -27,6 +28,7 @@ ITERS = 600
 MIN_FG_ARI = 0.05
 
 
+@pytest.mark.slow
 def test_quickstart_short(tmp_path):
     out, root = str(tmp_path / "run"), str(tmp_path / "data")
     overrides = [
@@ -56,7 +58,7 @@ def test_quickstart_short(tmp_path):
     with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     assert metrics["num_images"] == 320
-    assert len(metrics["fg_ari_per_iter"]) == 6 and -1.0 <= metrics["fg_ari"] <= 1.0
+    assert len(metrics["fg_ari_per_iter"]) == 6
     # Trivial baseline: predicting the black background everywhere.
     cfg = load_cfg(config, ["DATASETS.ROOT", root])
     test_set = make_dataset("sprites_test", cfg, False)

@@ -50,6 +50,7 @@ def _two_ranks(tool, argv) -> None:
     assert sorted(queue.get() for _ in range(2)) == [(0, 0), (1, 0)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_evaluate(tmp_path, data_root):
     config = write_config(str(tmp_path), data_root)
     out = str(tmp_path / "ddp")

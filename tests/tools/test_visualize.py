@@ -1,4 +1,7 @@
-"""tools/visualize.py: every subcommand on a tiny random-weight model and generated data."""
+"""tools/visualize.py: every subcommand on a tiny random-weight model and generated data.
+
+The fast tier draws refinement, curves and a decomposition without masks in-process; the
+figures with many panels, the full evaluation and the subprocess run are marked slow."""
 
 import os
 import subprocess
@@ -6,18 +9,21 @@ import subprocess
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import adjusted_rand_score
 from tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 from torch.utils.tensorboard import SummaryWriter
 
+from lib.analysis.layout import GAP_PX, ROW_LABEL_PX, figure_pixel_size, save_figure
 from lib.config import load_cfg
+from lib.data import make_dataset
+from lib.engine.checkpoint import Checkpointer
+from lib.engine.launch import parse_tool_args
 from lib.model import build_model
-from lib.utils import visualize as vis
-from lib.utils.checkpoint import Checkpointer
 
 visualize = load_tool("visualize")
 
 K, T, CELL = 3, 2, 48
-STEP = CELL + vis.GAP_PX
+STEP = CELL + GAP_PX
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +49,14 @@ def run(tmp_path_factory, data_root):
 def _draw(run, argv):
     """Run one subcommand in-process; returns (every text of the figure joined by spaces,
     (width, height) of the written PNG, checked against what the figure promises)."""
-    args = visualize.parse_args(argv)
+    args = parse_tool_args(visualize.build_parser(), argv)
     cfg = visualize.build_cfg(args)
     fig = visualize.COMMAND_FUNCTIONS[args.command](args, cfg)
     texts = " ".join(t.get_text() for t in fig.texts)
     path = args.out
-    size = vis.save_figure(fig, path)
+    size = save_figure(fig, path)
     with Image.open(path) as image:
-        assert image.size == size == vis.figure_pixel_size(fig)
+        assert image.size == size == figure_pixel_size(fig)
     return texts, size
 
 
@@ -71,9 +77,10 @@ def _argv(run, command, *extra):
 
 
 def _width(columns):
-    return vis.ROW_LABEL_PX + columns * STEP + vis.GAP_PX
+    return ROW_LABEL_PX + columns * STEP + GAP_PX
 
 
+@pytest.mark.slow
 def test_decomposition(run):
     texts, (width, height) = _draw(run, _argv(run, "decomposition", "--num-images", "2"))
     # input, recon, argmax, true masks, then one column per slot.
@@ -106,11 +113,28 @@ def test_decomposition_without_masks(run, tmp_path):
 def test_refinement(run):
     texts, (width, _) = _draw(run, _argv(run, "refinement", "--index", "1"))
     assert width == _width(T + 2)  # reference column + steps 0..T
+    assert "image #1" in texts
+    # The printed numbers, recomputed here: the checkpoint's model on test image 1, MSE with
+    # numpy and the ARIs with scikit-learn.
+    cfg = load_cfg(run["config"], ["OUTPUT_DIR", run["out"]])
+    model = build_model(cfg)
+    Checkpointer(model, save_dir=run["out"], save_to_disk=False).load(
+        os.path.join(run["out"], "model_0000007.pth"), weights_only=True
+    )
+    image, mask = make_dataset("tetrominoes_test", cfg, False)[1]
+    with torch.no_grad():
+        out = model.eval()(image[None])
+    true = mask.numpy()
     for t in range(T + 1):
-        assert f"t={t} recon\nMSE" in texts and f"t={t} argmax\nARI" in texts
-    assert "fg ARI" in texts and "image #1" in texts
+        mse = float(((out["recon"][0, t].numpy() - image.numpy()) ** 2).mean())
+        pred = out["masks"][0, t].argmax(dim=0).numpy()
+        ari = adjusted_rand_score(true.ravel(), pred.ravel())
+        fg_ari = adjusted_rand_score(true[true > 0], pred[true > 0])
+        assert f"t={t} recon\nMSE {mse:.4f}" in texts
+        assert f"t={t} argmax\nARI {100 * ari:.1f}\nfg ARI {100 * fg_ari:.1f}" in texts
 
 
+@pytest.mark.slow
 def test_traversal(run):
     argv = _argv(run, "traversal", "--dims", "2", "--steps-per-dim", "5", "--show-component")
     texts, (width, height) = _draw(run, argv)
@@ -124,6 +148,7 @@ def test_traversal(run):
     assert visualize.main(_argv(run, "traversal", "--slot", "9")) == 1
 
 
+@pytest.mark.slow
 def test_generalisation(run, capsys):
     argv = _argv(run, "generalisation", "--dataset", "tetrominoes", "--num-images", "2")
     texts, (width, _) = _draw(run, [*argv[:-2], "--num-slots", "5", "--full-eval", *argv[-2:]])
@@ -145,6 +170,7 @@ def test_curves(run):
     assert visualize.main(_argv(run, "curves", "--logdir", os.path.join(run["folder"], "x"))) == 1
 
 
+@pytest.mark.slow
 def test_dataset_command_line(run):
     out = os.path.join(run["folder"], "dataset.png")
     cmd = [
@@ -169,7 +195,7 @@ def test_dataset_command_line(run):
     with Image.open(out) as image:
         width, height = image.size
     assert f"({width}x{height} px)" in result.stdout
-    assert width == 4 * STEP + vis.GAP_PX  # 2 image/mask pairs per row, no row labels
+    assert width == 4 * STEP + GAP_PX  # 2 image/mask pairs per row, no row labels
     assert height > 3 * CELL  # 3 rows
 
 

@@ -65,8 +65,9 @@ def load_tool(name: str):
 
 
 def subprocess_env() -> dict:
-    """Environment of tool subprocesses: one intra-op thread (the test machine is shared)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    """Environment of tool subprocesses: one intra-op thread (the test machine is shared).
+    The tools import the installed package (``pip install -e .``)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     return env
 

@@ -1,4 +1,4 @@
-"""Dataset classes: built-in prepared datasets and ``folder:<path>`` PNG folders."""
+"""Dataset classes: built-in prepared datasets and ``folder:<path>`` image folders."""
 
 from lib.data.datasets.base import to_model_input
 from lib.data.datasets.folder import FolderDataset

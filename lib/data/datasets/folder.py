@@ -1,21 +1,27 @@
-"""``folder:<path>`` datasets: a folder of PNG images with optional label-map PNGs.
+"""``folder:<path>`` datasets: a folder of images with optional label-map PNGs.
 
-Layout::
+Layouts::
 
-    <path>/images/*.png     any PNG, converted to RGB; read in lexicographic order of file name
-    <path>/masks/<name>.png optional; same file name as the image, 8-bit single-channel (mode L)
-                            or palette (mode P) label map: 0 = background, 1..N = objects
+    <path>/images/<name>.png|.jpg|.jpeg   images, converted to RGB, in lexicographic order of
+                                          file name (extensions mixed freely)
+    <path>/<name>.png|.jpg|.jpeg          the same without the images folder (the older port's
+                                          flat layout), used when <path>/images/ does not exist
+    <path>/masks/<stem>.png               optional, for either layout: the label map of image
+                                          <stem>.*, 8-bit single-channel (mode L) or palette
+                                          (mode P) PNG: 0 = background, 1..N = objects
 
-Without a ``masks`` folder every item's mask is None and ARI cannot be computed (a warning
-says so). With one, every image needs its mask. File headers (mode, size) are checked when the
-dataset is built; pixel data is decoded when an item is read, and a truncated or unreadable
-file then fails with its path.
+Masks are PNG only (JPEG's lossy compression would change the labels). Without a ``masks``
+folder every item's mask is None and ARI cannot be computed (a warning says so). With one,
+every image needs its mask. File headers (mode, size) are checked when the dataset is built;
+pixel data is decoded when an item is read, and a truncated or unreadable file then fails with
+its path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ from lib.data.datasets.base import check_max_objects, to_model_input
 logger = logging.getLogger(__name__)
 
 MASK_MODES = ("L", "P")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def _header(path: str) -> tuple[str, tuple[int, int]]:
@@ -35,7 +42,9 @@ def _header(path: str) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as im:
             return im.mode, im.size
     except OSError as exc:  # includes PIL.UnidentifiedImageError
-        raise ValueError(f"{path}: cannot read the image header, not a PNG? ({exc})") from exc
+        raise ValueError(
+            f"{path}: cannot read the image header, not a PNG or JPEG? ({exc})"
+        ) from exc
 
 
 def _decode(path: str) -> Image.Image:
@@ -60,16 +69,16 @@ class FolderDataset(Dataset):
     ``INPUT.IMAGE_SIZE``; non-square images are centre-cropped, then resized.
 
     Attributes:
-        provenance: ``{"source": "folder", "path", "num_examples", "has_masks"}``.
+        provenance: ``{"source": "folder", "path", "layout", "num_examples", "has_masks"}``.
+        layout: ``"images"`` (``<path>/images/``) or ``"flat"`` (images directly in ``<path>``).
         has_masks: whether items carry label maps.
         files: image paths in order; ``mask_files``: mask paths or None.
 
     Raises:
-        FileNotFoundError: the folder, its ``images`` folder, any PNG in it, or a mask is
-            missing.
+        FileNotFoundError: the folder, any image in it, or a mask is missing.
         ValueError: an unreadable image header, a mask of the wrong mode or a size different
-            from its image; when an item is read: undecodable (truncated) data, or more objects
-            than ``DATASETS.MAX_OBJECTS`` (> 0).
+            from its image, two images of one stem with masks; when an item is read:
+            undecodable (truncated) data, or more objects than ``DATASETS.MAX_OBJECTS`` (> 0).
     """
 
     def __init__(self, cfg, is_train: bool, path: str):
@@ -80,19 +89,32 @@ class FolderDataset(Dataset):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"folder dataset {path}: no such folder")
         image_dir = os.path.join(path, "images")
-        if not os.path.isdir(image_dir):
-            raise FileNotFoundError(
-                f"folder dataset {path}: missing {image_dir} (expected images/*.png)"
-            )
-        names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(".png"))
+        self.layout = "images" if os.path.isdir(image_dir) else "flat"
+        if self.layout == "flat":
+            image_dir = path
+        names = sorted(
+            n
+            for n in os.listdir(image_dir)
+            if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(image_dir, n))
+        )
         if not names:
-            raise FileNotFoundError(f"folder dataset {path}: no *.png file in {image_dir}")
+            where = image_dir if self.layout == "images" else f"{path} (and no images/ folder)"
+            raise FileNotFoundError(
+                f"folder dataset {path}: no *.png, *.jpg or *.jpeg image in {where}"
+            )
         self.files = [os.path.join(image_dir, n) for n in names]
         mask_dir = os.path.join(path, "masks")
         self.has_masks = os.path.isdir(mask_dir)
         self.mask_files: list[str] | None = None
         if self.has_masks:
-            self.mask_files = [os.path.join(mask_dir, n) for n in names]
+            stems = [os.path.splitext(n)[0] for n in names]
+            clashes = sorted(stem for stem, count in Counter(stems).items() if count > 1)
+            if clashes:
+                raise ValueError(
+                    f"folder dataset {path}: images {clashes} exist with several extensions, "
+                    "so their masks (masks/<stem>.png) would be shared; rename them"
+                )
+            self.mask_files = [os.path.join(mask_dir, f"{stem}.png") for stem in stems]
             for image_file, mask_file in zip(self.files, self.mask_files):
                 if not os.path.isfile(mask_file):
                     raise FileNotFoundError(
@@ -122,6 +144,7 @@ class FolderDataset(Dataset):
         self.provenance = {
             "source": "folder",
             "path": os.path.abspath(path),
+            "layout": self.layout,
             "num_examples": len(self.files),
             "has_masks": self.has_masks,
         }

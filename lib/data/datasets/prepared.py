@@ -1,5 +1,7 @@
-"""Built-in datasets (clevr6, clevr10, multi_dsprites, tetrominoes) read from their prepared
-folder ``DATASETS.ROOT/<dataset>/`` (format: ``lib/data/prepare.py``)."""
+"""Built-in datasets (clevr6, clevr10, multi_dsprites, tetrominoes, ...) read from their
+prepared folder ``DATASETS.ROOT/<dataset>/`` (format: ``lib/data/format.py``). Reading only:
+``lib.prepare`` writes the folders (``tools/prepare_data.py``, or ``prepare_missing`` called
+by the tools before they build datasets)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lib.data.datasets.base import check_max_objects, to_model_input
-from lib.data.prepare import ensure_prepared, load_meta
+from lib.data.format import dataset_dir, load_meta, prepare_command, recorded_test_size
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +23,13 @@ SPLITS = ("all", "train", "test")
 class PreparedDataset(Dataset):
     """One split of a prepared built-in dataset.
 
-    The folder is generated first when it is missing and a generator exists
-    (``ensure_prepared``). Splits: ``test`` = the last ``DATASETS.TEST_SIZE`` examples,
-    ``train`` = the others, ``all`` = every example; all in stored (file) order.
+    Splits: ``test`` = the last ``num_test`` examples (recorded in ``meta.json`` when the
+    folder was prepared), ``train`` = the others, ``all`` = every example; all in stored (file)
+    order.
 
     Args:
-        cfg: the config (``DATASETS.ROOT``, ``DATASETS.TEST_SIZE``, ``DATASETS.MAX_OBJECTS``,
-            ``INPUT.IMAGE_SIZE``, and the generation keys).
+        cfg: the config (``DATASETS.ROOT``, ``DATASETS.MAX_OBJECTS``, ``INPUT.IMAGE_SIZE``,
+            ``INPUT.RESIZE``).
         is_train: unused (no augmentation); kept for the registry's constructor signature.
         dataset: built-in dataset name, e.g. ``"clevr6"``.
         split: ``"all"``, ``"train"`` or ``"test"``.
@@ -42,32 +44,37 @@ class PreparedDataset(Dataset):
         start, stop: the split's range of stored indices.
 
     Raises:
-        ValueError: an unknown split, an empty split, or array files that disagree with
-            ``meta.json``.
+        FileNotFoundError: the folder or its ``meta.json`` is missing (the message names the
+            folder and the command that prepares it).
+        ValueError: an unknown split, an empty split, a bad ``meta.json``, or array files that
+            disagree with it.
     """
 
     def __init__(self, cfg, is_train: bool, dataset: str, split: str = "all"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.path = ensure_prepared(dataset, cfg)
+        root = str(cfg.DATASETS.ROOT)
+        self.path = dataset_dir(root, dataset)
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(
+                f"dataset folder {self.path} does not exist; prepare it with "
+                f"`{prepare_command(dataset, root)}` (a generated stand-in; add --tfrecords FILE "
+                "to convert the official file); the tools (train_net.py, test_net.py, ...) "
+                "generate a missing dataset that has a generator themselves"
+            )
+        if not os.path.isfile(os.path.join(self.path, "meta.json")):
+            raise FileNotFoundError(
+                f"{self.path} exists but has no meta.json: it was not written by "
+                "tools/prepare_data.py (or is incomplete); remove it and prepare the dataset "
+                f"again (`{prepare_command(dataset, root)} --overwrite`)"
+            )
         self.meta = load_meta(self.path)
         self.size = int(cfg.INPUT.IMAGE_SIZE)
         self.resize = str(cfg.INPUT.RESIZE)
         self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
         self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
         n = int(self.meta["num_examples"])
-        test_size = min(int(cfg.DATASETS.TEST_SIZE), n)
-        recorded = self.meta.get("num_test")
-        if split != "all" and recorded is not None and recorded != test_size:
-            logger.warning(
-                "%s was prepared with a test part of %s examples but DATASETS.TEST_SIZE gives "
-                "%d: the %s split follows DATASETS.TEST_SIZE, so it is not the prepared "
-                "held-out part",
-                self.path,
-                recorded,
-                test_size,
-                split,
-            )
+        test_size = recorded_test_size(self.meta, self.path) if split != "all" else 0
         self.start, self.stop = {
             "all": (0, n),
             "train": (0, n - test_size),
@@ -75,8 +82,8 @@ class PreparedDataset(Dataset):
         }[split]
         if self.stop <= self.start:
             raise ValueError(
-                f"split {split!r} of {self.path} is empty: the prepared set has {n} examples "
-                f"and DATASETS.TEST_SIZE is {cfg.DATASETS.TEST_SIZE}"
+                f"split {split!r} of {self.path} is empty: the prepared set has {n} examples, "
+                f"{test_size} of them in the test split (meta.json num_test)"
             )
         self.has_masks = True
         self.provenance = dict(self.meta)

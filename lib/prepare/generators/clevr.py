@@ -38,7 +38,7 @@ coverage (four label-only sub-pixel rays per silhouette pixel); the mask always 
 single ray through each pixel centre, so it is exact.
 
 Speed: about 33 scenes/s of CPU time for 3-6 objects and 29 for 3-10 on one core of the
-2-core development machine (``python -c "import time; from lib.data.generators.clevr import
+2-core development machine (``python -c "import time; from lib.prepare.generators.clevr import
 generate; t=time.time(); list(generate(100, 0)); print(100/(time.time()-t))"``; add
 ``max_objects=10``); wall-clock rates drop with whatever else shares the cores. Everything is
 NumPy float32, vectorised over rays, with screen-space culling: each object is intersected
@@ -57,10 +57,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from lib.data.generators.clevr_geometry import (
+from lib.prepare.generators.clevr_geometry import (
     T_EPS,
     Camera,
     Rays,
@@ -93,16 +91,12 @@ __all__ = [
     "COLOR_NAMES",
     "COLORS",
     "MATERIALS",
-    "CROP_ROWS",
-    "CROP_COLS",
     "clevr_camera",
     "clevr_lights",
     "sample_scene",
-    "render_mask",
     "render_scene",
     "scene_factors",
     "generate",
-    "crop_and_resize",
     "min_pixels_for",
 ]
 
@@ -132,8 +126,6 @@ def _srgb_to_linear(c: float) -> float:
 LINEAR_COLORS = tuple(tuple(_srgb_to_linear(v / 255.0) for v in rgb) for rgb in COLORS)
 
 HEIGHT, WIDTH = 240, 320
-CROP_ROWS = (29, 221)  # the official IODINE / multi_object_datasets CLEVR crop
-CROP_COLS = (64, 256)
 MIN_PIXELS = 200  # CLEVR's --min_pixels_per_object, at 320x240
 PLACEMENT_EXTENT = 3.0  # x, y uniform in [-3, 3]
 MIN_DIST = 0.25
@@ -443,23 +435,6 @@ def _primary_hits(
     boxes = _screen_boxes(_object_corners(objects), camera, height, width)
     t, ids = _closest_hit(rays, objects, _grid_candidates(boxes, width))
     return _Primary(rays, boxes, t, ids)
-
-
-def render_mask(
-    objects: Sequence[SceneObject], camera: Camera, height: int = HEIGHT, width: int = WIDTH
-) -> np.ndarray:
-    """Instance label map from one ray through each pixel centre.
-
-    Args:
-        objects: the N scene objects (N <= 255).
-        camera: the camera.
-        height: image height in pixels.
-        width: image width in pixels.
-
-    Returns:
-        (height, width) uint8: 0 for the ground, k for the k-th object (1-based).
-    """
-    return _primary_hits(objects, camera, height, width).ids.reshape(height, width).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------
@@ -1280,16 +1255,22 @@ _SAMPLE_DEFAULTS = {
 
 
 def generate(
-    num_examples: int, seed: int, min_objects: int = 3, max_objects: int = 6, **kwargs
+    num_examples: int,
+    seed: int,
+    min_objects: int = 3,
+    max_objects: int = 6,
+    start: int = 0,
+    **kwargs,
 ) -> Iterator[dict]:
     """Yield CLEVR-like examples, deterministically.
 
     Example ``i`` depends only on ``(seed, i)`` (its own ``SeedSequence([seed, i])``), so a
-    prefix of a longer run equals a shorter run and examples can be made in parallel.
+    prefix of a longer run equals a shorter run and ranges can be made in parallel.
 
     Args:
         num_examples: how many examples to yield.
         seed: base seed.
+        start: index of the first example (examples ``start .. start + num_examples - 1``).
         min_objects: least objects per scene (inclusive).
         max_objects: most objects per scene (inclusive); also the factor padding length - 1.
         **kwargs: ``height``, ``width`` (default 240, 320), ``antialias`` (default True), and
@@ -1310,7 +1291,9 @@ def generate(
     height = kwargs.pop("height", HEIGHT)
     width = kwargs.pop("width", WIDTH)
     antialias = kwargs.pop("antialias", True)
-    for i in range(num_examples):
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    for i in range(start, start + num_examples):
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
         n = int(rng.integers(min_objects, max_objects + 1))
         options = {**_SAMPLE_DEFAULTS, **kwargs}
@@ -1321,34 +1304,3 @@ def generate(
             "mask": mask,
             "factors": scene_factors(scene, max_objects, height, width),
         }
-
-
-def crop_and_resize(
-    image: np.ndarray, mask: np.ndarray | None, size: int = 128
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The official IODINE CLEVR preprocessing: crop rows 29:221, cols 64:256, then resize.
-
-    Args:
-        image: (240, 320, 3) uint8 or float image (any size that contains the crop).
-        mask: (240, 320) integer label map, or None.
-        size: output side.
-
-    Returns:
-        ``image`` (size, size, 3) of the input dtype (bilinear with antialiasing; uint8 is
-        rounded) and ``mask`` (size, size) of the input dtype (nearest neighbour, so its values
-        are a subset of the cropped input's), or None.
-    """
-    (r0, r1), (c0, c1) = CROP_ROWS, CROP_COLS
-    crop = np.ascontiguousarray(image[r0:r1, c0:c1])
-    x = torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None]
-    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    y = y[0].permute(1, 2, 0).numpy()
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        y = np.clip(np.round(y), info.min, info.max)
-    out_image = y.astype(image.dtype)
-    if mask is None:
-        return out_image, None
-    m = torch.from_numpy(np.ascontiguousarray(mask[r0:r1, c0:c1]).astype(np.float32))
-    m = F.interpolate(m[None, None], size=(size, size), mode="nearest")[0, 0].numpy()
-    return out_image, m.astype(mask.dtype)

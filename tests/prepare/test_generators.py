@@ -1,11 +1,13 @@
 """Procedural Tetrominoes and Multi-dSprites: shapes, determinism, counts, mask consistency."""
 
+import importlib
+
 import numpy as np
 import pytest
 
-from lib.data import generators
-from lib.data.generators import multi_dsprites as md
-from lib.data.generators import tetrominoes as tet
+from lib.prepare import generators
+from lib.prepare.generators import multi_dsprites as md
+from lib.prepare.generators import tetrominoes as tet
 
 
 def _stack(items, key):
@@ -121,9 +123,30 @@ def test_registry(monkeypatch):
     with pytest.raises(KeyError, match="generators exist for"):
         generators.get_generator("nope")
     monkeypatch.setitem(
-        generators.GENERATORS, "ghost", generators.GeneratorSpec("lib.data.generators.no_such")
+        generators.GENERATORS, "ghost", generators.GeneratorSpec("lib.prepare.generators.no_such")
     )
     with pytest.raises(ImportError, match="ghost"):
         generators.get_generator("ghost")
     items = list(generators.get_generator("tetrominoes")(2, 0))
     assert len(items) == 2
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        generators.GeneratorSpec("lib.prepare.generators.tetrominoes"),
+        generators.GeneratorSpec(
+            "lib.prepare.generators.clevr", {"height": 24, "width": 32}, indexable=True
+        ),
+    ],
+)
+def test_generate_range_is_a_slice_of_one_stream(spec):
+    module = importlib.import_module(spec.module)
+    full = list(module.generate(7, 3, **spec.kwargs))
+    part = list(generators.generate_range(spec, "x", 3, 4, 7))
+    assert len(part) == 3
+    for a, b in zip(part, full[4:]):
+        assert a["image"].tobytes() == b["image"].tobytes()
+        assert a["mask"].tobytes() == b["mask"].tobytes()
+        for key in a["factors"]:
+            assert a["factors"][key].tobytes() == b["factors"][key].tobytes()

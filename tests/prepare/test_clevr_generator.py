@@ -1,4 +1,4 @@
-"""Tests of the CLEVR-like ray-cast generator (lib/data/generators/clevr.py).
+"""Tests of the CLEVR-like ray-cast generator (lib/prepare/generators/clevr.py).
 
 Geometry is checked against independent computations: silhouettes against the analytic
 projection of a sphere (a disc on the optical axis, an ellipse off it) and of a cube or
@@ -13,10 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from lib.data.generators.clevr import (
+from lib.prepare.generators.clevr import (
     COLORS,
-    CROP_COLS,
-    CROP_ROWS,
     MATERIALS,
     SHAPES,
     SIZE_VALUES,
@@ -25,7 +23,6 @@ from lib.data.generators.clevr import (
     Light,
     Scene,
     SceneObject,
-    crop_and_resize,
     generate,
     min_pixels_for,
     render_scene,
@@ -341,27 +338,3 @@ def test_generate_matches_render_of_sampled_scene():
     image, mask = render_scene(*sample_scene(rng, n))
     np.testing.assert_array_equal(mask, ex["mask"])
     np.testing.assert_array_equal(np.round(image * 255).astype(np.uint8), ex["image"])
-
-
-# ----------------------------------------------------------------------------------------
-# Preprocessing
-
-
-def test_crop_and_resize(clevr6):
-    ex = clevr6[0]
-    image, mask = crop_and_resize(ex["image"], ex["mask"], size=128)
-    assert image.shape == (128, 128, 3) and image.dtype == np.uint8
-    assert mask.shape == (128, 128) and mask.dtype == np.uint8
-    (r0, r1), (c0, c1) = CROP_ROWS, CROP_COLS
-    assert (r0, r1, c0, c1) == (29, 221, 64, 256)
-    assert set(np.unique(mask)) <= set(np.unique(ex["mask"][r0:r1, c0:c1]))
-    # Float images keep their dtype; a constant image stays constant under bilinear resizing.
-    flat = np.full((H, W, 3), 0.25, np.float32)
-    out, none = crop_and_resize(flat, None, size=64)
-    assert none is None and out.shape == (64, 64, 3) and out.dtype == np.float32
-    np.testing.assert_allclose(out, 0.25, atol=1e-6)
-    # Only the crop matters: changing pixels outside it changes nothing.
-    other = ex["image"].copy()
-    other[:r0] = 0
-    other[:, c1:] = 255
-    np.testing.assert_array_equal(crop_and_resize(other, None)[0], image)

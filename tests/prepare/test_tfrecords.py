@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from lib.data import tfrecords
-from lib.data.generators import tetrominoes as tet
-from tests.data.conftest import (
+from lib.prepare import tfrecords
+from lib.prepare.generators import tetrominoes as tet
+from tests.prepare.conftest import (
     bytes_feature,
     example_bytes,
     float_feature,
@@ -62,7 +62,7 @@ def test_real_file_known_facts(tetrominoes_mini):
 
 
 def test_renderer_reproduces_real_examples(tetrominoes_mini):
-    # An independent model of the data (lib/data/generators/tetrominoes.py) rebuilds every
+    # An independent model of the data (lib/prepare/generators/tetrominoes.py) rebuilds every
     # official image byte for byte from its factors.
     for rec in tfrecords.read_official(tetrominoes_mini, "tetrominoes"):
         image, label = tet.render(rec["x"], rec["y"], rec["shape"], rec["color"])

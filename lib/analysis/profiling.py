@@ -10,10 +10,13 @@ A training step is split into disjoint phases:
 * ``optimizer``: zero_grad, gradient clipping and the Adam step,
 
 and everything else (likelihood, KL, refinement input assembly, Python overhead) is the rest of
-the step. ``PhaseTimer`` times the phases (synchronising CUDA at every boundary, so only for a
-separate, instrumented step), ``instrument`` installs it on a model temporarily, and
-``count_flops`` counts FLOPs with ``torch.utils.flop_counter.FlopCounterMode``, attributed to
-the same phases.
+the step. The model marks its own phases: ``IODINE`` wraps them in
+``torch.profiler.record_function("iodine.<phase>")`` ranges (visible in any torch.profiler
+trace) and, when its ``phase_hook`` attribute is set, in ``phase_hook(<phase>)``.
+``PhaseTimer`` times the phases (synchronising CUDA at every boundary, so only for a separate,
+instrumented step), ``instrument`` sets the model's ``phase_hook`` to the timer for a while,
+and ``count_flops`` counts FLOPs with ``torch.utils.flop_counter.FlopCounterMode``, attributed
+to the same phases. The caller marks ``backward`` and ``optimizer`` with ``timer.phase``.
 """
 
 from __future__ import annotations
@@ -54,10 +57,14 @@ class PhaseTimer:
 
     Args:
         device: the model's device; CUDA is synchronised at every phase boundary.
+        clock: seconds as a float (``time.perf_counter``; tests pass a fake clock).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(
+        self, device: torch.device, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.device = device
+        self.clock = clock
         self.times: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.active: str | None = None
@@ -75,21 +82,27 @@ class PhaseTimer:
             return
         synchronize(self.device)
         self.active = name
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def exit(self) -> None:
-        """End the innermost entered phase; the outermost one adds its time."""
+        """End the innermost entered phase; the outermost one adds its time.
+
+        Raises:
+            RuntimeError: no phase is active.
+        """
+        if self._depth == 0:
+            raise RuntimeError("PhaseTimer.exit() without a matching enter()")
         self._depth -= 1
         if self._depth > 0:
             return
         synchronize(self.device)
-        self.times[self.active] += time.perf_counter() - self._start
+        self.times[self.active] += self.clock() - self._start
         self.calls[self.active] += 1
         self.active = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Context manager form of ``enter`` / ``exit``.
+        """Context manager form of ``enter`` / ``exit`` (the model's ``phase_hook`` form).
 
         Args:
             name: phase name.
@@ -106,72 +119,35 @@ class PhaseTimer:
         self.calls.clear()
 
 
-class _TimedTorch:
-    """Stands in for the ``torch`` module inside ``lib.model.iodine``: every attribute is the
-    real one except ``autograd.grad``, which is timed as the ``grad_inputs`` phase."""
-
-    def __init__(self, real: Any, timed_grad: Callable[..., Any]) -> None:
-        autograd = _Proxy(real.autograd, {"grad": timed_grad})
-        self._proxy = _Proxy(real, {"autograd": autograd})
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._proxy, name)
-
-
-class _Proxy:
-    """An object whose attributes are ``overrides`` or else those of ``target``."""
-
-    def __init__(self, target: Any, overrides: dict[str, Any]) -> None:
-        self._target = target
-        self._overrides = overrides
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._overrides:
-            return self._overrides[name]
-        return getattr(self._target, name)
-
-
 @contextlib.contextmanager
 def instrument(model: nn.Module, timer: PhaseTimer) -> Iterator[PhaseTimer]:
     """Time the decoder, refinement network and gradient inputs of an IODINE model.
 
-    Forward hooks on ``model.decoder`` and ``model.refinement`` (the wrappers when compiled)
-    mark their forward passes. The ``torch`` name of ``lib.model.iodine`` is swapped for a
-    proxy whose ``autograd.grad`` is timed, so only the model's own gradient-input calls are
-    timed (``torch.autograd.grad`` itself is untouched). Everything is restored on exit.
-    ``loss.backward()`` and the optimiser are timed by the caller.
+    Sets the model's ``phase_hook`` to ``timer.phase`` and restores the previous hook on exit
+    (also when the body raises); nothing else is changed. ``loss.backward()`` and the
+    optimiser are timed by the caller.
 
     Args:
-        model: an ``IODINE`` model (not DDP-wrapped).
+        model: an ``IODINE`` model (not DDP-wrapped: pass ``ddp.module``).
         timer: receives the phase times.
 
     Yields:
         ``timer``.
+
+    Raises:
+        TypeError: the model has no ``phase_hook`` attribute.
     """
-    from lib.model import iodine as iodine_module
-
-    handles = []
-    for name in ("decoder", "refinement"):
-        module = getattr(model, name)
-        handles.append(
-            module.register_forward_pre_hook(lambda *_, n=name: timer.enter(n), prepend=True)
+    if not hasattr(model, "phase_hook"):
+        raise TypeError(
+            f"instrument needs a model with a phase_hook attribute (lib.model.iodine.IODINE, "
+            f"not wrapped), got {type(model).__name__}"
         )
-        handles.append(module.register_forward_hook(lambda *_: timer.exit(), always_call=True))
-
-    real_torch = iodine_module.torch
-    real_grad = real_torch.autograd.grad
-
-    def timed_grad(*args: Any, **kwargs: Any) -> Any:
-        with timer.phase("grad_inputs"):
-            return real_grad(*args, **kwargs)
-
-    iodine_module.torch = _TimedTorch(real_torch, timed_grad)
+    previous = model.phase_hook
+    model.phase_hook = timer.phase
     try:
         yield timer
     finally:
-        iodine_module.torch = real_torch
-        for handle in handles:
-            handle.remove()
+        model.phase_hook = previous
 
 
 class _PhaseParents:
@@ -207,7 +183,8 @@ def count_flops(
     Returns:
         ``{"total": int, "phases": {phase: int, ..., "other": int} or None}``. The counter
         counts matrix products and convolutions (forward and backward); element-wise work
-        (activations, likelihood, Adam) counts zero.
+        (activations, likelihood, Adam) counts zero. ``phases`` is None where this torch's
+        FlopCounterMode has no module tracker to replace.
     """
     timer = PhaseTimer(device)
     counter = FlopCounterMode(display=False)
@@ -230,7 +207,7 @@ def _proc_status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             match = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-    except OSError:
+    except OSError:  # no /proc: the caller falls back to getrusage or reports unknown
         return None
     return int(match.group(1)) if match else None
 
@@ -253,7 +230,7 @@ def reset_peak_memory(device: torch.device) -> bool:
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
-    except OSError:
+    except OSError:  # no /proc or not allowed: the peak stays the lifetime one, as returned
         return False
     return _proc_status_kib("VmHWM") is not None
 
@@ -318,7 +295,7 @@ def device_name(device: torch.device) -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        pass  # no /proc (macOS, Windows): the platform module's name below is the answer
     return platform.processor() or platform.machine() or "unknown CPU"
 
 

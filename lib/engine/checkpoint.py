@@ -1,11 +1,11 @@
 """Atomic checkpoints: save, keep the newest few, resume, and load weights with clear errors.
 
 A checkpoint ``OUTPUT_DIR/model_0001000.pth`` holds the model, optimiser and scheduler states,
-the iteration, every rank's RNG states and the config (YAML text). Every file is written to a
-temporary name in the same folder, flushed and fsync'ed, then renamed over the target with
-``os.replace`` (atomic on POSIX), and the folder is fsync'ed. The order of a save is: checkpoint
-file, then ``last_checkpoint`` (the newest file's name relative to OUTPUT_DIR), then deletion of
-old checkpoints, never the one ``last_checkpoint`` names. A process killed at any moment
+the iteration, every rank's RNG states and the config (YAML text). Every file is written
+atomically (``lib.utils.io``: a temporary sibling, fsync, ``os.replace``, fsync of the folder).
+The order of a save is: checkpoint file, then ``last_checkpoint`` (the newest file's name
+relative to OUTPUT_DIR), then deletion of old checkpoints, never the one ``last_checkpoint``
+names. A process killed at any moment
 therefore leaves a ``last_checkpoint`` that names a complete file; stray temporary files are
 removed when the next run starts.
 
@@ -19,62 +19,21 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from lib.utils.io import TMP_MARK, atomic_torch_save, atomic_write_text
+
 LAST_CHECKPOINT = "last_checkpoint"
 _CHECKPOINT_RE = re.compile(r"^model_(\d{7,})\.pth$")
-_TMP_MARK = ".tmp."
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model."""
-
-
-def _fsync_dir(path: str) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, write: Callable[[IO[bytes]], object]) -> None:
-    """Write a file atomically: ``write(f)`` into a temporary sibling, fsync, then rename.
-
-    Args:
-        path: destination file.
-        write: callable taking a binary file object and writing the content.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}{_TMP_MARK}{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a UTF-8 text file atomically (see ``atomic_write_bytes``)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically (see ``atomic_write_bytes``)."""
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
 def get_rng_states() -> dict[str, Any]:
@@ -249,8 +208,8 @@ class Checkpointer:
             return []
         removed = []
         for name in os.listdir(self.save_dir):
-            base = name.split(_TMP_MARK)[0]
-            if _TMP_MARK in name and (_CHECKPOINT_RE.match(base) or base == LAST_CHECKPOINT):
+            base = name.split(TMP_MARK)[0]
+            if TMP_MARK in name and (_CHECKPOINT_RE.match(base) or base == LAST_CHECKPOINT):
                 os.remove(os.path.join(self.save_dir, name))
                 removed.append(name)
         return removed

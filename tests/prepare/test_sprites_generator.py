@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lib.data.generators.sprites import COLORS, generate
+from lib.prepare.generators.sprites import COLORS, generate
 
 
 def test_same_seed_same_bytes_and_counts_in_range():

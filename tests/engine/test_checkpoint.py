@@ -10,17 +10,16 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from lib.utils.checkpoint import (
+from lib.engine.checkpoint import (
     LAST_CHECKPOINT,
     Checkpointer,
     CheckpointError,
-    atomic_write_bytes,
-    atomic_write_text,
     get_rng_states,
     load_model_state,
     read_checkpoint,
     set_rng_states,
 )
+from lib.utils.io import atomic_write_bytes
 
 
 def _net(hidden: int = 4) -> nn.Module:
@@ -39,28 +38,6 @@ def _step(model, optimizer, scheduler):
     model(torch.randn(5, 3)).pow(2).sum().backward()
     optimizer.step()
     scheduler.step()
-
-
-def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
-    path = str(tmp_path / "file.txt")
-    atomic_write_text(path, "one")
-    atomic_write_text(path, "two")
-    assert open(path).read() == "two"
-    assert os.listdir(tmp_path) == ["file.txt"]
-
-
-def test_failed_atomic_write_keeps_old_content(tmp_path):
-    path = str(tmp_path / "file.txt")
-    atomic_write_text(path, "old")
-
-    def broken(f):
-        f.write(b"partial")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(path, broken)
-    assert open(path).read() == "old"
-    assert os.listdir(tmp_path) == ["file.txt"]
 
 
 def test_save_resume_restores_everything(tmp_path):

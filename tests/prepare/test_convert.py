@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from lib.data import make_dataset, tfrecords
-from lib.data.generators import tetrominoes as tet
-from lib.data.prepare import DatasetWriter, convert_official
-from tests.data.conftest import (
+from lib.data import make_dataset
+from lib.prepare import DatasetWriter, convert_official, tfrecords
+from lib.prepare.generators import tetrominoes as tet
+from tests.data.conftest import data_cfg
+from tests.prepare.conftest import (
     REPO,
     clevr_record,
-    data_cfg,
+    load_tool,
     multi_dsprites_record,
     official_example,
     write_tfrecords,
@@ -32,10 +33,8 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def test_cli_converts_tetrominoes_exactly(tmp_path, tetrominoes_mini):
     root = tmp_path / "data"
-    cmd = [sys.executable, "tools/prepare_data.py", "--dataset", "tetrominoes"]
-    cmd += ["--tfrecords", tetrominoes_mini, "--root", str(root)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    argv = ["--dataset", "tetrominoes", "--tfrecords", tetrominoes_mini, "--root", str(root)]
+    assert load_tool("prepare_data").main([*argv, "--no-progress"]) == 0
     meta = json.load(open(root / "tetrominoes" / "meta.json"))
     assert meta["source"] == "official" and meta["source_file"] == os.path.abspath(tetrominoes_mini)
     assert meta["num_examples"] == 10 and meta["format_version"] == 1
@@ -201,3 +200,14 @@ def test_existing_folder_needs_overwrite(tmp_path, tetrominoes_mini):
     convert_official("tetrominoes", tetrominoes_mini, str(tmp_path), overwrite=True, progress=False)
     assert json.load(open(tmp_path / "tetrominoes" / "meta.json"))["num_examples"] == 10
     assert _leftovers(tmp_path) == ["tetrominoes"]
+
+
+@pytest.mark.slow
+def test_tool_runs_as_a_script(tmp_path, tetrominoes_mini):
+    root = tmp_path / "data"
+    cmd = [sys.executable, "tools/prepare_data.py", "--dataset", "tetrominoes"]
+    cmd += ["--tfrecords", tetrominoes_mini, "--root", str(root), "--max-examples", "3"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {root / 'tetrominoes'}"
+    assert json.load(open(root / "tetrominoes" / "meta.json"))["num_examples"] == 3

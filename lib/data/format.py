@@ -1,0 +1,169 @@
+"""The on-disk format of a prepared built-in dataset, shared by the reader (``lib.data``) and
+the writer (``lib.prepare``).
+
+Format version 1, one folder per dataset, ``<root>/<dataset>/``::
+
+    images.npy          uint8 (N, H, W, 3)  RGB frames as stored by the source (CLEVR 240x320)
+    masks.npy           uint8 (N, H, W)     label maps, 0 = background, k = entity k
+    factors/<name>.npy  (N, ...)            per-example generative factors (float32 or uint8)
+    meta.json           provenance, counts, split sizes, crop, format version
+
+Examples are in source order with the held-out test examples LAST: ``<name>_test`` is the last
+``meta["num_test"]`` examples (recorded at preparation), ``<name>_train`` the rest, plain
+``<name>`` all of them. The ``.npy`` files load memory-mapped, so opening a dataset is instant
+and loader workers share the page cache. A folder is written under a temporary name and
+renamed into place when complete, so a folder with ``meta.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# The official IODINE / multi_object_datasets CLEVR crop of the 240x320 frame, (row0, row1,
+# col0, col1): rows 29:221, cols 64:256. The one definition in the repository.
+CLEVR_CROP = (29, 221, 64, 256)
+# Test split of a folder whose meta.json predates ``num_test`` (the default test size then).
+LEGACY_TEST_SIZE = 320
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """A built-in dataset.
+
+    Attributes:
+        official_format: key of ``lib.prepare.tfrecords.OFFICIAL_FORMATS`` of the file it
+            converts from, or None for a dataset that is only generated (sprites).
+        crop: ``(row0, row1, col0, col1)`` applied when loading, or None (centre square crop).
+        max_visible: keep only records with sum(visibility) <= this (CLEVR6: 7), or None.
+        split_by_records: CLEVR rule: training part = the first ``train_records`` raw records
+            (filtered), test part = the next ``test_size`` filtered scenes.
+    """
+
+    official_format: str | None
+    crop: tuple[int, int, int, int] | None = None
+    max_visible: float | None = None
+    split_by_records: bool = False
+
+
+BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
+    "tetrominoes": BuiltinSpec("tetrominoes"),
+    "multi_dsprites": BuiltinSpec("multi_dsprites_colored_on_grayscale"),
+    "clevr6": BuiltinSpec("clevr_with_masks", CLEVR_CROP, 7.0, True),
+    "clevr10": BuiltinSpec("clevr_with_masks", CLEVR_CROP, None, True),
+    "sprites": BuiltinSpec(None),
+    "sprites5": BuiltinSpec(None),
+}
+
+# Name suffix -> split: "<dataset>_train", "<dataset>_test", and "<dataset>" (all examples).
+SPLIT_SUFFIXES = {"": "all", "_train": "train", "_test": "test"}
+
+
+def builtin_of(name: str) -> str | None:
+    """The built-in dataset a dataset name reads.
+
+    Args:
+        name: a dataset name (``clevr6_train``, ``tetrominoes``, ``folder:/x``, ...).
+
+    Returns:
+        The built-in dataset (``clevr6``), or None for any other name.
+    """
+    for suffix in SPLIT_SUFFIXES:
+        base = name[: len(name) - len(suffix)] if suffix else name
+        if name.endswith(suffix) and base in BUILTIN_DATASETS:
+            return base
+    return None
+
+
+def dataset_dir(root: str, dataset: str) -> str:
+    """Folder of a prepared built-in dataset.
+
+    Args:
+        root: ``DATASETS.ROOT``.
+        dataset: built-in dataset name.
+
+    Returns:
+        ``<root>/<dataset>``.
+    """
+    return os.path.join(root, dataset)
+
+
+def prepare_command(dataset: str, root: str) -> str:
+    """The ``tools/prepare_data.py`` command that prepares a built-in dataset.
+
+    Args:
+        dataset: built-in dataset name.
+        root: ``DATASETS.ROOT``.
+
+    Returns:
+        The command line (generation; the official file is converted with ``--tfrecords``).
+    """
+    return f"python tools/prepare_data.py --dataset {dataset} --root {root}"
+
+
+def load_meta(path: str) -> dict:
+    """Read and check ``<path>/meta.json`` of a prepared dataset.
+
+    Args:
+        path: the dataset folder.
+
+    Returns:
+        The metadata dict.
+
+    Raises:
+        FileNotFoundError: no ``meta.json``.
+        ValueError: unreadable JSON, an unsupported format version, missing keys, or a
+            ``num_test`` that is not in ``[0, num_examples]``.
+    """
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path} does not exist: not a prepared dataset folder")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc}); prepare the dataset again") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path}: format_version {meta.get('format_version')!r}, this code reads "
+            f"{FORMAT_VERSION}; prepare the dataset again"
+        )
+    for key in ("num_examples", "source", "image_shape"):
+        if key not in meta:
+            raise ValueError(f"{meta_path}: missing key {key!r}")
+    num_test = meta.get("num_test")
+    if num_test is not None and not (
+        isinstance(num_test, int) and 0 <= num_test <= meta["num_examples"]
+    ):
+        raise ValueError(
+            f"{meta_path}: num_test {num_test!r} is not an integer in [0, num_examples = "
+            f"{meta['num_examples']}]"
+        )
+    return meta
+
+
+def recorded_test_size(meta: dict, path: str) -> int:
+    """Size of the test split of a prepared dataset: ``num_test`` as recorded at preparation.
+
+    Args:
+        meta: from ``load_meta(path)``.
+        path: the dataset folder, for the warning.
+
+    Returns:
+        ``meta["num_test"]``; for a folder prepared before it was recorded,
+        ``min(LEGACY_TEST_SIZE, num_examples)`` with a warning naming the folder.
+    """
+    if meta.get("num_test") is not None:
+        return int(meta["num_test"])
+    logger.warning(
+        "%s/meta.json does not record num_test (prepared by an older version): taking the "
+        "last %d examples as the test split; prepare the dataset again to record it",
+        path,
+        LEGACY_TEST_SIZE,
+    )
+    return min(LEGACY_TEST_SIZE, int(meta["num_examples"]))

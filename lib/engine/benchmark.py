@@ -1,0 +1,374 @@
+"""Measure IODINE's speed: images/s, peak memory, time shares and FLOPs of a step.
+
+``run_benchmark(cfg, ...)`` (``tools/benchmark.py`` is its command line) uses random uniform
+images in [0, 1] at INPUT.IMAGE_SIZE (no dataset) on MODEL.DEVICE. For each mode, after
+``warmup`` untimed steps:
+
+* ``steps`` plain timed steps give the median step time and images/s. A training step is
+  the trainer's own ``lib.engine.trainer.train_step`` on one batch: zero_grad, forward,
+  ``loss.backward()``, clipping at SOLVER.GRAD_CLIP_NORM, the non-finite check (one host
+  sync) and the Adam step (no data loading, no scheduler); an inference step is
+  ``model.eval()`` and the forward under ``torch.no_grad()``. SOLVER.AMP wraps the forward in
+  bf16 autocast on CUDA, as in training; elsewhere it is ignored with a warning.
+* peak memory over the timed steps: CUDA ``max_memory_allocated``; CPU the resident-set
+  high-water mark (reset before the steps where Linux allows) and its rise over the resident set
+  before them, plus the process's lifetime ``ru_maxrss``.
+* ``profile_steps`` separate instrumented steps (CUDA synchronised at every boundary) give
+  the share of the step in each part: decoder forward, gradient inputs (the model's
+  ``torch.autograd.grad`` calls), refinement forward, final backward, and other (likelihood,
+  input assembly, optimiser with clipping and the finite check; the optimiser's own share is
+  listed too).
+* one step under ``FlopCounterMode`` (on the meta device when it can, else on the real one;
+  an uncompiled fp32 model of the same shape) gives FLOPs per image, per part, and with the
+  median step time the achieved GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from yacs.config import CfgNode
+
+from lib.analysis import profiling
+from lib.engine.launch import resolve_device, seed_all, warn_amp_ignored
+from lib.engine.solver import make_optimizer
+from lib.engine.trainer import forward_autocast, train_step
+from lib.model import build_model
+
+MODES = ("train", "infer")
+SHARES = ("decoder", "grad_inputs", "refinement", "backward", "other")
+
+
+def _infer_step(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> None:
+    """One inference forward: eval mode is set by the caller; no autograd graph is kept."""
+    with torch.no_grad(), autocast():
+        model(images)
+
+
+def _plain_model(cfg: CfgNode, device: torch.device) -> torch.nn.Module:
+    """A fresh uncompiled model of the same shape (FLOPs do not depend on the speed switches)."""
+    plain = cfg.clone()
+    plain.defrost()
+    plain.MODEL.COMPILE = False
+    seed_all(cfg.SEED)
+    return build_model(plain).to(device)
+
+
+def _count_mode_flops(
+    cfg: CfgNode, mode: str, batch: int, size: int, device: torch.device, meta: bool = True
+) -> dict[str, Any]:
+    """FLOPs of one step of ``mode``: forward (+ ``loss.backward()`` for training).
+
+    Counted on the meta device (shapes only, no arithmetic) when ``meta`` and every op
+    supports it, else on ``device``. The optimiser is left out: it has no matrix products or
+    convolutions, the only ops the counter counts.
+    """
+
+    def run(on: torch.device) -> dict[str, Any]:
+        model = _plain_model(cfg, on)
+        images = torch.rand(batch, 3, size, size, device=on)
+
+        def step(timer: profiling.PhaseTimer) -> None:
+            if mode == "train":
+                model.train()
+                out = model(images)
+                with timer.phase("backward"):
+                    out["loss"].backward()
+            else:
+                model.eval()
+                with torch.no_grad():
+                    model(images)
+
+        result = profiling.count_flops(step, model, on)
+        result["device"] = on.type
+        return result
+
+    if meta:
+        try:
+            return run(torch.device("meta"))
+        except (NotImplementedError, RuntimeError):
+            pass
+    return run(device)
+
+
+def _summary(times: list[float]) -> dict[str, Any]:
+    """Median, min, max and every one of the step times (seconds)."""
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "all": [round(t, 6) for t in times],
+    }
+
+
+def _measure_mode(
+    mode: str,
+    step: Callable[[profiling.PhaseTimer | None], None],
+    model: torch.nn.Module,
+    device: torch.device,
+    batch: int,
+    steps: int,
+    warmup: int,
+    profile_steps: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Warm up, time plain steps (with peak memory), then time instrumented steps."""
+    log(f"{mode}: {warmup} warm-up step(s)")
+    for _ in range(warmup):
+        step(None)
+    profiling.synchronize(device)
+
+    log(f"{mode}: {steps} timed step(s)")
+    reset = profiling.reset_peak_memory(device)
+    before = profiling.current_memory(device)
+    times = []
+    for _ in range(steps):
+        profiling.synchronize(device)
+        start = time.perf_counter()
+        step(None)
+        profiling.synchronize(device)
+        times.append(time.perf_counter() - start)
+    peak = profiling.peak_memory(device)
+    median = statistics.median(times)
+
+    log(f"{mode}: {profile_steps} instrumented step(s)")
+    timer = profiling.PhaseTimer(device)
+    total = 0.0
+    with profiling.instrument(model, timer):
+        for _ in range(profile_steps):
+            profiling.synchronize(device)
+            start = time.perf_counter()
+            step(timer)
+            profiling.synchronize(device)
+            total += time.perf_counter() - start
+    parts = {name: timer.times.get(name, 0.0) for name in profiling.PHASES}
+    other = total - sum(parts.values()) + parts["optimizer"]
+    shares = {name: parts[name] / total for name in SHARES[:-1]}
+    shares["other"] = other / total
+    result = {
+        "images_per_s": batch / median,
+        "step_time_s": _summary(times),
+        "peak_memory_bytes": peak,
+        "peak_memory_increase_bytes": max(peak - before, 0),
+        "memory_before_bytes": before,
+        "peak_memory_kind": (
+            "cuda max_memory_allocated"
+            if device.type == "cuda"
+            else ("rss high-water mark (VmHWM, reset)" if reset else "lifetime ru_maxrss")
+        ),
+        "shares": shares,
+        "optimizer_share": parts["optimizer"] / total,
+        "profiled_step_time_s": total / max(profile_steps, 1),
+        "part_time_per_step_s": {n: t / max(profile_steps, 1) for n, t in parts.items()},
+        "part_calls_per_step": {
+            n: timer.calls.get(n, 0) / max(profile_steps, 1) for n in profiling.PHASES
+        },
+    }
+    if device.type == "cpu":
+        result["lifetime_max_rss_bytes"] = profiling.lifetime_max_rss()
+    return result
+
+
+def run_benchmark(
+    cfg: CfgNode,
+    batch_size: int = 0,
+    steps: int = 10,
+    warmup: int = 2,
+    mode: str = "both",
+    profile_steps: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark one configuration.
+
+    Args:
+        cfg: config from ``load_cfg`` (MODEL.DEVICE, the shape, the speed switches).
+        batch_size: images per step; 0 = SOLVER.IMS_PER_BATCH.
+        steps: timed steps per mode (>= 1).
+        warmup: untimed steps per mode before them (>= 0).
+        mode: "train", "infer" or "both".
+        profile_steps: instrumented steps for the time shares; 0 = min(steps, 3).
+        log: progress messages (None: quiet).
+
+    Returns:
+        A JSON-serialisable dict: ``env`` (date, device, torch, threads, load), ``setup``
+        (batch, steps, shape, switches), ``config`` (YAML), and per mode ``train`` / ``infer``:
+        ``images_per_s``, ``step_time_s``, peak memory, ``shares`` (decoder, grad_inputs,
+        refinement, backward, other; they sum to 1), ``flops_per_image``,
+        ``flops_per_image_by_part``, ``gflops_per_s``.
+
+    Raises:
+        ValueError: a bad argument.
+        RunError: MODEL.DEVICE is "cuda" without CUDA.
+    """
+    log = log or (lambda _: None)
+    if steps < 1 or warmup < 0 or profile_steps < 0:
+        raise ValueError("need steps >= 1, warmup >= 0 and profile_steps >= 0")
+    if mode not in (*MODES, "both"):
+        raise ValueError(f"mode must be train, infer or both, got {mode!r}")
+    modes = MODES if mode == "both" else (mode,)
+    batch = batch_size or cfg.SOLVER.IMS_PER_BATCH
+    if batch < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch}")
+    profile_steps = profile_steps or min(steps, 3)
+    device = resolve_device(cfg.MODEL.DEVICE)
+    size = cfg.INPUT.IMAGE_SIZE
+    load_before = profiling.load_average()
+
+    seed_all(cfg.SEED)
+    model = build_model(cfg).to(device)
+    optimizer = make_optimizer(cfg, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
+    warn_amp_ignored(cfg.SOLVER.AMP, device, None)
+    autocast = forward_autocast(cfg.SOLVER.AMP, device)
+    gen = torch.Generator().manual_seed(cfg.SEED)
+    images = torch.rand(batch, 3, size, size, generator=gen).to(device)
+
+    results: dict[str, Any] = {}
+    for name in modes:
+        seed_all(cfg.SEED)
+        if name == "train":
+            model.train()
+
+            def step(timer, _m=model):
+                phase = timer.phase if timer is not None else None
+                train_step(_m, optimizer, [images], params, clip, autocast, phase)
+
+        else:
+            model.eval()
+
+            def step(timer, _m=model):
+                _infer_step(_m, images, autocast)
+
+        res = _measure_mode(name, step, model, device, batch, steps, warmup, profile_steps, log)
+        log(f"{name}: counting FLOPs")
+        flops = _count_mode_flops(cfg, name, batch, size, device)
+        res["flops_per_image"] = flops["total"] / batch
+        res["flops_per_image_by_part"] = (
+            {n: v / batch for n, v in flops["phases"].items()} if flops["phases"] else None
+        )
+        res["flop_count_device"] = flops["device"]
+        res["gflops_per_s"] = flops["total"] / res["step_time_s"]["median"] / 1e9
+        results[name] = res
+    model.train()
+
+    d, r, m = cfg.MODEL.DECODER, cfg.MODEL.REFINEMENT, cfg.MODEL.IODINE
+    return {
+        "env": {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "device": device.type,
+            "device_name": profiling.device_name(device),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": profiling.load_average(),
+        },
+        "setup": {
+            "batch_size": batch,
+            "steps": steps,
+            "warmup": warmup,
+            "profile_steps": profile_steps,
+            "image_size": size,
+            "num_slots": m.NUM_SLOTS,
+            "num_iters": m.NUM_ITERS,
+            "latent_dim": m.LATENT_DIM,
+            "decoder": {
+                "conv_channels": list(d.CONV_CHANNELS),
+                "kernel_size": d.KERNEL_SIZE,
+                "output_kernel_size": d.OUTPUT_KERNEL_SIZE,
+                "factorized_first_layer": d.FACTORIZED_FIRST_LAYER,
+            },
+            "refinement": {
+                "conv_channels": list(r.CONV_CHANNELS),
+                "kernel_size": r.KERNEL_SIZE,
+                "mlp_sizes": list(r.MLP_SIZES),
+                "lstm_size": r.LSTM_SIZE,
+                "coord_type": r.COORD_TYPE,
+            },
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "compile": cfg.MODEL.COMPILE,
+            "amp": cfg.SOLVER.AMP,
+            "amp_active": cfg.SOLVER.AMP and device.type == "cuda",
+        },
+        "config": cfg.dump(),
+        **results,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The results as a readable table.
+
+    Args:
+        result: ``run_benchmark``'s output.
+
+    Returns:
+        Multi-line text.
+    """
+    env, s = result["env"], result["setup"]
+    d, r = s["decoder"], s["refinement"]
+    dec = "x".join(str(c) for c in d["conv_channels"])
+    ref = "x".join(str(c) for c in r["conv_channels"])
+    lines = [
+        f"IODINE benchmark  {env['date']}  torch {env['torch']}  python {env['python']}",
+        f"device: {env['device']} ({env['device_name']}), {env['threads']} threads, "
+        f"{env['cpu_count']} cpus, load {env['load_average_before']} -> "
+        f"{env['load_average_after']}",
+        f"shape: {s['image_size']}x{s['image_size']}  K={s['num_slots']}  T={s['num_iters']}  "
+        f"D={s['latent_dim']}  batch {s['batch_size']}",
+        f"decoder: convs {dec} k{d['kernel_size']}, output k{d['output_kernel_size']}, "
+        f"factorized first layer {d['factorized_first_layer']}",
+        f"refinement: convs {ref} k{r['kernel_size']}, mlp {tuple(r['mlp_sizes'])}, "
+        f"lstm {r['lstm_size']}, {r['coord_type']} coordinates",
+        f"switches: channels_last {s['channels_last']}  compile {s['compile']}  amp {s['amp']}"
+        f"   ({s['warmup']} warm-up, {s['steps']} timed, {s['profile_steps']} profiled steps)",
+        "",
+        f"{'mode':<6}{'img/s':>9}{'step ms (med)':>15}{'min-max ms':>16}{'peak mem':>11}"
+        f"{'+during':>10}{'GFLOP/img':>11}{'GFLOP/s':>9}",
+    ]
+    modes = [m for m in MODES if m in result]
+    for m in modes:
+        x = result[m]
+        t = x["step_time_s"]
+        lines.append(
+            f"{m:<6}{x['images_per_s']:>9.2f}{t['median'] * 1e3:>15.1f}"
+            f"{'{:.0f}-{:.0f}'.format(t['min'] * 1e3, t['max'] * 1e3):>16}"
+            f"{_mib(x['peak_memory_bytes']):>11}{_mib(x['peak_memory_increase_bytes']):>10}"
+            f"{x['flops_per_image'] / 1e9:>11.3f}{x['gflops_per_s']:>9.2f}"
+        )
+    lines += ["", f"{'share':<6}" + "".join(f"{n:>12}" for n in SHARES) + f"{'(optimizer)':>13}"]
+    for m in modes:
+        x = result[m]
+        lines.append(
+            f"{m:<6}"
+            + "".join(f"{x['shares'][n]:>12.1%}" for n in SHARES)
+            + f"{x['optimizer_share']:>13.1%}"
+        )
+    lines += ["", f"{'GFLOP/img':<10}" + "".join(f"{n:>12}" for n in SHARES)]
+    for m in modes:
+        parts = result[m]["flops_per_image_by_part"]
+        if parts:
+            # Counted FLOPs of the optimiser (none: element-wise) belong to "other".
+            merged = dict(parts, other=parts["other"] + parts.get("optimizer", 0))
+            lines.append(f"{m:<10}" + "".join(f"{merged[n] / 1e9:>12.3f}" for n in SHARES))
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""lib.engine.benchmark: time shares against known phase durations, meta vs real FLOP counts."""
+
+import contextlib
+import time
+
+import pytest
+import torch
+from engine_helpers import tiny_cfg
+
+from lib.engine import benchmark
+from lib.model import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_meta_flop_count_equals_a_real_one(mode):
+    cfg = tiny_cfg(**{"MODEL.DECODER.FACTORIZED_FIRST_LAYER": True})
+    meta = benchmark._count_mode_flops(cfg, mode, 2, 16, CPU, meta=True)
+    real = benchmark._count_mode_flops(cfg, mode, 2, 16, CPU, meta=False)
+    assert meta["device"] == "meta" and real["device"] == "cpu"
+    assert meta["total"] == real["total"] > 0 and meta["phases"] == real["phases"]
+
+
+def test_shares_match_known_phase_durations():
+    # A step whose phases sleep for known times: the shares must be those times' fractions.
+    durations = {"decoder": 0.03, "backward": 0.02, "optimizer": 0.01, None: 0.02}
+    total = sum(durations.values())
+    model = build_model(tiny_cfg())
+
+    def step(timer):
+        for name, seconds in durations.items():
+            phase = timer.phase(name) if timer is not None and name else contextlib.nullcontext()
+            with phase:
+                time.sleep(seconds)
+
+    r = benchmark._measure_mode("train", step, model, CPU, 2, 1, 0, 2, lambda _: None)
+    expected = {
+        "decoder": 0.03 / total,
+        "grad_inputs": 0.0,
+        "refinement": 0.0,
+        "backward": 0.02 / total,
+        "other": (0.01 + 0.02) / total,  # the optimiser and the unmarked time
+    }
+    for name, share in expected.items():
+        assert r["shares"][name] == pytest.approx(share, abs=0.04), (name, r["shares"])
+    assert r["optimizer_share"] == pytest.approx(0.01 / total, abs=0.04)
+    assert r["part_calls_per_step"]["decoder"] == 1
+    assert r["profiled_step_time_s"] == pytest.approx(total, rel=0.2)
