@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# INPUT.RESIZE values: antialiased bilinear (default) or nearest-exact, as the labels.
-RESIZE_MODES = ("bilinear", "nearest")
+# INPUT.RESIZE values: TF 1.14 resize_images (released), antialiased bilinear, or nearest-exact.
+RESIZE_MODES = ("tf1", "bilinear", "nearest")
 
 
 def square_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
@@ -31,6 +31,38 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
+def tf1_resize_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sampling of TF 1.14 ``tf.image.resize_images`` (align_corners and half_pixel_centers
+    False, the released pipeline's call) along one axis.
+
+    Output pixel i reads source coordinate ``i * in_size / out_size`` (no half-pixel offset):
+    bilinear blends rows ``lo`` and ``hi = min(lo + 1, in_size - 1)`` with weight ``frac`` on
+    ``hi``; nearest neighbour reads ``lo = floor(i * scale)`` (CLEVR 192 -> 128: floor(1.5 i)).
+
+    Args:
+        in_size: source side in pixels.
+        out_size: output side in pixels.
+
+    Returns:
+        ``(lo, hi, frac)``: int64 (out_size,), int64 (out_size,), float32 (out_size,).
+    """
+    scale = in_size / out_size
+    src = np.arange(out_size, dtype=np.float64) * scale
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def _tf1_bilinear(img: torch.Tensor, size: int) -> torch.Tensor:
+    # TF interpolates along x within the two source rows, then along y: the same order here.
+    lo_y, hi_y, fy = (torch.from_numpy(a) for a in tf1_resize_indices(img.shape[1], size))
+    lo_x, hi_x, fx = (torch.from_numpy(a) for a in tf1_resize_indices(img.shape[2], size))
+    top, bottom = img[:, lo_y], img[:, hi_y]  # (3, size, W)
+    top = top[..., lo_x] + (top[..., hi_x] - top[..., lo_x]) * fx  # (3, size, size)
+    bottom = bottom[..., lo_x] + (bottom[..., hi_x] - bottom[..., lo_x]) * fx
+    return top + (bottom - top) * fy[:, None]
+
+
 def to_model_input(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -46,8 +78,10 @@ def to_model_input(
         size: side of the output (``INPUT.IMAGE_SIZE``).
         crop: ``(row0, row1, col0, col1)`` to cut first (CLEVR's official crop), or None for
             the centre square crop (a no-op on square frames).
-        resize: ``INPUT.RESIZE``: "bilinear" (antialiased) or "nearest" (the image sampled at
-            the same pixel centres as the label map, so every pixel keeps one object's colour).
+        resize: ``INPUT.RESIZE``: "tf1" (released: TF 1.14 ``resize_images``, bilinear without
+            antialiasing or half-pixel centres, label maps nearest at floor(i * scale)),
+            "bilinear" (antialiased, half-pixel centres) or "nearest" (the image sampled at the
+            same pixel centres as the label map, so every pixel keeps one object's colour).
 
     Returns:
         image float32 (3, size, size) in [0, 1] (resized as ``resize`` says, bit-exact
@@ -68,7 +102,13 @@ def to_model_input(
     lab = None
     if mask is not None:
         lab = torch.from_numpy(_writable(mask[r0:r1, c0:c1])).to(torch.int64)
-    if r1 - r0 != size:
+    if r1 - r0 != size and resize == "tf1":
+        img = _tf1_bilinear(img, size)
+        if lab is not None:
+            lo, _, _ = tf1_resize_indices(r1 - r0, size)
+            index = torch.from_numpy(lo)
+            lab = lab[index][:, index]
+    elif r1 - r0 != size:
         if resize == "nearest":
             img = F.interpolate(img[None], size=(size, size), mode="nearest-exact")[0]
         else:
