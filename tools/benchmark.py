@@ -2,12 +2,13 @@
 
     python tools/benchmark.py --config-file configs/tetrominoes.yaml [--batch-size B]
         [--steps N] [--warmup W] [--mode train|infer|both] [--profile-steps P]
-        [--threads N] [--json OUT.json] [KEY VALUE ...]
+        [--threads N] [--json OUT.json] [--device cpu|cuda] [--precision fp32|tf32|bf16]
+        [--compile on|off] [KEY VALUE ...]
 
 Random uniform images in [0, 1] at INPUT.IMAGE_SIZE (no dataset), batch SOLVER.IMS_PER_BATCH
 unless --batch-size, device MODEL.DEVICE. ``KEY VALUE`` pairs anywhere on the line override
 the config, so any shape or speed switch can be measured (MODEL.CHANNELS_LAST, MODEL.COMPILE,
-SOLVER.AMP, MODEL.DECODER.FACTORIZED_FIRST_LAYER), e.g. the earlier port's shape:
+MODEL.PRECISION, MODEL.DECODER.FACTORIZED_FIRST_LAYER), e.g. the earlier port's shape:
 
     python tools/benchmark.py INPUT.IMAGE_SIZE 32 MODEL.IODINE.NUM_SLOTS 4 \\
         MODEL.DECODER.CONV_CHANNELS "(32,32,32,32)" --batch-size 16
@@ -55,7 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)"
     )
     parser.add_argument("--json", default="", metavar="OUT.json", help="also write the results")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=None, help="MODEL.DEVICE"
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "tf32", "bf16"), default=None, help="MODEL.PRECISION"
+    )
+    parser.add_argument(
+        "--compile", choices=("on", "off"), default=None, help="MODEL.COMPILE (torch.compile)"
+    )
     return parser
+
+
+def benchmark_cfg(args: argparse.Namespace) -> CfgNode:
+    """The config: ``--config-file``, then the overrides, then --device/--precision/--compile."""
+    from lib.config import load_cfg
+
+    opts = list(args.opts)
+    if args.device is not None:
+        opts += ["MODEL.DEVICE", args.device]
+    if args.precision is not None:
+        opts += ["MODEL.PRECISION", args.precision]
+    if args.compile is not None:
+        opts += ["MODEL.COMPILE", str(args.compile == "on")]
+    return load_cfg(args.config_file or None, opts)
 
 
 def benchmark(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
@@ -97,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 1 with a one-line message on a config, device or argument error.
     """
-    return run_tool(argv, build_parser(), benchmark, errors=(ValueError,))
+    return run_tool(argv, build_parser(), benchmark, errors=(ValueError,), make_cfg=benchmark_cfg)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
 
 Evaluates MODEL.WEIGHT if set, else the checkpoint named by OUTPUT_DIR/last_checkpoint. Prints
 the metrics and writes OUTPUT_DIR/metrics.json; with TEST.SAVE_PREDICTIONS True also the
-argmax-slot PNGs under OUTPUT_DIR/predictions/<dataset>/.
+argmax-slot PNGs under OUTPUT_DIR/predictions/<dataset>/. When the model has a factor regressor
+(MODEL.FACTOR_REGRESSOR) and the test set stores factors, metrics.json also has "factors"
+({name: R^2 for scalar/angle factors, with the test set's own variance, or accuracy for
+categorical ones}) and "factor_loss".
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def colorize_labels(labels: Tensor) -> Tensor:
     """
     if labels.dtype.is_floating_point:
         raise TypeError(f"colorize_labels takes integer label maps, got dtype {labels.dtype}")
-    palette = torch.tensor(PALETTE, dtype=torch.float32) / 255.0  # (P, 3)
+    palette = torch.tensor(PALETTE, dtype=torch.float32, device="cpu") / 255.0  # (P, 3)
     index = labels.long().cpu().clamp(min=0) % len(PALETTE)
     rgb = palette[index]  # (..., H, W, 3)
     return rgb.movedim(-1, -3).contiguous()

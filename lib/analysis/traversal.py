@@ -70,8 +70,8 @@ def traversal_offsets(value_range: float, steps: int) -> Tensor:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps == 1:
-        return torch.zeros(1)
-    return torch.linspace(-value_range, value_range, steps)
+        return torch.zeros(1, device="cpu")
+    return torch.linspace(-value_range, value_range, steps, device="cpu")
 
 
 def traverse_slot(

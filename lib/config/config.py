@@ -11,6 +11,7 @@ from lib.config.defaults import _C
 
 _CHOICES = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
+    "MODEL.PRECISION": ("fp32", "tf32", "bf16"),
     "MODEL.IODINE.LIKELIHOOD": ("logistic", "gaussian"),
     "MODEL.IODINE.LOSS_WEIGHTS": ("linspace", "uniform", "last"),
     "MODEL.IODINE.INIT": ("released", "pytorch"),
@@ -19,7 +20,7 @@ _CHOICES = {
     "MODEL.REFINEMENT.LSTM_INIT": ("sonnet", "zero_bias"),
     "MODEL.REFINEMENT.PADDING": ("tf_same", "symmetric"),
     "MODEL.REFINEMENT.POOL": ("avg", "flatten"),
-    "INPUT.RESIZE": ("bilinear", "nearest"),
+    "INPUT.RESIZE": ("tf1", "bilinear", "nearest"),
 }
 _IMAGE_INPUTS = set(_C.MODEL.REFINEMENT.IMAGE_INPUTS)
 _VECTOR_INPUTS = set(_C.MODEL.REFINEMENT.VECTOR_INPUTS)

@@ -24,8 +24,17 @@ _C.MODEL.DEVICE = "auto"
 _C.MODEL.WEIGHT = ""
 # Store activations channels-last (NHWC) in the conv stacks; a speed switch, same numbers.
 _C.MODEL.CHANNELS_LAST = False
-# Wrap the decoder and refinement network in torch.compile; a speed switch.
+# torch.compile each step's likelihood/losses and refinement (input assembly + network), decoder
+# eager so the gradient inputs compute no weight gradients (IODINE.compile_ "step"); speed only.
 _C.MODEL.COMPILE = False
+# Arithmetic precision: "fp32" (TF32 off for matmul and cuDNN: parity with the released
+# numbers), "tf32" (TF32 matmul and convolutions on CUDA) or "bf16" (bf16 autocast; the
+# likelihood, KL, LayerNorm inputs, gradient inputs, LSTM state and decoder output stay fp32).
+# bf16 on CPU needs native bf16 (AVX512-BF16 or AMX); elsewhere it is refused.
+_C.MODEL.PRECISION = "fp32"
+# Deterministic algorithms (torch.use_deterministic_algorithms, cuDNN deterministic, no cuDNN
+# benchmark, CUBLAS_WORKSPACE_CONFIG); False lets cuDNN pick the fastest kernels.
+_C.MODEL.DETERMINISTIC = False
 
 _C.MODEL.IODINE = CN()
 # Number of slots K (paper K); CLEVR6 7.
@@ -122,13 +131,24 @@ _C.MODEL.DECODER.FACTORIZED_FIRST_LAYER = True
 # 0 = released init. > 0 starts masks as Voronoi cells of slot positions (a deviation).
 _C.MODEL.DECODER.BLOB_INIT_GAIN = 0.0
 
+_C.MODEL.FACTOR_REGRESSOR = CN()
+# The released factor regressor (linear map from detached final z per slot to the object
+# factors; its loss joins the total): "auto" = on when every DATASETS.TRAIN name has a factor
+# mapping (built-in CLEVR, Multi-dSprites, Tetrominoes; off for folder: and sprites), or
+# True / False. Its parameters are not part of IODINE's count.
+_C.MODEL.FACTOR_REGRESSOR.ENABLED = "auto"
+# Weight of its loss in the total (released: 1.0).
+_C.MODEL.FACTOR_REGRESSOR.LOSS_WEIGHT = 1.0
+
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = CN()
 # Side of the square model input in pixels (images are cropped/resized to it).
 _C.INPUT.IMAGE_SIZE = 128
-# How images are resized to IMAGE_SIZE: "bilinear" (antialiased) or "nearest" (sampled at the
-# label map's pixel centres; keeps hard-edged sprites hard, so no pixel blends two objects).
-_C.INPUT.RESIZE = "bilinear"
+# How images are resized to IMAGE_SIZE: "tf1" (released: TF 1.14 resize_images, bilinear with
+# no antialiasing or half-pixel centres; label maps nearest at floor(i * in / out)), "bilinear"
+# (antialiased, half-pixel centres) or "nearest" (image sampled at the label map's pixel
+# centres; keeps hard-edged sprites hard, so no pixel blends two objects).
+_C.INPUT.RESIZE = "tf1"
 
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
@@ -191,7 +211,7 @@ _C.SOLVER.CHECKPOINT_KEEP = 3
 _C.SOLVER.RESUME = True
 # Consecutive non-finite losses or gradients (each step skipped) before training stops.
 _C.SOLVER.MAX_NONFINITE = 20
-# bf16 autocast for the forward pass (GPUs); off by default.
+# Deprecated alias of MODEL.PRECISION "bf16" on CUDA (ignored elsewhere, with a warning).
 _C.SOLVER.AMP = False
 
 # ---------------------------------------------------------------------------------------------

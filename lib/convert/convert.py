@@ -3,9 +3,11 @@
 Nothing is guessed: the checkpoint's variables must be exactly those the config's architecture
 has in the release (``lib.convert.released``), with the same shapes, and the converted tensors
 must be exactly our model's state dict; otherwise ``ConversionError`` lists every difference.
-Optimiser slots, ``global_step`` and the factor regressor's statistics are skipped; the factor
-regressor's trainable map (no counterpart in our model yet) is checked against the paper
-configuration when the architecture is one of them and kept aside, in TensorFlow layout.
+Optimiser slots, ``global_step`` and the factor regressor's statistics are skipped. The factor
+regressor's trainable map ``factor_evaluator/repres_content/predict_latents/{w,b}`` is checked
+against the paper configuration when the architecture is one of them, kept aside in TensorFlow
+layout, and converted to ``factor_regressor.predict_latents.{weight,bias}`` when the config's
+model has a factor regressor (``MODEL.FACTOR_REGRESSOR``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from lib.convert.released import (
+    FACTOR_SCOPE,
     PAPER_ARCHS,
     RELEASED_LSTM_FORGET_BIAS,
     ConversionError,
@@ -28,6 +31,7 @@ from lib.convert.released import (
     classify,
     factor_variables,
     is_ignored,
+    linear_to_torch,
     model_variables,
     paper_config_of,
     parameter_rules,
@@ -127,6 +131,8 @@ def convert_variables(
         value = rule.fn(*(arrays[n] for n in rule.sources)).astype(np.float32)
         state[rule.target] = torch.from_numpy(np.ascontiguousarray(value))
         sources[rule.target] = rule.sources
+    if any(n.startswith(FACTOR_REGRESSOR_PREFIX) for n in model_shapes):
+        _convert_factor_regressor(checkpoint, split.factor, state, sources)
     ours = {n: tuple(s) for n, s in model_shapes.items()}
     made = {n: tuple(t.shape) for n, t in state.items()}
     mismatches = table_mismatches(
@@ -151,6 +157,35 @@ def convert_variables(
         ignored=sorted(split.ignored),
         global_step=step,
     )
+
+
+FACTOR_REGRESSOR_PREFIX = "factor_regressor."
+
+
+def _convert_factor_regressor(
+    checkpoint: TFCheckpoint,
+    factor: Mapping[str, tuple[int, ...]],
+    state: dict[str, torch.Tensor],
+    sources: dict[str, tuple[str, ...]],
+) -> None:
+    # predict_latents: snt.Linear w [Z, M] -> our nn.Linear weight [M, Z]; b [M] as is.
+    names = {
+        "factor_regressor.predict_latents.weight": f"{FACTOR_SCOPE}/predict_latents/w",
+        "factor_regressor.predict_latents.bias": f"{FACTOR_SCOPE}/predict_latents/b",
+    }
+    missing = [v for v in names.values() if v not in factor]
+    if missing:
+        raise _refuse(
+            checkpoint.prefix,
+            "has no factor regressor, but the config's model has one (set "
+            "MODEL.FACTOR_REGRESSOR.ENABLED off to convert without it); missing:",
+            missing,
+        )
+    w, b = (checkpoint.read(v) for v in names.values())
+    for target, value in zip(names, (linear_to_torch(w), b)):
+        array = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+        state[target] = torch.from_numpy(array)
+        sources[target] = (names[target],)
 
 
 def _runtime_notes(cfg: Any, paper: str | None) -> list[str]:
@@ -222,16 +257,20 @@ def checkpoint_dict(result: ConversionResult, cfg: Any, source: str) -> dict[str
 
 def summary_lines(result: ConversionResult, source: str, output: str) -> list[str]:
     """A human-readable summary of a conversion."""
-    count = sum(t.numel() for t in result.state.values())
+    iodine = {n: t for n, t in result.state.items() if not n.startswith(FACTOR_REGRESSOR_PREFIX)}
+    count = sum(t.numel() for t in iodine.values())
+    factor_count = sum(t.numel() for t in result.state.values()) - count
     lines = [
         f"converted {source} -> {output}",
         f"  paper configuration: {result.paper_config or 'none (custom architecture)'}",
         f"  global_step: {result.global_step}",
-        f"  {len(result.state)} tensors, {count:,} values:",
+        f"  {len(iodine)} tensors, {count:,} values"
+        + (f" (plus the factor regressor's {factor_count:,})" if factor_count else "")
+        + ":",
     ]
     for name, tensor in result.state.items():
         lines.append(f"    {name} {list(tensor.shape)} <- {', '.join(result.sources[name])}")
-    if result.factor:
+    if result.factor and not factor_count:
         lines.append("  factor regressor (kept in TensorFlow layout, not converted):")
         lines += [f"    {n} {list(t.shape)}" for n, t in result.factor.items()]
     lines.append(f"  skipped {len(result.ignored)} optimiser/statistics variables")

@@ -98,23 +98,25 @@ def dataset_provenance(dataset) -> list[dict]:
     return [{"source": type(dataset).__name__}]
 
 
-def collate(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def collate(batch: Sequence[tuple]) -> tuple:
     """Collate function of the loaders.
 
     Args:
-        batch: B items ``(image (3, H, W) float32, mask (H, W) int64 or None)``.
+        batch: B items ``(image (3, H, W) float32, mask (H, W) int64 or None)``, or
+            ``(image, mask, factors)`` from a dataset with ``return_factors`` set (factors:
+            ``{name: tensor (L, ...)}``, the same names in every item).
 
     Returns:
         ``(images (B, 3, H, W), masks (B, H, W))``; masks is None when any item has none (ARI
-        needs every label map).
+        needs every label map). With factors, a third element ``{name: (B, L, ...)}``.
     """
     images = torch.stack([item[0] for item in batch])
     masks = [item[1] for item in batch]
-    if any(m is None for m in masks):
-        return images, None
-    return images, torch.stack(masks)
+    stacked = None if any(m is None for m in masks) else torch.stack(masks)
+    if len(batch[0]) < 3:
+        return images, stacked
+    factors = {name: torch.stack([item[2][name] for item in batch]) for name in batch[0][2]}
+    return images, stacked, factors
 
 
 class InfiniteShuffleSampler(Sampler[int]):

@@ -22,6 +22,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -59,6 +61,102 @@ BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
     "sprites": BuiltinSpec(None),
     "sprites5": BuiltinSpec(None),
 }
+
+# The released factor regressor's mapping per dataset family (configurations.py): (name, size,
+# type) in output-column order. The names are the released ones; ``released_factors`` makes them
+# from what a prepared folder stores.
+FACTOR_MAPPINGS: dict[str, tuple[tuple[str, int, str], ...]] = {
+    "clevr": (
+        ("color", 9, "categorical"),
+        ("shape", 4, "categorical"),
+        ("size", 3, "categorical"),
+        ("position", 3, "scalar"),
+    ),
+    "multi_dsprites": (
+        ("color", 3, "scalar"),
+        ("shape", 4, "categorical"),
+        ("scale", 1, "scalar"),
+        ("x", 1, "scalar"),
+        ("y", 1, "scalar"),
+        ("orientation", 2, "angle"),
+    ),
+    "tetrominoes": (
+        ("position", 2, "scalar"),
+        ("color", 3, "scalar"),
+        ("shape", 20, "categorical"),
+    ),
+}
+# Built-in dataset -> its family in FACTOR_MAPPINGS; absent: no regressor (sprites: its
+# generator's factors have no released mapping).
+FACTOR_FAMILY = {
+    "clevr6": "clevr",
+    "clevr10": "clevr",
+    "multi_dsprites": "multi_dsprites",
+    "tetrominoes": "tetrominoes",
+}
+
+
+def factor_mapping(name: str) -> tuple[tuple[str, int, str], ...] | None:
+    """The released factor mapping of a dataset name, or None when it has none.
+
+    Args:
+        name: a dataset name (``clevr6_train``, ``folder:/x``, ...).
+
+    Returns:
+        ``FACTOR_MAPPINGS[family]``, or None (``folder:`` datasets, sprites).
+    """
+    family = FACTOR_FAMILY.get(builtin_of(name) or "")
+    return FACTOR_MAPPINGS[family] if family else None
+
+
+def released_factors(
+    dataset: str, source: str, stored: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The released factor inputs of one example from the arrays its folder stores.
+
+    Categorical factors are labels (one-hot is the regressor's), angles radians. CLEVR: the
+    release feeds ``color`` as ``size`` (a bug in its data.py); the real ``size`` is used here.
+    Generated CLEVR stores 0-based indices with -1 for background/padding; they are shifted by
+    one to the official layout (0 = none). ``position`` is ``pixel_coords`` (CLEVR) or (x, y)
+    (Tetrominoes).
+
+    Args:
+        dataset: the built-in dataset (``clevr6``, ``multi_dsprites``, ``tetrominoes``, ...).
+        source: ``meta["source"]``: ``"official"`` or ``"generated"``.
+        stored: ``{name: (L, ...) array}`` as stored in ``factors/<name>.npy`` for the example.
+
+    Returns:
+        ``{name: float32 (L, n)}`` for every mapped name, plus ``visibility`` (L,).
+
+    Raises:
+        ValueError: the dataset has no mapping, or a needed stored factor is missing.
+    """
+    family = FACTOR_FAMILY.get(dataset)
+    if family is None:
+        raise ValueError(f"dataset {dataset!r} has no factor mapping")
+
+    def get(key: str) -> np.ndarray:
+        if key not in stored:
+            raise ValueError(
+                f"dataset {dataset!r}: factors/{key}.npy is missing (stored: {sorted(stored)})"
+            )
+        array = np.asarray(stored[key], dtype=np.float32)
+        return array.reshape(array.shape[0], -1)
+
+    out = {"visibility": get("visibility")[:, 0]}
+    if family == "clevr":
+        shift = 1.0 if source == "generated" else 0.0
+        for key in ("color", "shape", "size"):
+            out[key] = get(key) + shift
+        out["position"] = get("pixel_coords")
+    elif family == "tetrominoes":
+        out["position"] = np.concatenate([get("x"), get("y")], axis=1)
+        out["color"], out["shape"] = get("color"), get("shape")
+    else:
+        for key, _, _ in FACTOR_MAPPINGS[family]:
+            out[key] = get(key)
+    return out
+
 
 # Name suffix -> split: "<dataset>_train", "<dataset>_test", and "<dataset>" (all examples).
 SPLIT_SUFFIXES = {"": "all", "_train": "train", "_test": "test"}

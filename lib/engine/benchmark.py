@@ -8,8 +8,9 @@ images in [0, 1] at INPUT.IMAGE_SIZE (no dataset) on MODEL.DEVICE. For each mode
   the trainer's own ``lib.engine.trainer.train_step`` on one batch: zero_grad, forward,
   ``loss.backward()``, clipping at SOLVER.GRAD_CLIP_NORM, the non-finite check (one host
   sync) and the Adam step (no data loading, no scheduler); an inference step is
-  ``model.eval()`` and the forward under ``torch.no_grad()``. SOLVER.AMP wraps the forward in
-  bf16 autocast on CUDA, as in training; elsewhere it is ignored with a warning.
+  ``model.eval()`` and the forward under ``torch.no_grad()``. MODEL.PRECISION and
+  MODEL.DETERMINISTIC are applied as in training (``lib.engine.launch.setup_precision``):
+  "bf16" wraps the forward in bf16 autocast, "tf32" allows TF32 on CUDA.
 * peak memory over the timed steps: CUDA ``max_memory_allocated``; CPU the resident-set
   high-water mark (reset before the steps where Linux allows) and its rise over the resident set
   before them, plus the process's lifetime ``ru_maxrss``.
@@ -39,9 +40,10 @@ import torch
 from yacs.config import CfgNode
 
 from lib.analysis import profiling
-from lib.engine.launch import resolve_device, seed_all, warn_amp_ignored
+from lib.engine.launch import resolve_device, seed_all, setup_precision
+from lib.engine.precision import autocast_factory
 from lib.engine.solver import make_optimizer
-from lib.engine.trainer import forward_autocast, train_step
+from lib.engine.trainer import train_step
 from lib.model import build_model
 
 MODES = ("train", "infer")
@@ -211,7 +213,7 @@ def run_benchmark(
 
     Raises:
         ValueError: a bad argument.
-        RunError: MODEL.DEVICE is "cuda" without CUDA.
+        RunError: MODEL.DEVICE is "cuda" without CUDA, or bf16 without native support.
     """
     log = log or (lambda _: None)
     if steps < 1 or warmup < 0 or profile_steps < 0:
@@ -232,10 +234,10 @@ def run_benchmark(
     optimizer = make_optimizer(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
-    warn_amp_ignored(cfg.SOLVER.AMP, device, None)
-    autocast = forward_autocast(cfg.SOLVER.AMP, device)
+    precision = setup_precision(cfg, device)
+    autocast = autocast_factory(precision["precision"], device)
     gen = torch.Generator().manual_seed(cfg.SEED)
-    images = torch.rand(batch, 3, size, size, generator=gen).to(device)
+    images = torch.rand(batch, 3, size, size, generator=gen, device="cpu").to(device)
 
     results: dict[str, Any] = {}
     for name in modes:
@@ -304,7 +306,8 @@ def run_benchmark(
             "channels_last": cfg.MODEL.CHANNELS_LAST,
             "compile": cfg.MODEL.COMPILE,
             "amp": cfg.SOLVER.AMP,
-            "amp_active": cfg.SOLVER.AMP and device.type == "cuda",
+            "amp_active": precision["precision"] == "bf16",
+            "precision": precision,
         },
         "config": cfg.dump(),
         **results,
@@ -340,7 +343,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"factorized first layer {d['factorized_first_layer']}",
         f"refinement: convs {ref} k{r['kernel_size']}, mlp {tuple(r['mlp_sizes'])}, "
         f"lstm {r['lstm_size']}, {r['coord_type']} coordinates",
-        f"switches: channels_last {s['channels_last']}  compile {s['compile']}  amp {s['amp']}"
+        f"switches: channels_last {s['channels_last']}  compile {s['compile']}  "
+        f"precision {s['precision']['precision']}"
         f"   ({s['warmup']} warm-up, {s['steps']} timed, {s['profile_steps']} profiled steps)",
         "",
         f"{'mode':<6}{'img/s':>9}{'step ms (med)':>15}{'min-max ms':>16}{'peak mem':>11}"

@@ -109,6 +109,10 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {_canonical(k): v for k, v in unwrap_model(model).state_dict().items()}
 
 
+FACTOR_PREFIX = "factor_regressor"
+logger = logging.getLogger(__name__)
+
+
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load a state dict strictly, with an error naming every mismatched key and shape.
 
@@ -119,7 +123,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
         source: file name used in error messages.
 
     Raises:
-        CheckpointError: keys missing from / unexpected in the checkpoint, or shape mismatches.
+        CheckpointError: keys missing from / unexpected in the checkpoint, or shape mismatches
+            (missing ``factor_regressor.*`` keys only warn: it keeps its initialisation).
     """
     target = unwrap_model(model)
     own = target.state_dict()
@@ -127,6 +132,16 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
     given = {_canonical(k): v for k, v in state.items()}
     missing = sorted(set(by_canonical) - set(given))
     unexpected = sorted(set(given) - set(by_canonical))
+    # The factor regressor only reads IODINE's latents: weights saved without it (older runs,
+    # conversions with it off) still load, and it keeps its fresh initialisation.
+    fresh = [k for k in missing if k.startswith(f"{FACTOR_PREFIX}.")]
+    if fresh:
+        logger.warning(
+            "%s has no %s weights: the factor regressor starts from its initialisation",
+            source,
+            FACTOR_PREFIX,
+        )
+        missing = [k for k in missing if k not in fresh]
     wrong_shape = [
         f"{name}: checkpoint {tuple(given[name].shape)} vs model {tuple(own[by_canonical[name]].shape)}"
         for name in sorted(set(given) & set(by_canonical))
@@ -141,7 +156,7 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
         if unexpected:
             lines.append("not in model: " + ", ".join(unexpected[:10]))
         raise CheckpointError("\n  ".join(lines))
-    target.load_state_dict({by_canonical[k]: v for k, v in given.items()}, strict=True)
+    target.load_state_dict({by_canonical[k]: v for k, v in given.items()}, strict=not fresh)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from torch import nn
 from lib.data import dataset_provenance
 from lib.engine.checkpoint import unwrap_model
 from lib.evaluation.ari import adjusted_rand_index
+from lib.model.factor_regressor import FactorMetrics
 from lib.utils import comm
 
 NO_MASK_REASON = "dataset has no ground-truth masks: ARI not computed"
@@ -51,7 +52,7 @@ class _Accumulator:
 
     def __init__(self, steps: int) -> None:
         # Rows: fg ARI sum, fg ARI count, ARI sum, ARI count, MSE sum; columns: steps.
-        self.sums = torch.zeros(5, steps, dtype=torch.float64)
+        self.sums = torch.zeros(5, steps, dtype=torch.float64, device="cpu")
         self.num_images = 0
         self.num_with_masks = 0
 
@@ -81,7 +82,9 @@ class _Accumulator:
 
     def reduce(self) -> None:
         """Sum the accumulators over every rank (collective: all ranks must call it)."""
-        counts = torch.tensor([self.num_images, self.num_with_masks], dtype=torch.float64)
+        counts = torch.tensor(
+            [self.num_images, self.num_with_masks], dtype=torch.float64, device="cpu"
+        )
         self.sums = comm.all_reduce_sum(self.sums)
         counts = comm.all_reduce_sum(counts)
         self.num_images, self.num_with_masks = (int(c) for c in counts.tolist())
@@ -129,6 +132,51 @@ def _gather_in_order(local: list[np.ndarray]) -> list[np.ndarray]:
     return ordered
 
 
+def _factor_dataset(loader: Any, net: nn.Module) -> Any:
+    # The loader's dataset when the model's factor regressor can be scored on it, else None.
+    regressor = getattr(net, "factor_regressor", None)
+    dataset = getattr(loader, "dataset", None)
+    mapping = getattr(dataset, "factor_mapping", None)
+    if regressor is None or mapping is None:
+        return None
+    if tuple(tuple(m) for m in regressor.mapping) != tuple(tuple(m) for m in mapping):
+        return None
+    return dataset
+
+
+class _FactorAccumulator:
+    """Exact factor scores over a whole dataset and the regressor's loss (visible-object
+    weighted mean over batches, i.e. the loss of the whole set)."""
+
+    def __init__(self, mapping) -> None:
+        self.metrics = FactorMetrics(mapping)
+        self.loss_sum = 0.0
+        self.num_visible = 0.0
+
+    def add(self, out: dict) -> None:
+        weight = out["factor_assignment"].sum(dim=2)  # (B, L): 1 for visible objects
+        self.metrics.update(out["factor_targets"], out["factor_matched"], weight)
+        visible = float(weight.sum())
+        self.loss_sum += float(out["factor_loss"]) * visible
+        self.num_visible += visible
+
+    def result(self) -> dict[str, Any]:
+        """Collective: every rank's sums are gathered, so all ranks return the same."""
+        gathered = comm.all_gather_object((self.metrics.sums, self.loss_sum, self.num_visible))
+        total = FactorMetrics(self.metrics.mapping)
+        loss_sum = num_visible = 0.0
+        for sums, loss, visible in gathered:
+            total.merge(sums)
+            loss_sum += loss
+            num_visible += visible
+        scores = total.compute()
+        return {
+            "factors": {k: (None if v != v else v) for k, v in scores.items()},  # NaN -> null
+            "factor_loss": loss_sum / num_visible if num_visible else None,
+            "factor_types": {m.name: m.type for m in total.mapping},
+        }
+
+
 def do_evaluate(
     model: nn.Module,
     data_loaders: Sequence[tuple[str, Iterable]],
@@ -166,7 +214,10 @@ def do_evaluate(
         (T+1 values each), ``num_images`` (distinct images), ``fg_ari_num_images`` (images
         with foreground) or ``reason`` (why ARI is missing), and ``provenance``
         (``lib.data.dataset_provenance``; one dict, or a list for a concatenation) when the
-        loader has a ``dataset``. Identical on every rank.
+        loader has a ``dataset``. When the model has a factor regressor and the dataset
+        stores factors: ``factors`` {name: R^2 (scalar, angle; the set's own variance, exact)
+        or accuracy (categorical)} over visible objects matched to slots, ``factor_loss`` and
+        ``factor_types``. Identical on every rank.
     """
     logger = logger or logging.getLogger(__name__)
     net = unwrap_model(model)
@@ -179,18 +230,33 @@ def do_evaluate(
             has_masks = True
             predictions: list[np.ndarray] = []
             batches = loader
+            factor_dataset = _factor_dataset(loader, net)
+            factor_acc = None
+            if factor_dataset is not None:
+                # Set before iterating, so that (non-persistent) workers see it.
+                factor_dataset.return_factors = True
+                factor_acc = _FactorAccumulator(net.factor_regressor.mapping)
             if progress and comm.is_main_process():
                 from tqdm import tqdm
 
                 batches = tqdm(loader, desc=f"eval {name}", leave=False, dynamic_ncols=True)
-            for images, masks in batches:
+            for batch in batches:
+                images, masks = batch[0], batch[1]
                 images = images.to(device, non_blocking=True)
                 if masks is None:
                     has_masks = False
+                extra = {}
+                if factor_acc is not None and len(batch) > 2 and masks is not None:
+                    factors = {k: v.to(device) for k, v in batch[2].items()}
+                    extra = {"labels": masks.to(device), "factors": factors}
                 # The model needs autograd inside its forward; no_grad (not inference_mode)
                 # only stops it from keeping the chain between steps.
                 with torch.no_grad():
-                    out = net(images, num_slots=num_slots or None, num_iters=num_iters or None)
+                    out = net(
+                        images, num_slots=num_slots or None, num_iters=num_iters or None, **extra
+                    )
+                if "factor_loss" in out:
+                    factor_acc.add(out)
                 if accumulator is None:
                     accumulator = _Accumulator(out["masks"].shape[1])
                 accumulator.add(out["masks"], out["recon"], images, masks if has_masks else None)
@@ -203,11 +269,13 @@ def do_evaluate(
                     predictions.extend(list(pred))
             # Every rank needs the step count to reduce, even one with an empty shard.
             steps = comm.all_reduce_max(
-                torch.tensor([accumulator.sums.shape[1] if accumulator else 0])
+                torch.tensor([accumulator.sums.shape[1] if accumulator else 0], device="cpu")
             )
             if accumulator is None:
                 accumulator = _Accumulator(int(steps.item()))
-            has_masks = bool(comm.all_reduce_max(torch.tensor([0 if has_masks else 1])) == 0)
+            has_masks = bool(
+                comm.all_reduce_max(torch.tensor([0 if has_masks else 1], device="cpu")) == 0
+            )
             accumulator.reduce()
             metrics = accumulator.metrics(has_masks)
             dataset = getattr(loader, "dataset", None)
@@ -215,6 +283,9 @@ def do_evaluate(
                 # One dict for a single dataset (the usual case), a list for a concatenation.
                 provenance = dataset_provenance(dataset)
                 metrics["provenance"] = provenance[0] if len(provenance) == 1 else provenance
+            if factor_dataset is not None:
+                factor_dataset.return_factors = False
+                metrics.update(factor_acc.result())
             results[name] = metrics
             if predictions_dir is not None:
                 ordered = _gather_in_order(predictions)
@@ -246,6 +317,16 @@ def format_metrics(results: dict[str, dict[str, Any]]) -> str:
         else:
             line += "  fg_ari per step: " + " ".join(pct(v) for v in m["fg_ari_per_iter"])
         lines.append(line)
+        if m.get("factors"):
+            kinds = m.get("factor_types", {})
+            parts = [
+                f"{k} {'n/a' if v is None else f'{v:.3f}'}"
+                + (" acc" if kinds.get(k) == "categorical" else " R2")
+                for k, v in m["factors"].items()
+            ]
+            lines.append(
+                f"  factors: {'  '.join(parts)}  (regressor loss {m.get('factor_loss') or float('nan'):.4g})"
+            )
     return "\n".join(lines)
 
 
@@ -266,14 +347,14 @@ def metrics_document(
 
     Returns:
         The first dataset's ``METRIC_KEYS`` (and ``fg_ari_num_images``, ``reason``,
-        ``provenance`` when present) at the top level, every dataset's metrics under
+        ``provenance``, ``factors``, ``factor_loss`` when present) at the top level, every dataset's metrics under
         ``datasets``, and ``dataset``, ``checkpoint``, ``iteration``, ``num_slots``,
         ``num_iters``.
     """
     first_name = next(iter(results))
     first = results[first_name]
     doc = {key: first[key] for key in METRIC_KEYS}
-    for key in ("fg_ari_num_images", "reason", "provenance"):
+    for key in ("fg_ari_num_images", "reason", "provenance", "factors", "factor_loss"):
         if key in first:
             doc[key] = first[key]
     doc.update(

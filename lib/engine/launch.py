@@ -28,6 +28,12 @@ from torch import nn
 from yacs.config import CfgNode
 
 from lib.engine.checkpoint import Checkpointer, CheckpointError
+from lib.engine.precision import (
+    PrecisionError,
+    apply_precision,
+    check_precision,
+    resolve_precision,
+)
 from lib.utils import comm
 from lib.utils.logger import close_logger, environment_info, setup_logger
 
@@ -148,7 +154,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise RunError("config key MODEL.DEVICE = 'cuda' but no CUDA device is available")
-        return torch.device("cuda", comm.get_local_rank())
+        # With CUDA_VISIBLE_DEVICES giving each process one GPU, LOCAL_RANK exceeds the count.
+        return torch.device("cuda", comm.get_local_rank() % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -159,13 +166,39 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warn_amp_ignored(amp: bool, device: torch.device, logger: logging.Logger | None) -> None:
-    """Say that SOLVER.AMP is ignored off CUDA (``lib.engine.trainer.forward_autocast``)."""
-    if amp and device.type != "cuda":
-        message = f"SOLVER.AMP (bf16 autocast) needs CUDA; ignored on {device}"
-        warnings.warn(message, stacklevel=3)
+def setup_precision(
+    cfg: CfgNode, device: torch.device, logger: logging.Logger | None = None
+) -> dict[str, Any]:
+    """Resolve, check and apply MODEL.PRECISION and MODEL.DETERMINISTIC (``lib.engine.precision``).
+
+    Args:
+        cfg: the config (MODEL.PRECISION, MODEL.DETERMINISTIC, the deprecated SOLVER.AMP).
+        device: where the model runs.
+        logger: where the settings are logged (INFO); a SOLVER.AMP warning is logged too.
+
+    Returns:
+        The settings made (``apply_precision``'s dict plus ``support``).
+
+    Raises:
+        RunError: the precision cannot run on this device (bf16 without native support).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        precision = resolve_precision(cfg, device)
+    for warning in caught:
+        # Re-issued for the caller (tests, the console) and kept in log.txt.
+        warnings.warn(str(warning.message), warning.category, stacklevel=3)
         if logger is not None:
-            logger.warning(message)
+            logger.warning("%s", warning.message)
+    try:
+        support = check_precision(precision, device)
+    except PrecisionError as exc:
+        raise RunError(str(exc)) from exc
+    settings = apply_precision(precision, cfg.MODEL.DETERMINISTIC, device)
+    settings["support"] = support
+    if logger is not None:
+        logger.info("precision: %s", ", ".join(f"{key} {value}" for key, value in settings.items()))
+    return settings
 
 
 @contextlib.contextmanager
@@ -195,7 +228,7 @@ def tool_session(
         logger = setup_logger(LOGGER_NAME, cfg.OUTPUT_DIR, comm.get_rank(), log_name)
         logger.info("command: %s", " ".join([sys.executable, *argv]))
         logger.info("world size %d\n%s", comm.get_world_size(), environment_info(device))
-        warn_amp_ignored(cfg.SOLVER.AMP, device, logger)
+        setup_precision(cfg, device, logger)
         logger.info("config:\n%s", cfg.dump())
         yield device, logger
     except Exception as exc:

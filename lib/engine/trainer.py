@@ -5,6 +5,12 @@ and clipping, a finite check agreed by every rank (a non-finite loss or gradient
 step), the optimiser and scheduler steps, then, at their periods, scalar logs, image
 summaries, the held-out evaluation and a checkpoint. ``tools/benchmark.py`` times the same
 ``train_step``.
+
+Host syncs: ``do_train`` decides the finite check on the device (a bad step's update is undone
+with ``torch.where``) and keeps its statistics there, reading them once per LOG.PERIOD and
+before each checkpoint. So the GPU is never waited on between those reads (the host loads the
+next batch while it computes), a skipped step is logged up to LOG.PERIOD iterations late, and
+SOLVER.MAX_NONFINITE stops the run at the first read after the limit, before any checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from lib.engine.checkpoint import (
 )
 from lib.engine.inference import do_evaluate
 from lib.engine.launch import seed_all
+from lib.engine.precision import autocast_factory, resolve_precision
 from lib.engine.summaries import add_image_summaries
 from lib.utils import comm
 
@@ -66,27 +73,9 @@ def make_heldout_batches(
         images = torch.stack([item[0] for item in items])
         masks = None
         if all(item[1] is not None for item in items):
-            masks = torch.stack([torch.as_tensor(item[1]) for item in items])
+            masks = torch.stack([torch.as_tensor(item[1], device="cpu") for item in items])
         batches.append((images, masks))
     return batches
-
-
-def forward_autocast(amp: bool, device: torch.device) -> Callable[[], Any]:
-    """The context factory of the training forward: bf16 autocast with SOLVER.AMP on CUDA.
-
-    Off CUDA, SOLVER.AMP is ignored (the tools warn), and without it there is no autocast
-    context at all, so the fp32 step runs exactly the same operations as a plain forward.
-
-    Args:
-        amp: SOLVER.AMP.
-        device: where the model runs.
-
-    Returns:
-        A zero-argument callable returning a context manager.
-    """
-    if amp and device.type == "cuda":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 @dataclass
@@ -96,16 +85,20 @@ class StepResult:
     Attributes:
         values: (1 + 2 (T+1),) float32: [loss, nll_0..T, kl_0..T], means over the micro-batches.
         grad_norm: scalar, the global gradient norm before clipping.
-        skipped: True when the step was not taken (non-finite loss or gradient on some rank).
+        skipped: True when the step was not taken (non-finite loss or gradient on some rank);
+            None with ``defer_check`` (read ``bad`` later).
+        bad: 0-dim float32 on the device, 1.0 when the step was not taken, else 0.0 (agreed
+            by every rank).
         images: (b, 3, H, W) the last micro-batch.
         out: the model's output on it.
     """
 
     values: torch.Tensor
     grad_norm: torch.Tensor
-    skipped: bool
+    skipped: bool | None
     images: torch.Tensor
     out: dict[str, torch.Tensor]
+    bad: torch.Tensor
 
 
 def _micro_batch_context(model: nn.Module, sync: bool):
@@ -119,6 +112,77 @@ def _no_phase(_: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _unpack(batch: Any) -> tuple[torch.Tensor, dict]:
+    # A micro-batch is images, or (images, labels, factors) when the factor regressor is fed.
+    if torch.is_tensor(batch):
+        return batch, {}
+    images, labels, factors = batch
+    return images, {"labels": labels, "factors": factors}
+
+
+def feed_factors(dataset: Any, model: nn.Module) -> bool:
+    """Ask the dataset(s) for factors when the model has a factor regressor to train.
+
+    Args:
+        dataset: the training loader's dataset (a prepared dataset, or a ConcatDataset /
+            Subset of them), or None.
+        model: the model (possibly wrapped).
+
+    Returns:
+        True when every dataset now returns ``(image, mask, factors)`` items; False (nothing
+        changed) when the model has no regressor or some dataset has no factors (the
+        regressor then gets a zero loss, logged once).
+    """
+    if dataset is None or getattr(unwrap_model(model), "factor_regressor", None) is None:
+        return False
+    parts, leaves = [dataset], []
+    while parts:
+        part = parts.pop()
+        if hasattr(part, "datasets"):
+            parts.extend(part.datasets)
+        elif hasattr(part, "dataset") and not hasattr(part, "factor_mapping"):
+            parts.append(part.dataset)
+        else:
+            leaves.append(part)
+    if not all(getattr(leaf, "factor_mapping", None) is not None for leaf in leaves):
+        logging.getLogger(__name__).warning(
+            "the factor regressor is on but a training dataset stores no factors: it is not "
+            "trained (MODEL.FACTOR_REGRESSOR.ENABLED off silences this)"
+        )
+        return False
+    for leaf in leaves:
+        leaf.return_factors = True
+    return True
+
+
+def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a batch of images to the device as float32 in [0, 1].
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1], or uint8 in 0..255 (a quarter of the bytes to
+            copy), converted on the device as the datasets convert: float32 then ``/ 255``,
+            so the values are bitwise the same.
+
+    Returns:
+        (B, 3, H, W) float on ``device``.
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32).div_(255.0)
+    return images
+
+
+def _batch_to_device(batch: Sequence, device: torch.device, with_factors: bool) -> Any:
+    if not with_factors:
+        return images_to_device(batch[0], device)
+    images, labels, factors = batch
+    return (
+        images_to_device(images, device),
+        labels.to(device, non_blocking=True),
+        {k: v.to(device, non_blocking=True) for k, v in factors.items()},
+    )
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -127,6 +191,7 @@ def train_step(
     clip: float = math.inf,
     autocast: Callable[[], Any] = contextlib.nullcontext,
     phase: PhaseFactory | None = None,
+    defer_check: bool = False,
 ) -> StepResult:
     """One optimiser step over micro-batches whose gradients add up to the batch mean.
 
@@ -141,12 +206,19 @@ def train_step(
             wrapped in DistributedDataParallel (gradients are synchronised once, in the last
             micro-batch's backward).
         optimizer: its optimiser.
-        micro_batches: (b, 3, H, W) image batches on the model's device, at least one.
+        micro_batches: (b, 3, H, W) image batches on the model's device, at least one; or
+            ``(images, labels (b, H, W), factors {name: (b, L, ...)})`` tuples feeding the
+            model's factor regressor.
         params: the trainable parameters (clipped together).
         clip: global gradient-norm limit (``math.inf``: no clipping).
-        autocast: factory of the forward's context (``forward_autocast``).
+        autocast: factory of the forward's context (``lib.engine.precision.autocast_factory``).
         phase: ``name -> context`` timing the ``"backward"`` and ``"optimizer"`` parts (the
             benchmark's timer); None: untimed.
+        defer_check: decide on the device instead of the host: the optimiser always steps,
+            then parameters and the optimiser state on the parameters' device are put back
+            where the step was bad (``torch.where``), so no host sync happens. Optimiser
+            state held on the host (Adam's ``step`` counter when not capturable) still counts
+            the bad step: the caller corrects it (``undo_host_steps``) once it reads ``bad``.
 
     Returns:
         A ``StepResult``.
@@ -156,10 +228,11 @@ def train_step(
     with phase("optimizer"):
         optimizer.zero_grad(set_to_none=True)
     values = []
-    for index, images in enumerate(micro_batches):
+    for index, batch in enumerate(micro_batches):
+        images, extra = _unpack(batch)
         with _micro_batch_context(model, sync=index == count - 1):
             with autocast():
-                out = model(images)
+                out = model(images, **extra)
             loss = out["loss"] if count == 1 else out["loss"] / count
             with phase("backward"):
                 loss.backward()
@@ -169,37 +242,104 @@ def train_step(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         # Every rank must skip the same steps, so the finite check is agreed on.
         bad = (~torch.isfinite(mean_values[0]) | ~torch.isfinite(grad_norm)).float().reshape(1)
-        skipped = bool(comm.all_reduce_max(bad).item() > 0)
-        if skipped:
-            optimizer.zero_grad(set_to_none=True)
+        bad = comm.all_reduce_max(bad).reshape(())
+        skipped = None
+        if defer_check:
+            _masked_step(optimizer, params, bad)
         else:
-            optimizer.step()
-    return StepResult(mean_values, grad_norm, skipped, images, out)
+            skipped = bool(bad.item() > 0)
+            if skipped:
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
+    return StepResult(mean_values, grad_norm, skipped, images, out, bad)
+
+
+def _device_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    state = optimizer.state.get(param, {})
+    return [v for v in state.values() if torch.is_tensor(v) and v.device == param.device]
+
+
+def _masked_step(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], bad: torch.Tensor
+) -> None:
+    """``optimizer.step()``, undone on the device where ``bad`` (0-dim) is 1: no host sync.
+
+    State created by this step (Adam's first step) is put back to zeros, its initial value.
+    """
+    with torch.no_grad():
+        saved = {p: [p.clone(), *[v.clone() for v in _device_state(optimizer, p)]] for p in params}
+        optimizer.step()
+        keep = bad > 0
+        for p in params:
+            now = [p, *_device_state(optimizer, p)]
+            before = saved[p]
+            before += [torch.zeros_like(v) for v in now[len(before) :]]
+            for current, old in zip(now, before):
+                current.copy_(torch.where(keep, old, current))
+
+
+def undo_host_steps(optimizer: torch.optim.Optimizer, count: int) -> None:
+    """Take ``count`` bad steps back off the host-held step counters (Adam's ``step``).
+
+    Args:
+        optimizer: the optimiser ``train_step(defer_check=True)`` stepped.
+        count: how many of its steps were bad.
+    """
+    if count <= 0:
+        return
+    for param, state in optimizer.state.items():
+        step = state.get("step")
+        if torch.is_tensor(step) and step.device != param.device:
+            step -= count
+        elif isinstance(step, (int, float)):
+            state["step"] = step - count
 
 
 class _PeriodMeter:
-    """Sums of training statistics since the last log, kept on the device (no sync)."""
+    """Training statistics since the last read, kept on the device: no host sync per step.
 
-    def __init__(self) -> None:
+    Per step it adds the good steps' values, counts good and bad steps and tracks the run of
+    consecutive bad steps; ``read`` brings everything to the host in one transfer.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.sums: torch.Tensor | None = None
-        self.steps = 0
+        # [good steps, bad steps, current run of bad steps, longest run] since the last read;
+        # the current run carries over a read.
+        self.counts = torch.zeros(4, dtype=torch.float64, device=device)
         self.images = 0
         self.start = time.perf_counter()
 
-    def add(self, values: torch.Tensor) -> None:
-        self.sums = values.detach().double() if self.sums is None else self.sums + values.detach()
-        self.steps += 1
+    def add(self, values: torch.Tensor, bad: torch.Tensor) -> None:
+        """values: (V,) this step's statistics; bad: 0-dim, 1.0 when the step was skipped."""
+        values, bad = values.detach().double(), bad.detach().double()
+        good_values = torch.where(bad > 0, torch.zeros_like(values), values)
+        self.sums = good_values if self.sums is None else self.sums + good_values
+        good, skipped, run, longest = self.counts.unbind()
+        run = (run + 1) * bad
+        self.counts = torch.stack([good + 1 - bad, skipped + bad, run, torch.maximum(longest, run)])
 
-    def take(self) -> tuple[torch.Tensor | None, float]:
-        """Mean of the values over the period (averaged over ranks) and images/s; resets."""
+    def read(self) -> tuple[list[float] | None, dict[str, int], float]:
+        """The period's mean values (averaged over ranks; None if no good step), the step
+        counts (``good``, ``bad``, ``run``, ``longest``) and images/s; one host sync; resets."""
+        good = self.counts[0]
         mean = None
-        if self.steps:
-            mean = comm.all_reduce_mean(self.sums / self.steps)
+        if self.sums is not None:
+            mean = comm.all_reduce_mean(self.sums / good.clamp(min=1))
+        packed = self.counts if mean is None else torch.cat([self.counts, mean])
+        host = packed.tolist()  # the one host sync of the period
+        counts = dict(zip(("good", "bad", "run", "longest"), (int(v) for v in host[:4])))
         elapsed = time.perf_counter() - self.start
         rate = self.images / elapsed if elapsed > 0 else 0.0
-        self.sums, self.steps, self.images = None, 0, 0
+        self.sums, self.images = None, 0
+        self.counts = torch.tensor(
+            [0.0, 0.0, host[2], host[2]], dtype=torch.float64, device=self.device
+        )
+        self.counts = self.counts.to(self.device)
         self.start = time.perf_counter()
-        return mean, rate
+        return (host[4:] if counts["good"] else None), counts, rate
 
 
 def _due(iteration: int, period: int, max_iter: int) -> bool:
@@ -336,19 +476,20 @@ def do_train(
     accumulate = cfg.SOLVER.ACCUMULATE_STEPS
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
     max_nonfinite = max(cfg.SOLVER.MAX_NONFINITE, 1)
-    autocast = forward_autocast(cfg.SOLVER.AMP, device)
+    autocast = autocast_factory(resolve_precision(cfg, device, warn=False), device)
     params = [p for p in model.parameters() if p.requires_grad]
     main = comm.is_main_process()
     cfg_yaml = cfg.dump()
 
-    meter = _PeriodMeter()
-    consecutive_bad = 0
+    meter = _PeriodMeter(device)
     skipped_steps = 0
     last_eval = None
     # Creating a DataLoader iterator draws a base seed from torch's global generator; undo that
     # draw so the training noise depends only on the restored RNG state, and a resumed run
     # continues exactly as the uninterrupted one would.
     rng_state = torch.get_rng_state()
+    # Before the workers start; a loader without a dataset (any iterable) feeds images only.
+    with_factors = feed_factors(getattr(data_loader, "dataset", None), model)
     data_iter = iter(data_loader)
     torch.set_rng_state(rng_state)
     model.train()
@@ -359,51 +500,59 @@ def do_train(
 
     for iteration in range(start_iter + 1, max_iter + 1):
         # 1. Forward and backward over the micro-batches, clipping, the agreed finite check
-        # and the optimiser step (or a skipped one).
+        # and the optimiser step, undone on the device if the check failed (no host sync).
         micro_batches = [
-            next(data_iter)[0].to(device, non_blocking=True) for _ in range(accumulate)
+            _batch_to_device(next(data_iter), device, with_factors) for _ in range(accumulate)
         ]
         lr = optimizer.param_groups[0]["lr"]
-        step = train_step(model, optimizer, micro_batches, params, clip, autocast)
-        values, grad_norm = step.values, step.grad_norm
-        meter.images += sum(b.shape[0] for b in micro_batches) * comm.get_world_size()
-
-        # 2. A skipped step counts towards SOLVER.MAX_NONFINITE; a good one resets the count.
-        if step.skipped:
-            consecutive_bad += 1
-            skipped_steps += 1
-            log = logger.warning if main else logger.debug  # every rank agrees: say it once
-            log(
-                "iteration %d: non-finite loss %.4g or gradient norm %.4g, step skipped "
-                "(%d in a row, %d in all)",
-                iteration,
-                values[0].item(),
-                grad_norm.item(),
-                consecutive_bad,
-                skipped_steps,
-            )
-            if consecutive_bad >= max_nonfinite:
-                bar.close()
-                raise NonFiniteError(
-                    f"stopping at iteration {iteration}: {consecutive_bad} consecutive "
-                    f"non-finite losses or gradients (SOLVER.MAX_NONFINITE = "
-                    f"{cfg.SOLVER.MAX_NONFINITE}); the last good checkpoint is untouched"
-                )
-        else:
-            consecutive_bad = 0
-            meter.add(torch.cat([values.to(grad_norm.device), grad_norm.reshape(1).float()]))
+        step = train_step(model, optimizer, micro_batches, params, clip, autocast, defer_check=True)
+        meter.images += sum(_unpack(b)[0].shape[0] for b in micro_batches) * comm.get_world_size()
+        stats = torch.cat(
+            [step.values.to(step.grad_norm.device), step.grad_norm.reshape(1).float()]
+        )
+        meter.add(stats, step.bad)
         scheduler.step()
         if main:
             bar.update(1)
-            bar.set_postfix(loss=f"{values[0].item():.1f}", refresh=False)
 
-        # 3. Scalars, averaged over the steps since the last log and over ranks.
-        if _due(iteration, cfg.LOG.PERIOD, max_iter):
-            mean, images_per_s = meter.take()
-            if mean is not None:
-                _log_scalars(writer, logger, iteration, max_iter, mean, lr, images_per_s)
-            if writer is not None:
-                writer.add_scalar("train/skipped_steps", skipped_steps, iteration)
+        # 2. Once per LOG.PERIOD, and before every checkpoint (so that none is written after
+        # SOLVER.MAX_NONFINITE bad steps), the device statistics come to the host: skipped
+        # steps are reported up to LOG.PERIOD iterations late (their updates were undone).
+        checkpoint_due = iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or iteration == max_iter
+        log_due = _due(iteration, cfg.LOG.PERIOD, max_iter)
+        if log_due or checkpoint_due:
+            mean, counts, images_per_s = meter.read()
+            if counts["bad"]:
+                undo_host_steps(optimizer, counts["bad"])
+                skipped_steps += counts["bad"]
+                log = logger.warning if main else logger.debug  # every rank agrees: say it once
+                log(
+                    "iterations up to %d: %d non-finite step(s) skipped (%d in all)",
+                    iteration,
+                    counts["bad"],
+                    skipped_steps,
+                )
+            if counts["longest"] >= max_nonfinite:
+                bar.close()
+                raise NonFiniteError(
+                    f"stopping at iteration {iteration}: {counts['longest']} consecutive "
+                    f"non-finite losses or gradients (SOLVER.MAX_NONFINITE = "
+                    f"{cfg.SOLVER.MAX_NONFINITE}); the last good checkpoint is untouched"
+                )
+            if mean is not None and main:
+                bar.set_postfix(loss=f"{mean[0]:.1f}", refresh=False)
+            # 3. Scalars, averaged over the good steps since the last read and over ranks.
+            if log_due:
+                if mean is not None:
+                    _log_scalars(writer, logger, iteration, max_iter, mean, lr, images_per_s)
+                if writer is not None and "factor_loss" in step.out:
+                    # The last micro-batch of this rank (not a period mean): factor/loss and
+                    # factor/<name> (R^2 or accuracy over its visible objects).
+                    writer.add_scalar("factor/loss", step.out["factor_loss"].item(), iteration)
+                    for name, value in step.out["factor_scores"].items():
+                        writer.add_scalar(f"factor/{name}", float(value), iteration)
+                if writer is not None:
+                    writer.add_scalar("train/skipped_steps", skipped_steps, iteration)
 
         # 4. Pictures of the current training batch (rank 0's last micro-batch).
         extras_start = time.perf_counter()
@@ -420,7 +569,7 @@ def do_train(
             model.train()
 
         # 6. Checkpoint (every rank's RNG state is gathered; rank 0 writes).
-        if iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or iteration == max_iter:
+        if checkpoint_due:
             rng_states = comm.all_gather_object(get_rng_states())
             checkpointer.save(iteration, cfg_yaml, rng_states)
         # Images/s measures training alone: leave summaries, evaluation and saving out.
@@ -438,12 +587,12 @@ def _log_scalars(
     logger: logging.Logger,
     iteration: int,
     max_iter: int,
-    mean: torch.Tensor,
+    mean: Sequence[float],
     lr: float,
     images_per_s: float,
 ) -> None:
     # mean = [loss, nll_0..T, kl_0..T, grad_norm]
-    values = mean.tolist()
+    values = list(mean)
     loss, grad_norm = values[0], values[-1]
     steps = (len(values) - 2) // 2
     nll, kl = values[1 : 1 + steps], values[1 + steps : 1 + 2 * steps]

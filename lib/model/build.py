@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 from yacs.config import CfgNode
 
+from lib.data.format import factor_mapping
+from lib.model.factor_regressor import Factor, FactorRegressor
 from lib.model.iodine import IODINE
+
+FACTOR_SWITCH = {"auto": None, "true": True, "on": True, "false": False, "off": False}
 
 
 def eval_grad_divisor(cfg: CfgNode) -> int:
@@ -29,6 +33,44 @@ def eval_grad_divisor(cfg: CfgNode) -> int:
     return max(1, cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.ACCUMULATE_STEPS)
 
 
+def factor_regressor_mapping(cfg: CfgNode) -> tuple[Factor, ...] | None:
+    """The factor regressor's mapping for ``DATASETS.TRAIN``, or None when it is off.
+
+    ``MODEL.FACTOR_REGRESSOR.ENABLED``: "auto" (on when every training dataset has a mapping
+    and all share it), "true"/"on" (an error if they have none), "false"/"off" (yacs keeps the
+    key a string, so booleans are given as these words; a YAML/CLI bool is accepted too).
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        The mapping as ``Factor`` tuples, or None.
+
+    Raises:
+        ValueError: an unknown ENABLED value, or "true" for datasets without one mapping.
+    """
+    raw = cfg.MODEL.FACTOR_REGRESSOR.ENABLED
+    key = str(raw).lower()
+    if key not in FACTOR_SWITCH:
+        raise ValueError(
+            f"MODEL.FACTOR_REGRESSOR.ENABLED must be one of {sorted(FACTOR_SWITCH)}, got {raw!r}"
+        )
+    switch = FACTOR_SWITCH[key]
+    if switch is False:
+        return None
+    names = cfg.DATASETS.TRAIN
+    names = (names,) if isinstance(names, str) else tuple(names)
+    mappings = {factor_mapping(n) for n in names}
+    if len(mappings) == 1 and None not in mappings:
+        return tuple(Factor(*m) for m in mappings.pop())
+    if switch is True:
+        raise ValueError(
+            "MODEL.FACTOR_REGRESSOR.ENABLED is on, but DATASETS.TRAIN "
+            f"{names} do not share one factor mapping (folder: and sprites have none)"
+        )
+    return None
+
+
 def build_model(cfg: CfgNode) -> IODINE:
     """Build IODINE from ``cfg.MODEL`` (architecture, likelihood, prior, switches).
 
@@ -37,7 +79,7 @@ def build_model(cfg: CfgNode) -> IODINE:
 
     Returns:
         The model on the CPU, in training mode; ``MODEL.CHANNELS_LAST`` and ``MODEL.COMPILE``
-        applied.
+        applied; ``model.factor_regressor`` set when ``factor_regressor_mapping`` gives one.
     """
     m, r, d = cfg.MODEL.IODINE, cfg.MODEL.REFINEMENT, cfg.MODEL.DECODER
     model = IODINE(
@@ -74,9 +116,15 @@ def build_model(cfg: CfgNode) -> IODINE:
         grad_input_reduction=m.GRAD_INPUT_REDUCTION,
         eval_grad_divisor=eval_grad_divisor(cfg),
     )
+    mapping = factor_regressor_mapping(cfg)
+    if mapping is not None:
+        model.factor_regressor = FactorRegressor(
+            latent_dim=m.LATENT_DIM,
+            mapping=mapping,
+            loss_weight=cfg.MODEL.FACTOR_REGRESSOR.LOSS_WEIGHT,
+        )
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     if cfg.MODEL.COMPILE:
-        model.decoder = torch.compile(model.decoder)
-        model.refinement = torch.compile(model.refinement)
+        model.compile_("step")
     return model

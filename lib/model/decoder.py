@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.model.layers import Conv2dSame, linear_coordinates
+from lib.model.layers import Conv2dSame, autocast_enabled, linear_coordinates
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -126,11 +126,15 @@ class SpatialBroadcastDecoder(nn.Module):
         if self.legacy_constant:
             z = F.pad(z, (0, 1), value=5.0)  # (N, D+1)
         coords = linear_coordinates(height, width, "yx", device=z.device).to(z.dtype)
+        channels_last = bool(self.hidden) and self.hidden[0].weight.is_contiguous(
+            memory_format=torch.channels_last
+        )
         if self.factorized:
-            x = F.elu(self._first_layer(z, coords))
+            x = F.elu(self._first_layer(z, coords, channels_last))
             for conv in self.hidden[1:]:
                 x = F.elu(conv(x))
-            return self.output(x)
+            # One layout for the caller in every mode: contiguous NCHW (4 channels, cheap).
+            return self._output(x).contiguous()
         x = torch.cat(
             [
                 z[:, :, None, None].expand(-1, -1, height, width),
@@ -138,13 +142,23 @@ class SpatialBroadcastDecoder(nn.Module):
             ],
             dim=1,
         )  # (N, D+1+2, H, W)
-        if self.hidden and self.hidden[0].weight.is_contiguous(memory_format=torch.channels_last):
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.hidden:
             x = F.elu(conv(x))
-        return self.output(x)
+        return self._output(x).contiguous()
 
-    def _first_layer(self, z: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4-channel output conv, in fp32 under autocast: at bf16 resolution (8 bits of
+        mantissa) the component means would be quantised in steps of up to 2**-8."""
+        if not autocast_enabled(x.device):
+            return self.output(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.output(x.float())
+
+    def _first_layer(
+        self, z: torch.Tensor, coords: torch.Tensor, channels_last: bool = False
+    ) -> torch.Tensor:
         """The first conv of the broadcast input, computed in two cheap parts.
 
         The input is z_n broadcast to every pixel plus coordinate channels shared by all n, so
@@ -157,6 +171,9 @@ class SpatialBroadcastDecoder(nn.Module):
         Args:
             z: (N, C_z) latents (with the legacy constant if used).
             coords: (2, H, W).
+            channels_last: lay the matmul's columns out as (H, W, C_out), so that the result
+                is natively NHWC like the later convs (no layout copy; a copy here made the
+                eager and the compiled backward disagree on strides: a view error).
 
         Returns:
             (N, C_out, H, W) pre-activation output of the first conv.
@@ -171,6 +188,10 @@ class SpatialBroadcastDecoder(nn.Module):
         h, w = coords.shape[-2:]
         ones = coords.new_ones(1, 1, h, w)
         taps = F.conv2d(ones, weight_z.reshape(out_ch * cz, 1, k, k), padding=k // 2)
-        taps = taps.view(out_ch, cz, h * w).transpose(0, 1).reshape(cz, out_ch * h * w)
         coord_part = F.conv2d(coords[None], weight_c, conv.bias, padding=k // 2)  # (1, O, H, W)
+        if channels_last:
+            taps = taps.view(out_ch, cz, h, w).permute(1, 2, 3, 0).reshape(cz, h * w * out_ch)
+            z_part = (z @ taps).view(-1, h, w, out_ch).permute(0, 3, 1, 2)  # NHWC strides
+            return z_part + coord_part.contiguous(memory_format=torch.channels_last)
+        taps = taps.view(out_ch, cz, h * w).transpose(0, 1).reshape(cz, out_ch * h * w)
         return (z @ taps).view(-1, out_ch, h, w) + coord_part

@@ -19,6 +19,7 @@ from lib.model.decoder import SpatialBroadcastDecoder
 from lib.model.layers import (
     LSTM_INITS,
     SlotLayerNorm,
+    autocast_enabled,
     cosine_coordinates,
     linear_coordinates,
     released_init_,
@@ -41,6 +42,49 @@ IMAGE_INPUT_CHANNELS = {
 # Inputs that are LayerNorm-ed and stop-gradient (released DEFAULT_PREPROCESSING/STOP_GRADIENT).
 NORMALISED_INPUTS = ("counterfactual", "dcomponents", "dmask", "dzp", "log_prob")
 LEGACY_INPUTS = ("capacity", "flat_capacity")
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off inside where it is on (the caller's inputs are fp32), else no context at
+    all, so that an fp32 run executes exactly the plain operations.
+
+    Args:
+        device: the device whose autocast state is checked.
+
+    Returns:
+        A context manager.
+    """
+    if autocast_enabled(device):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _no_donated_buffers(compiled: str) -> contextlib.AbstractContextManager:
+    """Turn AOTAutograd's donated buffers off while a compiled model computes gradients.
+
+    The gradient-input ``autograd.grad`` retains the graph for the final backward, and a
+    compiled backward that donates (frees) its saved buffers refuses ``retain_graph=True``.
+    The backward graph is compiled lazily, on its first call, so the gradient call needs the
+    setting as well as the forward.
+    """
+    if compiled == "none":
+        return contextlib.nullcontext()
+    return torch._functorch.config.patch(donated_buffer=False)
+
+
+def _keep_buffers(fn):
+    """Call a compiled function with AOTAutograd's donated buffers off.
+
+    The gradient-input ``autograd.grad`` retains the graph for the final backward, and a
+    backward that donates (frees) its saved buffers refuses ``retain_graph=True``. The setting
+    is read when a graph is compiled, on the first call and on every recompilation.
+    """
+
+    def call(*args):
+        with torch._functorch.config.patch(donated_buffer=False):
+            return fn(*args)
+
+    return call
 
 
 class IODINE(nn.Module):
@@ -90,6 +134,8 @@ class IODINE(nn.Module):
             call ("grad_inputs") and refinement-network call ("refinement"); set by
             ``lib.analysis.profiling.instrument``. While a torch profiler runs, the same calls
             are marked as ``torch.profiler.record_function("iodine.<phase>")`` ranges.
+        compiled: which per-step parts run compiled (``compile_``): "none", "modules" or
+            "step".
     """
 
     def __init__(
@@ -156,6 +202,13 @@ class IODINE(nn.Module):
         self.eval_seed = eval_seed
         self.grad_input_reduction = grad_input_reduction
         self.phase_hook = None  # see Attributes; a plain attribute, not saved in state_dict
+        # Set by build_model when the dataset has factors (lib.model.factor_regressor); its
+        # parameter names contain "factor" and are not part of IODINE's count.
+        self.factor_regressor: nn.Module | None = None
+        self.compiled = "none"
+        # The per-step functions the loop calls; compile_ swaps in compiled versions.
+        self._step_losses_fn = self._step_losses
+        self._refine_fn = self._refine
         self.eval_grad_divisor = float(eval_grad_divisor)
 
         channels = dict(IMAGE_INPUT_CHANNELS, coordinates=2 if coord_type == "linear" else 8)
@@ -209,6 +262,39 @@ class IODINE(nn.Module):
         if decoder_blob_init_gain > 0:
             self.decoder.blob_init_(decoder_blob_init_gain)
 
+    def compile_(self, mode: str, backend: str = "inductor") -> IODINE:
+        """Run parts of each refinement step under ``torch.compile`` (a speed switch).
+
+        "modules" compiles the decoder and the refinement network. Their compiled backward is
+        one opaque node that computes every input's gradient, so each inner
+        ``autograd.grad`` for the gradient inputs also computes the decoder's weight gradients
+        (eager autograd skips them). "step" keeps the decoder eager for that reason and
+        compiles the parameter-free likelihood and losses of a step (whose backward yields only
+        what the gradient inputs need) and the refinement-input assembly with the refinement
+        network (whose backward runs only in the final ``loss.backward()``).
+
+        Args:
+            mode: "none", "modules" or "step".
+            backend: the ``torch.compile`` backend ("inductor"; "aot_eager" in tests).
+
+        Returns:
+            self.
+        """
+        if mode not in ("none", "modules", "step"):
+            raise ValueError(f"compile mode must be 'none', 'modules' or 'step', got {mode!r}")
+        if self.compiled != "none":
+            raise RuntimeError(f"model already compiled ({self.compiled!r})")
+        if mode == "modules":
+            self.decoder = torch.compile(self.decoder, backend=backend)
+            self.refinement = torch.compile(self.refinement, backend=backend)
+        elif mode == "step":
+            # dynamic=False: K and T change only between runs; a shape change recompiles.
+            losses = torch.compile(self._step_losses, backend=backend, dynamic=False)
+            refine = torch.compile(self._refine, backend=backend, dynamic=False)
+            self._step_losses_fn, self._refine_fn = _keep_buffers(losses), _keep_buffers(refine)
+        self.compiled = mode
+        return self
+
     # ------------------------------------------------------------------------------------------
     def step_weights(self, num_iters: int) -> list[float]:
         """Weights w_t of the T+1 per-step losses."""
@@ -222,6 +308,10 @@ class IODINE(nn.Module):
     def _phase(self, name: str) -> Iterator[None]:
         """Mark one phase of the forward (see ``phase_hook``): a profiler range while a
         profiler runs, and the hook's context when one is set."""
+        if torch.compiler.is_compiling():
+            # Inside a compiled step the whole compiled call is the phase.
+            yield
+            return
         # The range costs several microseconds even with no profiler; the check costs 0.1.
         profiling = torch.autograd._profiler_enabled()
         mark = torch.profiler.record_function if profiling else contextlib.nullcontext
@@ -283,7 +373,12 @@ class IODINE(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def forward(
-        self, images: torch.Tensor, num_slots: int | None = None, num_iters: int | None = None
+        self,
+        images: torch.Tensor,
+        num_slots: int | None = None,
+        num_iters: int | None = None,
+        labels: torch.Tensor | None = None,
+        factors: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run T refinement steps and compute the loss.
 
@@ -295,6 +390,11 @@ class IODINE(nn.Module):
             images: (B, 3, H, W) in [0, 1].
             num_slots: K (default: as built); parameters do not depend on K.
             num_iters: T (default: as built).
+            labels: (B, H, W) int64 true label maps (entity l = label l), used with factors.
+            factors: None, or ``{name: (B, L, ...)}`` plus ``visibility`` (B, L) (a collated
+                ``return_factors`` batch). With a ``factor_regressor`` and labels, its loss
+                (times its ``loss_weight``) is added to ``loss``; its input is detached, so
+                IODINE's gradients are unchanged.
 
         Returns:
             dict with
@@ -305,6 +405,9 @@ class IODINE(nn.Module):
             ``recon`` (B, T+1, 3, H, W); ``components`` (B, T+1, K, 3, H, W);
             ``z``, ``posterior_loc``, ``posterior_scale`` (B, T+1, K, D).
             Everything but ``loss`` is detached.
+            With factors: ``factor_loss`` (scalar, detached), ``factor_scores`` {name:
+            scalar}, ``factor_assignment`` (B, L, K), ``factor_matched`` {name: (B, L, size)}
+            the matched slot's prediction, ``factor_targets`` {name: (B, L, size)}.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(
@@ -314,7 +417,37 @@ class IODINE(nn.Module):
         t_max = self.num_iters if num_iters is None else num_iters
         keep_chain = torch.is_grad_enabled()
         with torch.enable_grad():
-            return self._infer(images, k, t_max, keep_chain)
+            out = self._infer(images, k, t_max, keep_chain)
+        if self.factor_regressor is not None:
+            if factors is not None and labels is not None:
+                self._add_factor_loss(out, labels, factors, keep_chain)
+            elif keep_chain:
+                # Not fed this batch: a zero term gives its parameters a (zero) gradient, as
+                # DistributedDataParallel needs every parameter to take part in backward.
+                unused = sum(p.sum() for p in self.factor_regressor.parameters())
+                out["loss"] = out["loss"] + 0.0 * unused
+        return out
+
+    def _add_factor_loss(
+        self, out: dict, labels: torch.Tensor, factors: dict[str, torch.Tensor], keep_chain: bool
+    ) -> None:
+        """Run the factor regressor on the final z and masks; add its loss to ``out``."""
+        visibility = factors["visibility"].to(labels.device)
+        entities = torch.arange(visibility.shape[1], device=labels.device)
+        true_masks = (labels[:, None] == entities[None, :, None, None]).float()  # (B, L, H, W)
+        with torch.enable_grad() if keep_chain else torch.no_grad():
+            res = self.factor_regressor(
+                out["z"][:, -1], out["masks"][:, -1], true_masks, factors, visibility
+            )
+        out["loss"] = out["loss"] + self.factor_regressor.loss_weight * res["loss"]
+        out["factor_loss"] = res["loss"].detach()
+        out["factor_scores"] = res["scores"]
+        out["factor_assignment"] = res["assignment"]
+        out["factor_targets"] = res["targets"]
+        out["factor_matched"] = {
+            name: torch.einsum("blk,bks->bls", res["assignment"], pred)
+            for name, pred in res["predictions"].items()
+        }
 
     def _infer(self, images: torch.Tensor, k: int, t_max: int, keep_chain: bool) -> dict:
         b, _, h, w = images.shape
@@ -353,12 +486,10 @@ class IODINE(nn.Module):
             z = loc + scale * noise[t]  # (B, K, D)
             dec = self.decode(z, h, w)
             mask_logits, mu = dec["mask_logits"], dec["components"]
-            comp_lp = dist.pixel_log_prob(x, mu, self.pixel_scale, self.likelihood)  # (B,K,H,W)
-            log_masks = F.log_softmax(mask_logits, dim=1)
-            log_px = dist.mixture_log_prob(log_masks, comp_lp)  # (B, H, W)
-            nll = -log_px.sum(dim=(1, 2))  # (B,)
-            kl = self.latent_kl(loc, scale).sum(dim=-1)  # (B, K)
-            step_loss = nll.mean() + kl.sum(dim=1).mean()
+            # Under bf16 autocast the likelihood and KL stay fp32 (decode returns fp32).
+            with full_precision(device):
+                losses = self._step_losses_fn(x, mu, mask_logits, loc, scale)
+            comp_lp, log_masks, log_px, nll, kl, step_loss, grad_loss = losses
             if weights[t] != 0.0:
                 total_loss = total_loss + weights[t] * step_loss
 
@@ -375,19 +506,15 @@ class IODINE(nn.Module):
                 break
 
             # Gradient inputs: one backward through this step's decoder, no second-order graph.
-            if self.grad_input_reduction == "sum":
-                grad_loss = nll.sum() + kl.sum()
-            elif self.training:
-                grad_loss = step_loss  # released: the batch mean over this process's batch
-            else:
-                # A fixed divisor in place of B keeps evaluation independent of the batch.
-                grad_loss = (nll.sum() + kl.sum()) / self.eval_grad_divisor
-            with self._phase("grad_inputs"):
+            with self._phase("grad_inputs"), _no_donated_buffers(self.compiled):
                 d_lam, d_mu, d_logits = torch.autograd.grad(
                     grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
                 )
-            with maybe_no_grad():
-                lam, state = self._refine(
+            # Compiled, the phase marks can only wrap the whole call (assembly included).
+            step_compiled = self.compiled == "step"
+            outer = self._phase("refinement") if step_compiled else contextlib.nullcontext()
+            with maybe_no_grad(), outer:
+                lam, state = self._refine_fn(
                     images, coords, lam, state, mu, mask_logits, log_masks, comp_lp, log_px,
                     d_lam, d_mu, d_logits,
                 )  # fmt: skip
@@ -399,6 +526,40 @@ class IODINE(nn.Module):
         out["kl"] = out["kl_per_image"].sum(dim=2).mean(dim=0)  # (T+1,)
         out["loss"] = total_loss if keep_chain else total_loss.detach()
         return out
+
+    def _step_losses(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        mask_logits: torch.Tensor,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """The likelihood and losses of one step (no parameters: compiled, its backward
+        computes only the gradients the refinement inputs need).
+
+        Args:
+            x: (B, 1, 3, H, W) images; mu: (B, K, 3, H, W); mask_logits: (B, K, H, W);
+            loc, scale: (B, K, D) posterior parameters.
+
+        Returns:
+            comp_lp, log_masks (B, K, H, W); log_px (B, H, W); nll (B,); kl (B, K); the
+            step loss L_t (scalar) and the loss whose gradients are refinement inputs (scalar).
+        """
+        comp_lp = dist.pixel_log_prob(x, mu, self.pixel_scale, self.likelihood)  # (B,K,H,W)
+        log_masks = F.log_softmax(mask_logits, dim=1)
+        log_px = dist.mixture_log_prob(log_masks, comp_lp)  # (B, H, W)
+        nll = -log_px.sum(dim=(1, 2))  # (B,)
+        kl = self.latent_kl(loc, scale).sum(dim=-1)  # (B, K)
+        step_loss = nll.mean() + kl.sum(dim=1).mean()
+        if self.grad_input_reduction == "sum":
+            grad_loss = nll.sum() + kl.sum()
+        elif self.training:
+            grad_loss = step_loss  # released: the batch mean over this process's batch
+        else:
+            # A fixed divisor in place of B keeps evaluation independent of the batch.
+            grad_loss = (nll.sum() + kl.sum()) / self.eval_grad_divisor
+        return comp_lp, log_masks, log_px, nll, kl, step_loss, grad_loss
 
     def _refine(
         self,

@@ -201,3 +201,9 @@ class SlotLayerNorm(nn.Module):
         x = (x - mean) * torch.rsqrt(var + self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type (False for types autocast does not know,
+    such as "meta")."""
+    return device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type)

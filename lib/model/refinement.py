@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.model.layers import Conv2dSame
+from lib.model.layers import Conv2dSame, autocast_enabled
 
 
 class RefinementNetwork(nn.Module):
@@ -109,6 +109,12 @@ class RefinementNetwork(nn.Module):
                 h = F.elu(h)
         h = torch.cat([h, vector_inputs], dim=1)  # (B*K, H1 + V)
         if self.lstm is not None:
-            state = self.lstm(h, state)
+            if autocast_enabled(h.device):
+                # The released LSTM state is fp32; under bf16 autocast it would be rounded at
+                # every gate (CUDA autocasts LSTM cells, the CPU does not).
+                with torch.autocast(h.device.type, enabled=False):
+                    state = self.lstm(h.float(), state)
+            else:
+                state = self.lstm(h, state)
             h = state[0]
         return posterior + self.head(h), state

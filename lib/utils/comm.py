@@ -44,7 +44,7 @@ def init_distributed(use_cuda: bool, timeout_minutes: int = 30) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
     Does nothing unless ``WORLD_SIZE`` > 1. Uses NCCL when running on CUDA, gloo otherwise,
-    and binds this process to GPU ``LOCAL_RANK``.
+    and binds this process to GPU ``LOCAL_RANK % device_count``.
 
     Args:
         use_cuda: whether the run uses CUDA devices.
@@ -64,7 +64,8 @@ def init_distributed(use_cuda: bool, timeout_minutes: int = 30) -> bool:
                 f"WORLD_SIZE > 1 but environment variable {key} is unset: launch with torchrun"
             )
     if use_cuda:
-        torch.cuda.set_device(get_local_rank())
+        # A process that sees one GPU (CUDA_VISIBLE_DEVICES per rank) uses its GPU 0.
+        torch.cuda.set_device(get_local_rank() % torch.cuda.device_count())
     dist.init_process_group(
         backend="nccl" if use_cuda else "gloo",
         init_method="env://",

@@ -67,6 +67,15 @@ def test_converted_values_follow_the_layout_rules(converted_tetrominoes, tf_valu
         "factor_evaluator/repres_content/predict_latents/b",
         "factor_evaluator/repres_content/predict_latents/w",
     ]
+    # ... and converted into our factor regressor (on for tetrominoes): w [Z, M] -> [M, Z].
+    np.testing.assert_array_equal(
+        state["factor_regressor.predict_latents.weight"].numpy(),
+        tf_values["factor_evaluator/repres_content/predict_latents/w"].T,
+    )
+    np.testing.assert_array_equal(
+        state["factor_regressor.predict_latents.bias"].numpy(),
+        tf_values["factor_evaluator/repres_content/predict_latents/b"],
+    )
     skipped = converted_tetrominoes.ignored
     assert len(skipped) == 13 and "global_step" in skipped and "beta1_power" in skipped
     assert sum(n.endswith("/Adam") or n.endswith("/Adam_1") for n in skipped) == 4
@@ -191,4 +200,15 @@ def test_command_line(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"-> {output}" in done.stdout
     data = torch.load(output, map_location="cpu", weights_only=True)
-    assert len(data["model"]) == 31 and data["iteration"] == 123456
+    # 31 IODINE tensors plus the factor regressor's weight and bias (on for tetrominoes).
+    assert len(data["model"]) == 33 and data["iteration"] == 123456
+    assert sum("factor" in name for name in data["model"]) == 2
+
+
+def test_model_with_a_factor_regressor_needs_the_released_one():
+    from lib.convert.convert import _convert_factor_regressor
+
+    checkpoint = TFCheckpoint(PREFIX)
+    with pytest.raises(ConversionError, match="predict_latents/w") as info:
+        _convert_factor_regressor(checkpoint, {}, {}, {})
+    assert "MODEL.FACTOR_REGRESSOR.ENABLED off" in str(info.value)

@@ -135,7 +135,16 @@ def test_rules_cover_every_variable_and_make_our_exact_state_dict(config):
     made = {r.target: r.fn(*(arrays[n] for n in r.sources)).shape for r in rules}
     with torch.device("meta"):
         ours = {n: tuple(t.shape) for n, t in build_model(cfg).state_dict().items()}
+    # The factor regressor is converted apart (convert._convert_factor_regressor): its
+    # nn.Linear is the transpose of the released predict_latents/w.
+    factor = {n: ours.pop(n) for n in list(ours) if n.startswith("factor_regressor.")}
     assert made == ours
+    released = factor_variables(PAPER_ARCHS[config])
+    w = released["factor_evaluator/repres_content/predict_latents/w"]
+    assert factor == {
+        "factor_regressor.predict_latents.weight": w[::-1],
+        "factor_regressor.predict_latents.bias": (w[1],),
+    }
 
 
 def test_ignored_and_factor_variables_are_classified():

@@ -174,3 +174,24 @@ def test_sigkill_during_write_leaves_last_good_checkpoint(tmp_path):
     assert ckpt.load(ckpt.last_checkpoint())["iteration"] == 1
     assert len(ckpt.remove_stale_tmp_files()) == 1
     assert sorted(os.listdir(tmp_path)) == [LAST_CHECKPOINT, "model_0000001.pth"]
+
+
+class _WithRegressor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(3, 2)
+        self.factor_regressor = torch.nn.Linear(2, 4)
+
+
+def test_weights_without_factor_regressor_load_and_keep_its_init(caplog):
+    source, target = _WithRegressor(), _WithRegressor()
+    init = target.factor_regressor.weight.detach().clone()
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("factor_regressor")}
+    with caplog.at_level("WARNING"):
+        load_model_state(target, state, "old.pth")
+    assert torch.equal(target.body.weight, source.body.weight)
+    assert torch.equal(target.factor_regressor.weight, init)
+    assert "factor regressor" in caplog.text
+    del state["body.bias"]
+    with pytest.raises(CheckpointError, match="body.bias"):
+        load_model_state(target, state, "old.pth")

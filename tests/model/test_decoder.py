@@ -95,3 +95,37 @@ def test_blob_init_rejects_a_decoder_too_narrow_for_its_units():
     dec = SpatialBroadcastDecoder(4, (4, 4))
     with pytest.raises(ValueError, match="8 channels"):
         dec.blob_init_(gain=1.0, directions=4)
+
+
+@pytest.mark.parametrize("factorized", [True, False])
+def test_channels_last_decoder_equals_plain_and_returns_contiguous_nchw(factorized):
+    torch.manual_seed(0)
+    dec = SpatialBroadcastDecoder(
+        4, (8, 8), kernel_size=3, output_kernel_size=3, factorized_first_layer=factorized
+    ).double()
+    z = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    want = _plain_first_layer_output(dec, z, 6, 5)
+    g_want = torch.autograd.grad((want**2).sum(), [z, *dec.parameters()])
+    dec = dec.to(memory_format=torch.channels_last)
+    got = dec(z, 6, 5)
+    # One layout for the caller whatever the weights' layout: the model views it as (B, K, ...).
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want)
+    g_got = torch.autograd.grad((got**2).sum(), [z, *dec.parameters()])
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b)
+
+
+def test_compiled_channels_last_decoder_backward_equals_eager():
+    # The crash of MODEL.COMPILE with MODEL.CHANNELS_LAST: a view error in the compiled backward.
+    torch.manual_seed(0)
+    dec = SpatialBroadcastDecoder(4, (8, 8), 3, 3).double().to(memory_format=torch.channels_last)
+    compiled = torch.compile(dec, backend="aot_eager")
+    z = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    want = dec(z, 6, 5)
+    got = compiled(z, 6, 5)
+    torch.testing.assert_close(got, want)
+    probe = torch.randn_like(want)
+    (g_want,) = torch.autograd.grad(want, z, probe)
+    (g_got,) = torch.autograd.grad(got, z, probe)
+    torch.testing.assert_close(g_got, g_want)

@@ -24,3 +24,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_precision_switches():
+    """Put torch's process-wide precision switches back after a tool set them."""
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+    torch.set_float32_matmul_precision(saved[2])
+    if torch.are_deterministic_algorithms_enabled() != saved[3]:
+        torch.use_deterministic_algorithms(saved[3])  # slow (seconds) the first time
+    torch.backends.cudnn.benchmark = saved[4]

@@ -96,3 +96,24 @@ def test_bad_arguments(capsys):
     assert "steps >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--nope", "1"])
+
+
+def test_precision_device_and_compile_flags_become_config_keys(restore_precision_switches):
+    args = bench.build_parser().parse_args(["--precision", "tf32", "--compile", "on"])
+    args.opts = TINY
+    args.device = "cpu"
+    cfg = bench.benchmark_cfg(args)
+    assert (cfg.MODEL.PRECISION, cfg.MODEL.COMPILE, cfg.MODEL.DEVICE) == ("tf32", True, "cpu")
+    args.precision, args.compile = None, "off"
+    cfg = bench.benchmark_cfg(args)
+    assert (cfg.MODEL.PRECISION, cfg.MODEL.COMPILE) == ("fp32", False)
+
+
+def test_bf16_recorded_in_the_json(tmp_path, restore_precision_switches):
+    out = tmp_path / "bench.json"
+    argv = ["--batch-size", "1", "--steps", "1", "--warmup", "0", "--mode", "infer"]
+    argv += ["--precision", "bf16", "--json", str(out), *TINY, "INPUT.IMAGE_SIZE", "8"]
+    assert bench.main(argv) == 0
+    setup = json.loads(out.read_text())["setup"]
+    assert setup["precision"]["precision"] == "bf16" and setup["amp_active"]
+    assert "bf16 autocast on CPU" in setup["precision"]["support"]

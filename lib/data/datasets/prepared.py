@@ -13,7 +13,14 @@ import torch
 from torch.utils.data import Dataset
 
 from lib.data.datasets.base import check_max_objects, to_model_input
-from lib.data.format import dataset_dir, load_meta, prepare_command, recorded_test_size
+from lib.data.format import (
+    dataset_dir,
+    factor_mapping,
+    load_meta,
+    prepare_command,
+    recorded_test_size,
+    released_factors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,12 @@ class PreparedDataset(Dataset):
     Attributes:
         provenance: ``meta.json`` plus ``path``, ``split``, ``split_range`` [start, stop).
         has_masks: True.
+        factor_mapping: the released factor regressor's mapping ``((name, size, type), ...)``
+            when the dataset has one and its folder stores factors, else None.
+        return_factors: False (default): items are ``(image, mask)`` as the contract says;
+            True (set by the training/evaluation loaders when the factor regressor is on):
+            ``(image, mask, factors)`` with ``factors`` = ``{name: float32 (L, n)}`` of
+            ``released_factors`` plus ``visibility`` (L,).
         start, stop: the split's range of stored indices.
 
     Raises:
@@ -99,7 +112,20 @@ class PreparedDataset(Dataset):
             self.path,
             self.meta.get("source_file") or self.meta.get("generator") or self.meta["source"],
         )
+        self.dataset = dataset
+        self.return_factors = False
+        self.factor_mapping = factor_mapping(dataset)
+        if self.factor_mapping is not None and not self.meta.get("factors"):
+            logger.info("%s stores no factors: no factor regressor for it", self.path)
+            self.factor_mapping = None
+        elif self.factor_mapping is None and self.meta.get("factors"):
+            logger.info(
+                "%s: its factors (%s) have no released regressor mapping; not used",
+                self.path,
+                ", ".join(sorted(self.meta["factors"])),
+            )
         self._images = self._masks = None
+        self._factor_arrays: dict[str, np.ndarray] = {}
         self._open()  # validates the arrays now, not in a worker
         for name, array in (("images", self._images), ("masks", self._masks)):
             if array.shape[0] != n:
@@ -116,6 +142,7 @@ class PreparedDataset(Dataset):
         # Pickling a memmap copies its data; workers started by spawn reopen the files instead.
         state = self.__dict__.copy()
         state["_images"] = state["_masks"] = None
+        state["_factor_arrays"] = {}
         return state
 
     def __len__(self) -> int:
@@ -141,11 +168,25 @@ class PreparedDataset(Dataset):
         i = self._index(index)
         out = {}
         for name in self.meta.get("factors", {}):
-            array = np.load(os.path.join(self.path, "factors", f"{name}.npy"), mmap_mode="r")
-            out[name] = np.asarray(array[i])
+            if name not in self._factor_arrays:
+                path = os.path.join(self.path, "factors", f"{name}.npy")
+                self._factor_arrays[name] = np.load(path, mmap_mode="r")
+            out[name] = np.asarray(self._factor_arrays[name][i])
         return out
+
+    def released_factors(self, index: int) -> dict[str, torch.Tensor]:
+        """The factor regressor's inputs of an example: ``{name: float32 (L, n)}`` plus
+        ``visibility`` (L,) (see ``lib.data.format.released_factors``)."""
+        if self.factor_mapping is None:
+            raise ValueError(f"{self.path}: no factor mapping for dataset {self.dataset!r}")
+        family_source = str(self.meta.get("source", "official"))
+        arrays = released_factors(self.dataset, family_source, self.factors(index))
+        return {name: torch.from_numpy(np.array(a, np.float32)) for name, a in arrays.items()}
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_arrays(index)
         check_max_objects(mask, self.max_objects, f"{self.path} example {self._index(index)}")
-        return to_model_input(image, mask, self.size, self.crop, self.resize)
+        image_t, mask_t = to_model_input(image, mask, self.size, self.crop, self.resize)
+        if self.return_factors:
+            return image_t, mask_t, self.released_factors(index)
+        return image_t, mask_t

@@ -1,0 +1,163 @@
+"""Arithmetic precision and determinism of a run: MODEL.PRECISION and MODEL.DETERMINISTIC.
+
+``resolve_precision(cfg, device)`` reads the keys (SOLVER.AMP is a deprecated alias of
+"bf16" on CUDA), ``apply_precision`` sets torch's process-wide switches once at start, and
+``autocast_factory`` gives the forward's context. The model keeps its numerically sensitive
+parts (likelihood, KL, LayerNorm inputs, gradient inputs, decoder output layer) in fp32 under
+autocast itself (``lib.model.iodine``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from yacs.config import CfgNode
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+# cuBLAS needs a fixed workspace for deterministic results (CUDA docs, "Reproducibility").
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+class PrecisionError(RuntimeError):
+    """The precision asked for cannot run on this device (e.g. bf16 on a CPU without it)."""
+
+
+def cpu_bf16_support(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """Whether this CPU has native bf16 arithmetic, and how that was decided.
+
+    Args:
+        cpuinfo_path: the Linux CPU description (its ``flags`` line is read).
+
+    Returns:
+        ``(native, source)``: native is True with the ``avx512_bf16`` or ``amx_bf16`` flag in
+        ``cpuinfo_path``; where that file is absent, oneDNN's own bf16 check decides.
+    """
+    try:
+        with open(cpuinfo_path) as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        flags = None
+    if flags is not None:
+        found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+        return bool(found), f"{cpuinfo_path} flags: {', '.join(found) or 'no avx512_bf16/amx_bf16'}"
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return native, f"torch.ops.mkldnn._is_mkldnn_bf16_supported() = {native}"
+
+
+def resolve_precision(cfg: CfgNode, device: torch.device, warn: bool = True) -> str:
+    """The precision the run uses: MODEL.PRECISION, or "bf16" from the deprecated SOLVER.AMP.
+
+    SOLVER.AMP True warns; on CUDA it means "bf16" (unless MODEL.PRECISION says otherwise),
+    elsewhere it is ignored as before.
+
+    Args:
+        cfg: the config (MODEL.PRECISION, SOLVER.AMP).
+        device: where the model runs.
+        warn: warn about SOLVER.AMP (once per run: the tools' set-up does).
+
+    Returns:
+        One of ``PRECISIONS``.
+
+    Raises:
+        ValueError: an unknown MODEL.PRECISION.
+    """
+    precision = cfg.MODEL.PRECISION
+    if precision not in PRECISIONS:
+        raise ValueError(f"config key MODEL.PRECISION = {precision!r} is not one of {PRECISIONS}")
+    if cfg.SOLVER.AMP:
+        if device.type == "cuda" and precision == "fp32":
+            precision = "bf16"
+        if warn:
+            warnings.warn(
+                "SOLVER.AMP is deprecated: set MODEL.PRECISION bf16; "
+                + (f"using {precision}" if device.type == "cuda" else f"ignored on {device}"),
+                stacklevel=2,
+            )
+    return precision
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """Refuse a precision the device cannot run natively; say what supports it.
+
+    Args:
+        precision: one of ``PRECISIONS``.
+        device: where the model runs.
+
+    Returns:
+        A one-line description of the support found (for the log).
+
+    Raises:
+        PrecisionError: bf16 on a CPU without AVX512-BF16/AMX or a GPU without bf16.
+    """
+    if precision != "bf16":
+        return f"{precision} on {device.type}"
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise PrecisionError(f"MODEL.PRECISION bf16: GPU {device} has no bf16 support")
+        return "bf16 autocast on CUDA"
+    native, source = cpu_bf16_support()
+    if not native:
+        raise PrecisionError(
+            f"MODEL.PRECISION bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); {source}"
+        )
+    return f"bf16 autocast on CPU ({source})"
+
+
+def apply_precision(precision: str, deterministic: bool, device: torch.device) -> dict[str, Any]:
+    """Set torch's process-wide TF32, cuDNN and determinism switches for this run.
+
+    Args:
+        precision: one of ``PRECISIONS``; "tf32" turns TF32 on for CUDA matmul and cuDNN,
+            the others turn it off (fp32 parity; bf16 autocast runs its matmuls in bf16).
+        deterministic: deterministic algorithms everywhere and no cuDNN benchmark; else
+            cuDNN benchmark on CUDA.
+        device: where the model runs.
+
+    Returns:
+        The settings made, JSON-serialisable (for log.txt and the benchmark JSON).
+    """
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    if deterministic:
+        # Read when cuBLAS creates its handle: set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        # The call costs seconds (it loads torch's deterministic-op tables): only on a change.
+        torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    return {
+        "precision": precision,
+        "deterministic": deterministic,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
+    """The context factory of the forward: bf16 autocast for "bf16", else no context at all
+    (so an fp32 step runs exactly the operations of a plain forward).
+
+    Args:
+        precision: one of ``PRECISIONS``.
+        device: where the model runs.
+
+    Returns:
+        A zero-argument callable returning a context manager.
+    """
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext

@@ -1,0 +1,271 @@
+"""The released factor regressor: a linear read-out of the object factors from each slot's z.
+
+DeepMind's IODINE training (``iodine/modules/factor_eval.py`` ``FactorRegressor``) carries a
+linear map ``predict_latents`` from stop-gradient final z per slot to every object factor.
+Each true object is matched to the slot whose final softmax mask overlaps its true mask most;
+the loss over the matched pairs, divided by the number of visible objects, joins the total loss
+(so its gradient enters the clipping norm), while its input is detached, so IODINE's own
+gradients do not change. It reports R^2 for scalar and angle factors and accuracy for
+categorical ones.
+
+Shapes: B images, K slots, L true entities (background included, entry 0), Z latent size,
+M = sum of the factor sizes in mapping order, H x W pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FACTOR_TYPES = ("scalar", "angle", "categorical")
+
+
+class Factor(NamedTuple):
+    """One factor of the mapping: its name, its size after preprocessing and its type.
+
+    ``scalar``: the target as stored, ``size`` values; ``angle``: radians -> (cos, sin), size 2;
+    ``categorical``: an integer label -> one-hot of ``size`` classes (a label outside
+    ``[0, size)`` gives an all-zero target, as TensorFlow's ``one_hot`` does).
+    """
+
+    name: str
+    size: int
+    type: str
+
+
+def preprocess_factor(factor: Factor, value: torch.Tensor) -> torch.Tensor:
+    """The released target of one factor.
+
+    Args:
+        factor: the factor.
+        value: (B, L) or (B, L, n) raw values: labels for categorical, radians for angle.
+
+    Returns:
+        (B, L, factor.size) float32.
+
+    Raises:
+        ValueError: the preprocessed size is not ``factor.size``.
+    """
+    if factor.type == "categorical":
+        labels = value.reshape(value.shape[0], value.shape[1], -1)[..., 0].round().long()
+        classes = torch.arange(factor.size, device=value.device)
+        out = (labels[..., None] == classes).float()
+    elif factor.type == "angle":
+        theta = value.reshape(value.shape[0], value.shape[1], -1).float()
+        out = torch.cat([torch.cos(theta), torch.sin(theta)], dim=-1)
+    elif factor.type == "scalar":
+        out = value.reshape(value.shape[0], value.shape[1], -1).float()
+    else:
+        raise ValueError(f"factor {factor.name!r}: unknown type {factor.type!r} ({FACTOR_TYPES})")
+    if out.shape[-1] != factor.size:
+        raise ValueError(
+            f"factor {factor.name!r} ({factor.type}) has {out.shape[-1]} values per object "
+            f"after preprocessing, the mapping says {factor.size}"
+        )
+    return out
+
+
+def match_objects(
+    pred_masks: torch.Tensor, true_masks: torch.Tensor, visibility: torch.Tensor
+) -> torch.Tensor:
+    """Assign each true object to the slot whose mask overlaps it most (released rule).
+
+    Args:
+        pred_masks: (B, K, H, W) softmax masks.
+        true_masks: (B, L, H, W) 0/1 masks of the true entities.
+        visibility: (B, L) 1 for visible entities, 0 for absent ones.
+
+    Returns:
+        (B, L, K) float one-hot assignment, zero rows for invisible entities.
+    """
+    overlap = torch.einsum("blhw,bkhw->blk", true_masks.float(), pred_masks.float())
+    best = overlap.argmax(dim=2)  # (B, L); ties go to the first slot, as tf.argmax
+    assignment = F.one_hot(best, pred_masks.shape[1]).float()
+    return assignment * visibility.float()[:, :, None]
+
+
+class FactorRegressor(nn.Module):
+    """Linear read-out ``predict_latents`` of the factors from each slot's detached z.
+
+    Args:
+        latent_dim: Z.
+        mapping: the factors in the released order, e.g. ``[Factor("color", 9,
+            "categorical"), ...]``; the output columns follow it.
+        loss_weight: weight of its loss when IODINE adds it to the total (released 1.0).
+
+    Released deviation: the released R^2 averages ``1 - SS_res / var`` over every (image,
+    entity) pair, invisible entities included (each counting 1), with ``var`` from a running
+    estimator over all training batches. Here R^2 is the proper one over visible objects,
+    ``1 - sum SS_res / sum (y - mean)^2`` per dimension, averaged over dimensions, with the
+    batch's own statistics (``FactorMetrics`` accumulates them exactly over a test set).
+    """
+
+    def __init__(
+        self, *, latent_dim: int, mapping: Sequence[Factor], loss_weight: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.loss_weight = float(loss_weight)
+        self.mapping = tuple(Factor(*m) for m in mapping)
+        if not self.mapping:
+            raise ValueError("FactorRegressor needs at least one factor")
+        for m in self.mapping:
+            if m.type not in FACTOR_TYPES:
+                raise ValueError(f"factor {m.name!r}: unknown type {m.type!r} ({FACTOR_TYPES})")
+        self.predict_latents = nn.Linear(latent_dim, sum(m.size for m in self.mapping))
+        # Released init (snt.Linear): truncated normal std 1/sqrt(fan_in), zero bias.
+        std = latent_dim**-0.5
+        nn.init.trunc_normal_(self.predict_latents.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(self.predict_latents.bias)
+
+    def predict(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-factor predictions: z (..., Z) -> {name: (..., size)} (logits for categorical)."""
+        out = self.predict_latents(z)
+        preds, start = {}, 0
+        for m in self.mapping:
+            preds[m.name] = out[..., start : start + m.size]
+            start += m.size
+        return preds
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        pred_masks: torch.Tensor,
+        true_masks: torch.Tensor,
+        factors: Mapping[str, torch.Tensor],
+        visibility: torch.Tensor,
+    ) -> dict:
+        """Match objects to slots, compute the loss and the per-factor scores.
+
+        Args:
+            z: (B, K, Z) final latents (detached here).
+            pred_masks: (B, K, H, W) final softmax masks (detached here).
+            true_masks: (B, L, H, W) 0/1 true entity masks.
+            factors: {name: (B, L) or (B, L, n)} raw factor values for every mapped name.
+            visibility: (B, L).
+
+        Returns:
+            dict with ``loss`` (scalar, differentiable in the regressor's parameters only),
+            ``scores`` {name: scalar tensor} (R^2 or accuracy over this batch's visible
+            objects), ``assignment`` (B, L, K), ``predictions`` {name: (B, K, size)},
+            ``targets`` {name: (B, L, size)}.
+        """
+        z = z.detach().float()
+        assignment = match_objects(pred_masks.detach(), true_masks, visibility)
+        num_visible = assignment.sum().clamp_min(1.0)
+        preds = self.predict(z)  # {name: (B, K, size)}
+        total = z.new_zeros(())
+        scores, targets = {}, {}
+        for m in self.mapping:
+            if m.name not in factors:
+                raise KeyError(f"factor {m.name!r} missing from the batch ({sorted(factors)})")
+            target = preprocess_factor(m, factors[m.name].to(z.device))  # (B, L, size)
+            targets[m.name] = target
+            pred = preds[m.name][:, None]  # (B, 1, K, size)
+            tgt = target[:, :, None]  # (B, L, 1, size)
+            if m.type == "categorical":
+                err = -(tgt * F.log_softmax(pred, dim=-1)).sum(dim=-1)  # (B, L, K)
+            else:
+                err = ((tgt - pred) ** 2).sum(dim=-1)
+            total = total + (assignment * err).sum()
+            with torch.no_grad():
+                matched = torch.einsum("blk,bks->bls", assignment, preds[m.name].detach())
+                scores[m.name] = factor_score(m, target, matched, assignment.sum(dim=2))
+        return {
+            "loss": total / num_visible,
+            "scores": scores,
+            "assignment": assignment,
+            "predictions": {n: p.detach() for n, p in preds.items()},
+            "targets": targets,
+        }
+
+
+def factor_score(
+    factor: Factor, target: torch.Tensor, matched: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """R^2 (scalar, angle) or accuracy (categorical) over the objects with weight 1.
+
+    Args:
+        factor: the factor.
+        target: (B, L, size) preprocessed targets.
+        matched: (B, L, size) the matched slot's prediction for each object.
+        weight: (B, L) 1 for the visible (assigned) objects.
+
+    Returns:
+        Scalar tensor; NaN when no object counts (or, for R^2, when a dimension is constant).
+    """
+    # On the device, without host syncs (called every training step).
+    w = weight.to(target.dtype)[..., None]  # (B, L, 1)
+    count = w.sum()
+    if factor.type == "categorical":
+        correct = (matched.argmax(-1) == target.argmax(-1)).to(target.dtype)[..., None]
+        return (correct * w).sum() / count
+    mean = (w * target).sum(dim=(0, 1)) / count
+    ss_tot = (w * (target - mean) ** 2).sum(dim=(0, 1))
+    ss_res = (w * (target - matched) ** 2).sum(dim=(0, 1))
+    return (1.0 - ss_res / ss_tot).mean()
+
+
+class FactorMetrics:
+    """Exact R^2 / accuracy accumulated over many batches (a test set's own variance).
+
+    Args:
+        mapping: the factors.
+    """
+
+    def __init__(self, mapping: Sequence[Factor]) -> None:
+        self.mapping = tuple(Factor(*m) for m in mapping)
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def update(
+        self,
+        targets: Mapping[str, torch.Tensor],
+        matched: Mapping[str, torch.Tensor],
+        weight: torch.Tensor,
+    ) -> None:
+        """Add a batch.
+
+        Args:
+            targets: {name: (B, L, size)} preprocessed targets.
+            matched: {name: (B, L, size)} the matched slot's predictions.
+            weight: (B, L) 1 for counted objects, 0 otherwise.
+        """
+        w = weight.detach().double().cpu()[..., None]
+        for m in self.mapping:
+            y = targets[m.name].detach().double().cpu()
+            p = matched[m.name].detach().double().cpu()
+            if m.type == "categorical":
+                correct = (p.argmax(-1) == y.argmax(-1)).double()[..., None]
+                new = {"count": w.sum(), "correct": (correct * w).sum()}
+            else:
+                new = {
+                    "count": w.sum(),
+                    "sum_y": (w * y).sum(dim=(0, 1)),
+                    "sum_yy": (w * y * y).sum(dim=(0, 1)),
+                    "ss_res": (w * (y - p) ** 2).sum(dim=(0, 1)),
+                }
+            old = self.sums.get(m.name)
+            self.sums[m.name] = new if old is None else {k: old[k] + v for k, v in new.items()}
+
+    def merge(self, sums: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Add another accumulator's ``sums`` (e.g. gathered from another process)."""
+        for name, new in sums.items():
+            old = self.sums.get(name)
+            self.sums[name] = dict(new) if old is None else {k: old[k] + v for k, v in new.items()}
+
+    def compute(self) -> dict[str, float]:
+        """{name: R^2 (mean over dimensions) or accuracy}; NaN where nothing was counted."""
+        out = {}
+        for m in self.mapping:
+            s = self.sums.get(m.name)
+            if s is None or float(s["count"]) == 0:
+                out[m.name] = float("nan")
+            elif m.type == "categorical":
+                out[m.name] = float(s["correct"] / s["count"])
+            else:
+                ss_tot = s["sum_yy"] - s["sum_y"] ** 2 / s["count"]
+                out[m.name] = float((1.0 - s["ss_res"] / ss_tot).mean())
+        return out

@@ -1,0 +1,292 @@
+"""One-command GPU check: speed and memory of the paper configs, then a short real training.
+
+    python tools/gpu_check.py --out gpu_check.json [--minutes 3] [--device cuda]
+        [--configs clevr6_prop multi_dsprites tetrominoes] [--precisions fp32 tf32 bf16]
+        [--compile off on] [--bench-minutes 4] [--steps 3] [--warmup 2]
+        [--data-root DIR] [--generate-size 3000] [KEY VALUE ...]
+
+1. For each paper config, precision and compile switch: ``run_benchmark`` (random images,
+   the config's batch): train and inference images/s and peak memory. A failing entry (e.g.
+   ``torch.compile`` unavailable) records its error string and the check goes on. Entries
+   that would start after --bench-minutes are recorded as skipped (eager ones run first).
+2. Generates ``multi_dsprites`` (--generate-size training images, DATASETS.TEST_SIZE test
+   images) with ``lib.prepare`` under --data-root, trains it for --minutes in fp32 and
+   measures the held-out foreground ARI (``do_evaluate`` on the test images) every
+   --eval-seconds.
+
+Everything goes to one JSON (rewritten atomically after each entry, so an interrupted check
+keeps what it measured) and a table is printed. ``KEY VALUE`` pairs override every config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from yacs.config import CfgNode
+
+from lib.analysis import profiling
+from lib.config import load_cfg
+from lib.engine.benchmark import run_benchmark
+from lib.engine.launch import (
+    build_datasets,
+    default_argument_parser,
+    parse_tool_args,
+    resolve_device,
+    seed_all,
+    setup_precision,
+)
+from lib.engine.precision import autocast_factory
+from lib.engine.solver import make_lr_scheduler, make_optimizer
+from lib.engine.trainer import images_to_device, make_heldout_batches, train_step
+from lib.utils.io import atomic_write_text
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+PAPER_CONFIGS = ("clevr6_prop", "multi_dsprites", "tetrominoes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--config-file`` is not used: the configs are the paper ones)."""
+    parser = default_argument_parser("One-command GPU check of IODINE (speed, memory, ARI).")
+    parser.add_argument("--out", required=True, metavar="FILE.json", help="results JSON")
+    parser.add_argument("--minutes", type=float, default=3.0, help="training time of step 2")
+    parser.add_argument("--bench-minutes", type=float, default=4.0, help="budget of step 1")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--configs", nargs="+", default=list(PAPER_CONFIGS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "tf32", "bf16"])
+    parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off", "on"])
+    parser.add_argument("--steps", type=int, default=3, help="timed benchmark steps per mode")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed benchmark steps first")
+    parser.add_argument("--eval-seconds", type=float, default=30.0, help="time between ARIs")
+    parser.add_argument("--data-root", default="", help="where multi_dsprites is generated")
+    parser.add_argument("--generate-size", type=int, default=3000, help="training images")
+    parser.add_argument("--train-precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    return parser
+
+
+def _cfg(name: str, device: str, opts: Sequence[str], extra: Sequence[str] = ()) -> CfgNode:
+    path = os.path.join(CONFIG_DIR, f"{name}.yaml")
+    return load_cfg(path, ["MODEL.DEVICE", device, *opts, *extra])
+
+
+def _write(path: str, result: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def benchmark_all(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Step 1: fill ``result["benchmarks"]`` (eager entries first, then compiled)."""
+    deadline = time.perf_counter() + 60 * args.bench_minutes
+    entries = [
+        (name, precision, comp)
+        for comp in args.compile
+        for name in args.configs
+        for precision in args.precisions
+    ]
+    for name, precision, comp in entries:
+        entry: dict[str, Any] = {"config": name, "precision": precision, "compile": comp}
+        result["benchmarks"].append(entry)
+        if time.perf_counter() > deadline:
+            entry["skipped"] = f"--bench-minutes {args.bench_minutes} used up"
+            continue
+        start = time.perf_counter()
+        print(f"benchmark {name} {precision} compile {comp}", file=sys.stderr, flush=True)
+        try:
+            cfg = _cfg(
+                name,
+                args.device,
+                args.opts,
+                ["MODEL.PRECISION", precision, "MODEL.COMPILE", str(comp == "on")],
+            )
+            bench = run_benchmark(cfg, steps=args.steps, warmup=args.warmup, profile_steps=1)
+            for mode in ("train", "infer"):
+                entry[mode] = {
+                    "images_per_s": bench[mode]["images_per_s"],
+                    "step_time_median_s": bench[mode]["step_time_s"]["median"],
+                    "peak_memory_bytes": bench[mode]["peak_memory_bytes"],
+                    "shares": bench[mode]["shares"],
+                }
+            entry["batch_size"] = bench["setup"]["batch_size"]
+            entry["precision_settings"] = bench["setup"]["precision"]
+        except Exception as exc:  # recorded in the JSON and printed: the check goes on
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"  failed: {entry['error'][:500]}", file=sys.stderr, flush=True)
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        _write(args.out, result)
+
+
+def train_multi_dsprites(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Step 2: generate multi_dsprites, train for --minutes, held-out fg-ARI over time."""
+    from lib.data import make_data_loader
+    from lib.engine.inference import do_evaluate
+    from lib.model import build_model
+
+    root = args.data_root or tempfile.mkdtemp(prefix="iodine_gpu_check_")
+    cfg = _cfg(
+        "multi_dsprites",
+        args.device,
+        args.opts,
+        [
+            "DATASETS.ROOT",
+            root,
+            "DATASETS.GENERATE_SIZE",
+            str(args.generate_size),
+            "MODEL.PRECISION",
+            args.train_precision,
+            "DATALOADER.NUM_WORKERS",
+            str(min(4, os.cpu_count() or 1)),
+        ],
+    )
+    run: dict[str, Any] = {"data_root": root, "precision": args.train_precision, "evals": []}
+    result["training"] = run
+    start = time.perf_counter()
+    datasets = build_datasets(cfg, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST], is_train=False)
+    run["prepare_seconds"] = round(time.perf_counter() - start, 1)
+    run["sizes"] = {name: len(ds) for name, ds in datasets.items()}
+    _write(args.out, result)
+
+    device = resolve_device(cfg.MODEL.DEVICE)
+    run["precision_settings"] = setup_precision(cfg, device)
+    autocast = autocast_factory(run["precision_settings"]["precision"], device)
+    seed_all(cfg.SEED)
+    model = build_model(cfg).to(device)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
+    test_name = cfg.DATASETS.TEST[0]
+    heldout = make_heldout_batches(datasets[test_name], len(datasets[test_name]), 64)
+    loader = make_data_loader(cfg, is_train=True)
+    data_iter = iter(loader)
+
+    def evaluate(iteration: int, images: int, seconds: float) -> None:
+        metrics = do_evaluate(model, [(test_name, heldout)], device)[test_name]
+        model.train()
+        point = {
+            "iteration": iteration,
+            "train_seconds": round(seconds, 1),
+            "train_images": images,
+            "fg_ari": metrics["fg_ari"],
+            "ari": metrics["ari"],
+            "mse": metrics["mse"],
+            "num_images": metrics["num_images"],
+        }
+        run["evals"].append(point)
+        print(f"  train {point}", file=sys.stderr, flush=True)
+        _write(args.out, result)
+
+    model.train()
+    iteration, images, trained = 0, 0, 0.0
+    evaluate(0, 0, 0.0)
+    last_eval = trained
+    bad = torch.zeros((), device=device)
+    while trained < 60 * args.minutes:
+        tick = time.perf_counter()
+        batch = images_to_device(next(data_iter)[0], device)
+        step = train_step(model, optimizer, [batch], params, clip, autocast, defer_check=True)
+        bad = bad + step.bad
+        scheduler.step()
+        iteration += 1
+        images += batch.shape[0]
+        if iteration % 20 == 0 or trained - last_eval >= args.eval_seconds:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        trained += time.perf_counter() - tick
+        if trained - last_eval >= args.eval_seconds:
+            evaluate(iteration, images, trained)
+            last_eval = trained
+    if not run["evals"] or run["evals"][-1]["iteration"] != iteration:
+        evaluate(iteration, images, trained)
+    run["iterations"] = iteration
+    run["skipped_steps"] = int(bad.item())
+    run["train_images_per_s"] = images / trained if trained > 0 else 0.0
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The check as text: one line per benchmark entry, then the ARI curve."""
+    lines = [
+        f"IODINE GPU check  {result['env']['date']}  {result['env']['device_name']}  "
+        f"torch {result['env']['torch']}",
+        f"{'config':<16}{'prec':<6}{'compile':<8}{'train img/s':>12}{'train MiB':>10}"
+        f"{'infer img/s':>12}{'infer MiB':>10}  note",
+    ]
+    for e in result["benchmarks"]:
+        head = f"{e['config']:<16}{e['precision']:<6}{e['compile']:<8}"
+        if "train" in e:
+            t, i = e["train"], e["infer"]
+            lines.append(
+                head + f"{t['images_per_s']:>12.1f}{t['peak_memory_bytes'] / 2**20:>10.0f}"
+                f"{i['images_per_s']:>12.1f}{i['peak_memory_bytes'] / 2**20:>10.0f}"
+            )
+        else:
+            note = e.get("error") or e.get("skipped") or ""
+            lines.append(head + f"{'-':>12}{'-':>10}{'-':>12}{'-':>10}  {note[:80]}")
+    run = result.get("training")
+    if run:
+        lines += ["", f"multi_dsprites training ({run['precision']}): held-out fg-ARI"]
+        for p in run.get("evals", []):
+            fg = "n/a" if p["fg_ari"] is None else f"{100 * p['fg_ari']:.1f}"
+            lines.append(f"  {p['train_seconds']:>7.1f} s  iter {p['iteration']:>6}  fg_ari {fg}")
+        if "error" in run:
+            lines.append(f"  failed: {run['error'][:200]}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point.
+
+    Args:
+        argv: arguments without the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        0 when every part ran (benchmark errors are recorded, not fatal), 1 when the
+        training part failed (its error is in the JSON) or the arguments are bad.
+    """
+    args = parse_tool_args(build_parser(), sys.argv[1:] if argv is None else argv)
+    unknown = sorted(set(args.configs) - set(PAPER_CONFIGS))
+    if unknown:
+        print(f"error: unknown --configs {unknown}; known: {list(PAPER_CONFIGS)}", file=sys.stderr)
+        return 1
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 1
+    device = torch.device(args.device)
+    result: dict[str, Any] = {
+        "env": {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "device": args.device,
+            "device_name": profiling.device_name(device),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+        },
+        "command": ["python", "tools/gpu_check.py", *(sys.argv[1:] if argv is None else argv)],
+        "benchmarks": [],
+    }
+    start = time.perf_counter()
+    benchmark_all(args, result)
+    status = 0
+    try:
+        train_multi_dsprites(args, result)
+    except Exception as exc:  # recorded in the JSON; the exit status says it failed
+        result.setdefault("training", {})["error"] = f"{type(exc).__name__}: {exc}"
+        status = 1
+    result["total_seconds"] = round(time.perf_counter() - start, 1)
+    _write(args.out, result)
+    print(format_table(result))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
