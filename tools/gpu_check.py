@@ -100,6 +100,10 @@ def benchmark_all(args: argparse.Namespace, result: dict[str, Any]) -> None:
             continue
         start = time.perf_counter()
         print(f"benchmark {name} {precision} compile {comp}", file=sys.stderr, flush=True)
+        # Each entry compiles afresh: one process would otherwise pile every config's and
+        # precision's graphs onto the same functions and hit dynamo's recompile limit,
+        # silently running the later "compiled" entries eagerly.
+        torch._dynamo.reset()
         try:
             cfg = _cfg(
                 name,
