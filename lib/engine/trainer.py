@@ -120,6 +120,44 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, dict]:
     return images, {"labels": labels, "factors": factors}
 
 
+def _leaf_datasets(dataset: Any) -> list[Any]:
+    """The datasets inside ConcatDataset / Subset wrappers."""
+    parts, leaves = [dataset], []
+    while parts:
+        part = parts.pop()
+        if hasattr(part, "datasets"):
+            parts.extend(part.datasets)
+        elif hasattr(part, "dataset") and not hasattr(part, "factor_mapping"):
+            parts.append(part.dataset)
+        else:
+            leaves.append(part)
+    return leaves
+
+
+def send_uint8(dataset: Any, device: torch.device) -> bool:
+    """On CUDA, have prepared datasets whose frames need no resize yield uint8 images.
+
+    The copy to the GPU then moves a quarter of the bytes; ``images_to_device`` converts on the
+    device with the same arithmetic as the datasets, so the values do not change. Mixed
+    datasets (one needs a resize) keep float images, as a batch needs one dtype.
+
+    Args:
+        dataset: the training loader's dataset, or None.
+        device: the training device.
+
+    Returns:
+        True when every dataset now yields uint8 images.
+    """
+    if dataset is None or device.type != "cuda":
+        return False
+    leaves = _leaf_datasets(dataset)
+    if not all(getattr(leaf, "native_size", False) for leaf in leaves):
+        return False
+    for leaf in leaves:
+        leaf.return_uint8 = True
+    return True
+
+
 def feed_factors(dataset: Any, model: nn.Module) -> bool:
     """Ask the dataset(s) for factors when the model has a factor regressor to train.
 
@@ -135,15 +173,7 @@ def feed_factors(dataset: Any, model: nn.Module) -> bool:
     """
     if dataset is None or getattr(unwrap_model(model), "factor_regressor", None) is None:
         return False
-    parts, leaves = [dataset], []
-    while parts:
-        part = parts.pop()
-        if hasattr(part, "datasets"):
-            parts.extend(part.datasets)
-        elif hasattr(part, "dataset") and not hasattr(part, "factor_mapping"):
-            parts.append(part.dataset)
-        else:
-            leaves.append(part)
+    leaves = _leaf_datasets(dataset)
     if not all(getattr(leaf, "factor_mapping", None) is not None for leaf in leaves):
         logging.getLogger(__name__).warning(
             "the factor regressor is on but a training dataset stores no factors: it is not "
@@ -490,6 +520,7 @@ def do_train(
     rng_state = torch.get_rng_state()
     # Before the workers start; a loader without a dataset (any iterable) feeds images only.
     with_factors = feed_factors(getattr(data_loader, "dataset", None), model)
+    send_uint8(getattr(data_loader, "dataset", None), device)
     data_iter = iter(data_loader)
     torch.set_rng_state(rng_state)
     model.train()

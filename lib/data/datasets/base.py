@@ -69,6 +69,7 @@ def to_model_input(
     size: int,
     crop: tuple[int, int, int, int] | None = None,
     resize: str = "bilinear",
+    uint8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Crop and resize one example to the square model input.
 
@@ -83,10 +84,13 @@ def to_model_input(
             "bilinear" (antialiased, half-pixel centres) or "nearest" (the image sampled at the
             same pixel centres as the label map, so every pixel keeps one object's colour).
 
+        uint8: return the image as uint8 (3, size, size) when no resize is needed (a quarter
+            of the bytes to copy to a GPU; ``value / 255`` there gives the same floats).
+
     Returns:
         image float32 (3, size, size) in [0, 1] (resized as ``resize`` says, bit-exact
-        ``value / 255`` when not resized) and mask int64 (size, size) (nearest neighbour) or
-        None.
+        ``value / 255`` when not resized), or uint8 with ``uint8`` and no resize, and mask
+        int64 (size, size) (nearest neighbour) or None.
 
     Raises:
         ValueError: a non-square crop or an unknown ``resize``.
@@ -97,8 +101,11 @@ def to_model_input(
     r0, r1, c0, c1 = crop if crop is not None else square_crop_box(h, w)
     if r1 - r0 != c1 - c0:
         raise ValueError(f"crop {(r0, r1, c0, c1)} is not square")
-    img = torch.from_numpy(_writable(image[r0:r1, c0:c1]))
-    img = img.permute(2, 0, 1).to(torch.float32).div_(255.0)
+    img = torch.from_numpy(_writable(image[r0:r1, c0:c1])).permute(2, 0, 1)  # (3, h, w) uint8
+    if uint8 and r1 - r0 == size:
+        lab = None if mask is None else torch.from_numpy(_writable(mask[r0:r1, c0:c1])).long()
+        return img.contiguous(), lab
+    img = img.to(torch.float32).div_(255.0)
     lab = None
     if mask is not None:
         lab = torch.from_numpy(_writable(mask[r0:r1, c0:c1])).to(torch.int64)

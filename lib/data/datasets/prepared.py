@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lib.data.datasets.base import check_max_objects, to_model_input
+from lib.data.datasets.base import check_max_objects, square_crop_box, to_model_input
 from lib.data.format import (
     dataset_dir,
     factor_mapping,
@@ -86,6 +86,10 @@ class PreparedDataset(Dataset):
         self.resize = str(cfg.INPUT.RESIZE)
         self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
         self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
+        h, w = self.meta["image_shape"][:2]
+        r0, r1, _, _ = self.crop if self.crop is not None else square_crop_box(h, w)
+        # Frames already at the model size: items can travel as uint8 (``return_uint8``).
+        self.native_size = r1 - r0 == self.size
         n = int(self.meta["num_examples"])
         test_size = recorded_test_size(self.meta, self.path) if split != "all" else 0
         self.start, self.stop = {
@@ -114,6 +118,8 @@ class PreparedDataset(Dataset):
         )
         self.dataset = dataset
         self.return_factors = False
+        # Set by the trainer on CUDA: uint8 images when the stored frames need no resize.
+        self.return_uint8 = False
         self.factor_mapping = factor_mapping(dataset)
         if self.factor_mapping is not None and not self.meta.get("factors"):
             logger.info("%s stores no factors: no factor regressor for it", self.path)
@@ -186,7 +192,9 @@ class PreparedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_arrays(index)
         check_max_objects(mask, self.max_objects, f"{self.path} example {self._index(index)}")
-        image_t, mask_t = to_model_input(image, mask, self.size, self.crop, self.resize)
+        image_t, mask_t = to_model_input(
+            image, mask, self.size, self.crop, self.resize, uint8=self.return_uint8
+        )
         if self.return_factors:
             return image_t, mask_t, self.released_factors(index)
         return image_t, mask_t
