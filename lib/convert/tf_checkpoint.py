@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lib.convert.crc32c import crc32c, unmask
+from lib.utils.protobuf import iter_fields, read_varint
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
@@ -110,51 +111,16 @@ class TensorEntry:
 # --- protobuf wire format --------------------------------------------------------------------
 
 
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Decode a base-128 varint at ``pos``; returns (value, next position)."""
-    value, shift = 0, 0
-    while True:
-        if pos >= end:
-            raise ValueError("varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _proto_fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
-    """Yield (field number, wire type, value) of a serialised protobuf message.
-
-    Varints and fixed-width fields come as ints, length-delimited ones as bytes.
-    """
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos, end)
-        elif wire == 1:
-            if pos + 8 > end:
-                raise ValueError("fixed64 field runs past the end")
-            value = struct.unpack_from("<Q", buf, pos)[0]
-            pos += 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos, end)
-            if pos + length > end:
-                raise ValueError("length-delimited field runs past the end")
-            value = bytes(buf[pos : pos + length])
-            pos += length
+def _proto_fields(buf) -> Iterator[tuple[int, int, int | bytes]]:
+    """``lib.utils.protobuf.iter_fields`` with fixed-width fields as ints, length-delimited
+    ones as bytes (the index entries are small)."""
+    for number, wire, value in iter_fields(buf):
+        if wire == 1:
+            value = struct.unpack("<Q", value)[0]
         elif wire == 5:
-            if pos + 4 > end:
-                raise ValueError("fixed32 field runs past the end")
-            value = struct.unpack_from("<I", buf, pos)[0]
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+            value = struct.unpack("<I", value)[0]
+        elif wire == 2:
+            value = bytes(value)
         yield number, wire, value
 
 
@@ -237,9 +203,9 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise ValueError("block restart array larger than the block")
     pos, key = 0, b""
     while pos < limit:
-        shared, pos = _varint(block, pos, limit)
-        unshared, pos = _varint(block, pos, limit)
-        value_length, pos = _varint(block, pos, limit)
+        shared, pos = read_varint(block, pos, limit)
+        unshared, pos = read_varint(block, pos, limit)
+        value_length, pos = read_varint(block, pos, limit)
         if shared > len(key) or pos + unshared + value_length > limit:
             raise ValueError("malformed block entry")
         key = key[:shared] + block[pos : pos + unshared]
@@ -249,8 +215,8 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _block_handle(buf: bytes, pos: int = 0) -> tuple[int, int, int]:
-    offset, pos = _varint(buf, pos, len(buf))
-    size, pos = _varint(buf, pos, len(buf))
+    offset, pos = read_varint(buf, pos, len(buf))
+    size, pos = read_varint(buf, pos, len(buf))
     return offset, size, pos
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lib.utils.protobuf import ProtobufError, iter_fields, read_varint
+
 try:  # crc32c ships as a dependency of the ``tfrecord`` package; verification needs it.
     import crc32c as _crc32c
 except ImportError:  # pragma: no cover - depends on the environment
@@ -170,51 +172,6 @@ def iter_records(path: str, verify_crc: bool | None = None) -> Iterator[bytes]:
             index += 1
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(buf):
-            raise TFRecordError("protobuf varint runs past the end of its message")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf) -> Iterator[tuple[int, int, object]]:
-    """Yield ``(field_number, wire_type, value)`` of a protobuf message (bytes or memoryview).
-
-    LEN and fixed-width values are memoryview slices (no copy: a CLEVR record is ~3 MB);
-    varints are ints.
-    """
-    view = memoryview(buf)
-    pos = 0
-    end = len(view)
-    while pos < end:
-        key, pos = _varint(view, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(view, pos)
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            if pos + size > end:
-                raise TFRecordError("protobuf field runs past the end of its message")
-            value = view[pos : pos + size]
-            pos += size
-        elif wire == 5:
-            value = view[pos : pos + 4]
-            pos += 4
-        elif wire == 1:
-            value = view[pos : pos + 8]
-            pos += 8
-        else:
-            raise TFRecordError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
 def _decode_bytes_list(buf) -> np.ndarray | list[bytes]:
     raw = np.frombuffer(buf, dtype=np.uint8)
     # Fast path: every element one byte long, i.e. the pattern 0x0A 0x01 b repeated. Parsing
@@ -222,7 +179,7 @@ def _decode_bytes_list(buf) -> np.ndarray | list[bytes]:
     if raw.size % 3 == 0 and np.all(raw[0::3] == 0x0A) and np.all(raw[1::3] == 0x01):
         return raw[2::3].copy()
     values = []
-    for number, wire, value in _fields(buf):
+    for number, wire, value in iter_fields(buf):
         if number == 1 and wire == 2:
             values.append(bytes(value))
     return values
@@ -230,7 +187,7 @@ def _decode_bytes_list(buf) -> np.ndarray | list[bytes]:
 
 def _decode_float_list(buf) -> np.ndarray:
     chunks = []
-    for number, wire, value in _fields(buf):
+    for number, wire, value in iter_fields(buf):
         if number != 1:
             continue
         if wire == 2:  # packed (what TensorFlow writes)
@@ -244,14 +201,14 @@ def _decode_float_list(buf) -> np.ndarray:
 
 def _decode_int64_list(buf) -> np.ndarray:
     values = []
-    for number, wire, value in _fields(buf):
+    for number, wire, value in iter_fields(buf):
         if number != 1:
             continue
         if wire == 2:
             packed = bytes(value)
             pos = 0
             while pos < len(packed):
-                v, pos = _varint(packed, pos)
+                v, pos = read_varint(packed, pos)
                 values.append(v)
         elif wire == 0:
             values.append(value)
@@ -273,16 +230,23 @@ def parse_example(payload: bytes) -> dict[str, tuple[str, object]]:
     Raises:
         TFRecordError: the payload is not a valid Example.
     """
+    try:
+        return _parse_example(payload)
+    except ProtobufError as exc:
+        raise TFRecordError(str(exc)) from exc
+
+
+def _parse_example(payload: bytes) -> dict[str, tuple[str, object]]:
     out: dict[str, tuple[str, object]] = {}
-    for number, wire, features in _fields(payload):
+    for number, wire, features in iter_fields(payload):
         if number != 1 or wire != 2:
             continue  # Example has only field 1 (features)
-        for fnum, fwire, entry in _fields(features):
+        for fnum, fwire, entry in iter_fields(features):
             if fnum != 1 or fwire != 2:
                 continue  # Features: field 1 is the map<string, Feature>
             key = None
             feature = None
-            for enum, ewire, evalue in _fields(entry):
+            for enum, ewire, evalue in iter_fields(entry):
                 if enum == 1 and ewire == 2:
                     key = bytes(evalue).decode("utf-8")
                 elif enum == 2 and ewire == 2:
@@ -290,7 +254,7 @@ def parse_example(payload: bytes) -> dict[str, tuple[str, object]]:
             if key is None:
                 raise TFRecordError("tf.train.Features map entry without a key")
             kind, value = "bytes", np.zeros(0, np.uint8)
-            for knum, kwire, kvalue in _fields(feature if feature is not None else b""):
+            for knum, kwire, kvalue in iter_fields(feature if feature is not None else b""):
                 if kwire != 2:
                     continue
                 if knum == 1:
