@@ -10,6 +10,7 @@ number of processes, and saved predictions are gathered to rank 0 and written in
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -347,9 +348,10 @@ def metrics_document(
 
     Returns:
         The first dataset's ``METRIC_KEYS`` (and ``fg_ari_num_images``, ``reason``,
-        ``provenance``, ``factors``, ``factor_loss`` when present) at the top level, every dataset's metrics under
-        ``datasets``, and ``dataset``, ``checkpoint``, ``iteration``, ``num_slots``,
-        ``num_iters``.
+        ``provenance``, ``factors``, ``factor_loss`` when present) at the top level, every
+        dataset's metrics under ``datasets``, and ``dataset``, ``checkpoint``, ``iteration``,
+        ``num_slots``, ``num_iters``. NaN and infinite values become null, and their paths are
+        listed under ``non_finite``.
     """
     first_name = next(iter(results))
     first = results[first_name]
@@ -365,4 +367,23 @@ def metrics_document(
         num_slots=num_slots,
         num_iters=num_iters,
     )
+    non_finite: list[str] = []
+    doc = _finite_or_null(doc, "", non_finite)
+    if non_finite:  # e.g. a diverged model: JSON has no NaN, so say which values were not numbers
+        doc["non_finite"] = non_finite
     return doc
+
+
+def _finite_or_null(value: Any, path: str, found: list[str]) -> Any:
+    """``value`` with every NaN / infinite float replaced by None; their paths go to ``found``."""
+    if isinstance(value, dict):
+        return {
+            k: _finite_or_null(v, f"{path}.{k}" if path else str(k), found)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(path)
+        return None
+    return value

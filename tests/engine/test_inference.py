@@ -1,5 +1,6 @@
 """do_evaluate: metrics, missing masks, predictions, batch and process independence."""
 
+import json
 import os
 import socket
 
@@ -10,7 +11,7 @@ import torch.multiprocessing as mp
 from engine_helpers import StandIn, join_or_kill, labelled_images, tiny_cfg
 from PIL import Image
 
-from lib.engine.inference import do_evaluate, sanitize_name
+from lib.engine.inference import do_evaluate, metrics_document, sanitize_name
 from lib.model import build_model
 from lib.utils import comm
 
@@ -147,3 +148,28 @@ def test_two_processes_match_one(tmp_path):
         a = np.array(Image.open(tmp_path / "one" / "toy" / name))
         b = np.array(Image.open(tmp_path / "two" / "toy" / name))
         assert np.array_equal(a, b)
+
+
+def test_metrics_document_turns_non_finite_values_into_null():
+    result = {
+        "fg_ari": 0.5,
+        "ari": float("nan"),
+        "mse": float("inf"),
+        "num_images": 2,
+        "fg_ari_per_iter": [0.1, float("nan")],
+        "ari_per_iter": [0.0, 0.0],
+        "mse_per_iter": [1.0, 1.0],
+    }
+    doc = metrics_document({"d": result}, "w.pth", 3, num_slots=4, num_iters=1)
+    text = json.dumps(doc, allow_nan=False)  # would raise on any NaN left
+    back = json.loads(text)
+    assert back["ari"] is None and back["mse"] is None and back["fg_ari"] == 0.5
+    assert back["fg_ari_per_iter"] == [0.1, None]
+    assert set(back["non_finite"]) == {
+        "ari",
+        "mse",
+        "fg_ari_per_iter[1]",
+        "datasets.d.ari",
+        "datasets.d.mse",
+        "datasets.d.fg_ari_per_iter[1]",
+    }
