@@ -31,7 +31,7 @@ from lib.engine.launch import (
 )
 from lib.engine.solver import make_lr_scheduler, make_optimizer
 from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches, resume_or_start
-from lib.model import build_model
+from lib.model import build_model, trainable_parameter_counts
 from lib.utils import comm
 from lib.utils.io import atomic_write_text
 
@@ -54,6 +54,12 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
         # Same seed on every rank for the initialisation (DDP also broadcasts rank 0's).
         seed_all(cfg.SEED)
         model = build_model(cfg).to(device)
+        counts = trainable_parameter_counts(model)
+        logger.info(
+            "trainable parameters: IODINE %s, factor regressor %s",
+            f"{counts['iodine']:,}",
+            f"{counts['factor_regressor']:,}",
+        )
         optimizer = make_optimizer(cfg, model)
         scheduler = make_lr_scheduler(cfg, optimizer)
         checkpointer = Checkpointer(

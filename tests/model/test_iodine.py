@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import load_cfg
-from lib.model import build_model
+from lib.model import build_model, trainable_parameter_counts
 from tests.model.conftest import tiny_cfg
 
 S = 0.03  # released logistic scale
@@ -282,6 +282,16 @@ def test_paper_config_parameter_counts(config, expected, released, lstm):
 
     model = build_model(load_cfg(config))
     assert count(model) == released
+    # Its linear map: latent size x (sum of the released factor sizes), plus a bias.
+    latent, factor_sizes = {
+        "configs/clevr6_prop.yaml": (64, 9 + 4 + 3 + 3),
+        "configs/multi_dsprites.yaml": (16, 3 + 4 + 1 + 1 + 1 + 2),
+        "configs/tetrominoes.yaml": (32, 2 + 3 + 20),
+    }[config]
+    assert trainable_parameter_counts(model) == {
+        "iodine": released,
+        "factor_regressor": (latent + 1) * factor_sizes,
+    }
     old = build_model(load_cfg(config, ["MODEL.REFINEMENT.LSTM_INIT", "zero_bias"]))
     assert count(old) == released + 4 * lstm
 
