@@ -181,3 +181,14 @@ def test_flatten_pool_is_refused():
     cfg.MODEL.REFINEMENT.POOL = "flatten"
     with pytest.raises(ConversionError, match="POOL"):
         arch_from_cfg(cfg)
+
+
+def test_name_table_factors_equal_the_data_layer_mappings():
+    """The converter keeps its own table (it must import without torch, for the TensorFlow
+    fixture script); it must still agree with the mappings the training uses."""
+    from lib.convert.released import PAPER_ARCHS
+    from lib.data.format import FACTOR_FAMILY, FACTOR_MAPPINGS
+
+    for config, arch in PAPER_ARCHS.items():
+        expected = FACTOR_MAPPINGS[FACTOR_FAMILY[config]]
+        assert [(f.name, f.size, f.kind) for f in arch.factors] == [tuple(f) for f in expected]
