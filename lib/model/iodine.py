@@ -59,29 +59,22 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _no_donated_buffers(compiled: str) -> contextlib.AbstractContextManager:
-    """Turn AOTAutograd's donated buffers off while a compiled model computes gradients.
+def _keep_saved_buffers() -> contextlib.AbstractContextManager:
+    """AOTAutograd's donated buffers off while a compiled model computes gradients.
 
     The gradient-input ``autograd.grad`` retains the graph for the final backward, and a
     compiled backward that donates (frees) its saved buffers refuses ``retain_graph=True``.
-    The backward graph is compiled lazily, on its first call, so the gradient call needs the
-    setting as well as the forward.
+    The setting is read when a graph is compiled: on the forward's first call and every
+    recompilation, and on the backward's first call (it is compiled lazily).
     """
-    if compiled == "none":
-        return contextlib.nullcontext()
     return torch._functorch.config.patch(donated_buffer=False)
 
 
 def _keep_buffers(fn):
-    """Call a compiled function with AOTAutograd's donated buffers off.
-
-    The gradient-input ``autograd.grad`` retains the graph for the final backward, and a
-    backward that donates (frees) its saved buffers refuses ``retain_graph=True``. The setting
-    is read when a graph is compiled, on the first call and on every recompilation.
-    """
+    """``fn`` called under ``_keep_saved_buffers``."""
 
     def call(*args):
-        with torch._functorch.config.patch(donated_buffer=False):
+        with _keep_saved_buffers():
             return fn(*args)
 
     return call
@@ -506,7 +499,8 @@ class IODINE(nn.Module):
                 break
 
             # Gradient inputs: one backward through this step's decoder, no second-order graph.
-            with self._phase("grad_inputs"), _no_donated_buffers(self.compiled):
+            keep = _keep_saved_buffers() if self.compiled != "none" else contextlib.nullcontext()
+            with self._phase("grad_inputs"), keep:
                 d_lam, d_mu, d_logits = torch.autograd.grad(
                     grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
                 )

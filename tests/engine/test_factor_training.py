@@ -7,27 +7,13 @@ import torch
 
 from lib.engine.trainer import train_step
 from lib.model import build_model
-from tests.model.conftest import tiny_cfg
+from tests.model.conftest import clevr_factor_batch, tiny_cfg
 
 SMALL = {"INPUT.IMAGE_SIZE": 8, "MODEL.IODINE.NUM_ITERS": 1}
 
 
-def _batch(b: int = 2, hw: int = 8, n_ent: int = 4):
-    g = torch.Generator().manual_seed(3)
-    images = torch.rand(b, 3, hw, hw, generator=g)
-    labels = torch.randint(0, n_ent, (b, hw, hw), generator=g)
-    factors = {
-        "color": torch.randint(0, 9, (b, n_ent, 1), generator=g).float(),
-        "shape": torch.randint(0, 4, (b, n_ent, 1), generator=g).float(),
-        "size": torch.randint(0, 3, (b, n_ent, 1), generator=g).float(),
-        "position": torch.rand(b, n_ent, 3, generator=g),
-        "visibility": torch.ones(b, n_ent),
-    }
-    return images, labels, factors
-
-
 def test_train_step_with_factors_moves_the_regressor_and_leaves_iodine_as_without():
-    images, labels, factors = _batch()
+    images, labels, factors = clevr_factor_batch(3)
     torch.manual_seed(0)
     model = build_model(tiny_cfg(**SMALL))  # clevr6_train: regressor on
     params = [p for p in model.parameters() if p.requires_grad]

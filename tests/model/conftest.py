@@ -30,3 +30,18 @@ def tiny_cfg(**overrides):
 def images():
     gen = torch.Generator().manual_seed(0)
     return torch.rand(4, 3, 16, 16, generator=gen)
+
+
+def clevr_factor_batch(seed: int, b: int = 2, hw: int = 8, n_ent: int = 4):
+    """Random images, label maps and CLEVR-mapping factors (all entities visible)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, 3, hw, hw, generator=g)
+    labels = torch.randint(0, n_ent, (b, hw, hw), generator=g)
+    factors = {
+        "color": torch.randint(0, 9, (b, n_ent, 1), generator=g).float(),
+        "shape": torch.randint(0, 4, (b, n_ent, 1), generator=g).float(),
+        "size": torch.randint(0, 3, (b, n_ent, 1), generator=g).float(),
+        "position": torch.rand(b, n_ent, 3, generator=g),
+        "visibility": torch.ones(b, n_ent),
+    }
+    return images, labels, factors

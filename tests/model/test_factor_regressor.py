@@ -139,31 +139,17 @@ def test_bad_sizes_and_missing_factors_are_named():
         reg(z, pred_masks, true_masks, factors, vis)
 
 
-def _clevr_batch(b: int = 2, hw: int = 8, n_ent: int = 4):
-    g = torch.Generator().manual_seed(7)
-    images = torch.rand(b, 3, hw, hw, generator=g)
-    labels = torch.randint(0, n_ent, (b, hw, hw), generator=g)
-    factors = {
-        "color": torch.randint(0, 9, (b, n_ent, 1), generator=g).float(),
-        "shape": torch.randint(0, 4, (b, n_ent, 1), generator=g).float(),
-        "size": torch.randint(0, 3, (b, n_ent, 1), generator=g).float(),
-        "position": torch.rand(b, n_ent, 3, generator=g),
-        "visibility": torch.ones(b, n_ent),
-    }
-    return images, labels, factors
-
-
 def test_iodine_gradients_are_identical_with_and_without_the_regressor():
     from lib.model import build_model
 
-    from .conftest import tiny_cfg
+    from .conftest import clevr_factor_batch, tiny_cfg
 
     small = {"INPUT.IMAGE_SIZE": 8, "MODEL.IODINE.NUM_ITERS": 1}
     cfg = tiny_cfg(**{"MODEL.FACTOR_REGRESSOR.ENABLED": "auto"}, **small)
     torch.manual_seed(0)
     model = build_model(cfg)
     assert isinstance(model.factor_regressor, FactorRegressor)  # clevr6_train: on by default
-    images, labels, factors = _clevr_batch()
+    images, labels, factors = clevr_factor_batch(7)
 
     def grads(**kwargs):
         model.zero_grad(set_to_none=True)
