@@ -7,14 +7,33 @@ CLEVR_TRAIN_RECORDS``) after the object filter, the test part the next ``test_si
 that pass the filter. ``clevr6`` keeps scenes with sum(visibility) <= 7 (at most 6 objects plus
 the background); the released IODINE filter keeps exactly 5 objects by a bug and is not copied.
 ``meta.json`` records ``num_test``, which the reader's ``_test`` split follows.
+
+Objects Room (``objects_room``, ``objects_room_train.tfrecords``, 1M scenes, no official split:
+first records in order, the last ``test_size`` the test part): the masks have 7 entities, the
+first four the sky, the floor and the two halves of the wall (multi_object_datasets README).
+The label map is the argmax over them with those four background entities merged into label 0
+and object entity k >= 4 labelled k - 3, so 0 is the background as for every other dataset (and
+``fg_ari`` ignores the whole room, as the object-centric library's ``num_background_objects: 4``
+does).
+
+CATER with masks (``cater``): videos of 33 frames of 64x64 with 11 entity masks (entity 0 the
+background), ZLIB-compressed and sharded (``cater_with_masks_train.tfrecords-*-of-*``: give the
+glob, quoted, as the file). IODINE is an image model: each video contributes the frames
+``CATER_FRAMES`` (0, 8, 16, 24, 32 by default: five views of its motion, one every 8 frames) as
+consecutive examples, with ``camera_matrix`` (4, 4) and ``object_positions`` (11, 3) of that frame
+as factors. ``max_examples`` counts videos, and the test part is whole videos: the last
+ceil(test_size / frames) videos converted, so no video has frames on both sides of the split.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
+import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -27,15 +46,77 @@ from lib.prepare.writer import DatasetWriter
 logger = logging.getLogger(__name__)
 
 
+# CATER: frames of each 33-frame video taken as examples (one every 8 frames, first and last
+# included).
+CATER_FRAMES: tuple[int, ...] = (0, 8, 16, 24, 32)
+# Objects Room: entities 0..3 are the sky, the floor and the two wall halves.
+OBJECTS_ROOM_BACKGROUND_ENTITIES = 4
+
+LABEL_MAP_TEXT = {
+    "objects_room": "argmax over the official entity masks; the background entities 0-3 (sky, "
+    "floor, two wall halves) merged into 0, object entity k >= 4 labelled k - 3",
+}
+DEFAULT_LABEL_MAP_TEXT = "argmax over the official entity masks; 0 = background"
+
+
 def _official_example(record: dict[str, np.ndarray], fmt_name: str) -> tuple:
-    """Image, label map and factors of one checked official record."""
+    """Image, label map and factors of one checked official record (not CATER)."""
     mask = record["mask"][..., 0]
     if fmt_name.startswith("multi_dsprites"):
         mask = np.moveaxis(mask, 2, 0)  # stored (H, W, E): the official reader transposes
     # Label = entity whose mask is largest (masks are 0/255); entry 0 is the background.
-    label = np.argmax(mask, axis=0).astype(np.uint8)
+    label = np.argmax(mask, axis=0)
+    if fmt_name == "objects_room":
+        # The room (sky, floor, walls) is the background: one label, 0, like everywhere else.
+        label = np.maximum(label - (OBJECTS_ROOM_BACKGROUND_ENTITIES - 1), 0)
+    label = label.astype(np.uint8)
     factors = {k: v for k, v in record.items() if k not in ("image", "mask")}
     return record["image"], label, factors
+
+
+def _official_examples(
+    record: dict[str, np.ndarray], fmt_name: str, frames: Sequence[int]
+) -> list[tuple]:
+    """The examples (image, label map, factors) of one record: one, or CATER's frames."""
+    if fmt_name != "cater_with_masks":
+        return [_official_example(record, fmt_name)]
+    positions = np.transpose(record["object_positions"], (1, 0, 2))  # (E, T, 3) -> (T, E, 3)
+    out = []
+    for t in frames:
+        label = np.argmax(record["mask"][t, ..., 0], axis=0).astype(np.uint8)  # (E, H, W)
+        factors = {"camera_matrix": record["camera_matrix"][t], "object_positions": positions[t]}
+        out.append((record["image"][t], label, factors))
+    return out
+
+
+def source_files(tfrecords_path: str) -> list[str]:
+    """The files of a ``--tfrecords`` argument: the file, or the sorted matches of a glob
+    (sharded releases such as CATER's ``cater_with_masks_train.tfrecords-*-of-*``).
+
+    Args:
+        tfrecords_path: a file or a glob pattern.
+
+    Returns:
+        The files, in order.
+
+    Raises:
+        FileNotFoundError: no such file, or a pattern matching none.
+    """
+    if os.path.isfile(tfrecords_path):
+        return [tfrecords_path]
+    if glob.has_magic(tfrecords_path):
+        matches = sorted(p for p in glob.glob(tfrecords_path) if os.path.isfile(p))
+        if matches:
+            return matches
+        raise FileNotFoundError(f"TFRecord pattern {tfrecords_path} matches no file")
+    raise FileNotFoundError(f"TFRecord file {tfrecords_path} does not exist")
+
+
+def _payloads(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
+    """(file, record index in it, payload) over the files in order."""
+    for path in files:
+        for index, payload in enumerate(tfrecords.iter_records(path)):
+            yield path, index, payload
 
 
 def convert_official(
@@ -48,27 +129,32 @@ def convert_official(
     train_records: int = 70000,
     overwrite: bool = False,
     progress: bool = True,
+    cater_frames: Sequence[int] = CATER_FRAMES,
 ) -> str:
     """Convert an official ``multi_object_datasets`` file into ``<root>/<dataset>``.
 
     Args:
         dataset: a key of ``BUILTIN_DATASETS``.
-        tfrecords_path: the GZIP TFRecord file (Tetrominoes, Multi-dSprites
-            colored_on_grayscale, or CLEVR with masks for clevr6/clevr10).
+        tfrecords_path: the TFRecord file (Tetrominoes, Multi-dSprites colored_on_grayscale,
+            CLEVR with masks for clevr6/clevr10, Objects Room train, CATER with masks), or a
+            glob of its shards (read in sorted order).
         root: ``DATASETS.ROOT``.
         test_size: examples of the test part (Tetrominoes/Multi-dSprites: the last ones of
             those converted; CLEVR: the filtered scenes after ``train_records``).
-        max_examples: Tetrominoes/Multi-dSprites: convert only the first N records. CLEVR: keep
-            at most N training scenes (the test scenes are unchanged).
+        max_examples: Tetrominoes/Multi-dSprites/Objects Room/CATER: convert only the first N
+            records (CATER: videos). CLEVR: keep at most N training scenes (the test scenes are
+            unchanged).
         train_records: CLEVR: raw records that make up the training part.
         overwrite: replace an existing folder.
         progress: show a tqdm progress bar of records read.
+        cater_frames: CATER: the frames of each video taken as examples (0..32).
 
     Returns:
         The dataset folder.
 
     Raises:
         KeyError: an unknown dataset.
+        FileNotFoundError: no such file, or a glob matching none.
         tfrecords.TFRecordError: a corrupt file or a file of another dataset (nothing written).
         ValueError: CLEVR file with no record after ``train_records`` (no test scenes).
     """
@@ -81,13 +167,24 @@ def convert_official(
             f"dataset {dataset!r} has no official file to convert; generate it instead "
             f"(tools/prepare_data.py --dataset {dataset})"
         )
+    frames = tuple(int(t) for t in cater_frames)
+    if fmt_name == "cater_with_masks" and (
+        not frames
+        or len(set(frames)) != len(frames)
+        or not all(0 <= t < tfrecords.CATER_FRAMES_PER_VIDEO for t in frames)
+    ):
+        raise ValueError(
+            f"cater_frames must be distinct frames in 0..{tfrecords.CATER_FRAMES_PER_VIDEO - 1}, "
+            f"got {cater_frames}"
+        )
+    files = source_files(tfrecords_path)
     started = time.time()
     num_train = num_test = records_read = rejected = 0
     total = train_records if spec.split_by_records else max_examples
     with dataset_lock(root, dataset), DatasetWriter(root, dataset, overwrite) as writer:
         bar = tqdm(total=total, desc=f"convert {dataset}", unit="rec", disable=not progress)
         with contextlib.closing(bar):
-            for payload in tfrecords.iter_records(tfrecords_path):
+            for path, index, payload in _payloads(files):
                 if spec.split_by_records:
                     in_train = records_read < train_records
                     if not in_train and num_test >= test_size:
@@ -96,7 +193,7 @@ def convert_official(
                     in_train = True
                     if max_examples is not None and records_read >= max_examples:
                         break
-                where = f"{tfrecords_path} record {records_read}"
+                where = f"{path} record {index}"
                 records_read += 1
                 bar.update(1)
                 if spec.split_by_records and in_train and max_examples is not None:
@@ -107,12 +204,12 @@ def convert_official(
                     if float(record["visibility"].sum()) > spec.max_visible:
                         rejected += 1
                         continue
-                image, label, factors = _official_example(record, fmt_name)
-                writer.add(image, label, factors)
-                if in_train:
-                    num_train += 1
-                else:
-                    num_test += 1
+                for image, label, factors in _official_examples(record, fmt_name, frames):
+                    writer.add(image, label, factors)
+                    if in_train:
+                        num_train += 1
+                    else:
+                        num_test += 1
         if spec.split_by_records:
             if num_test == 0:
                 raise ValueError(
@@ -129,7 +226,9 @@ def convert_official(
                     test_size,
                 )
         else:
-            num_test = min(test_size, writer.count)
+            per_record = len(frames) if fmt_name == "cater_with_masks" else 1
+            # Whole records (CATER: whole videos) in the test part.
+            num_test = min(math.ceil(test_size / per_record) * per_record, writer.count)
             num_train = writer.count - num_test
         filter_text = None
         if spec.max_visible is not None:
@@ -139,7 +238,7 @@ def convert_official(
             "source": "official",
             "official_format": fmt_name,
             "source_file": os.path.abspath(tfrecords_path),
-            "source_file_bytes": os.path.getsize(tfrecords_path),
+            "source_file_bytes": sum(os.path.getsize(f) for f in files),
             "records_read": records_read,
             "records_rejected_by_filter": rejected,
             "filter": filter_text,
@@ -148,7 +247,9 @@ def convert_official(
             "num_train": num_train,
             "num_test": num_test,
             "crop": list(spec.crop) if spec.crop else None,
-            "label_map": "argmax over the official entity masks; 0 = background",
+            "label_map": LABEL_MAP_TEXT.get(fmt_name, DEFAULT_LABEL_MAP_TEXT),
+            **({"source_files": [os.path.abspath(f) for f in files]} if len(files) > 1 else {}),
+            **({"frames_per_video": list(frames)} if fmt_name == "cater_with_masks" else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.time() - started, 1),
         }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,7 +45,9 @@ class FeatureSpec:
     """Expected feature of an official record.
 
     Attributes:
-        kind: ``"bytes"`` (one byte per element, decoded to uint8) or ``"float"`` (float32).
+        kind: ``"bytes"`` (one byte per element, decoded to uint8), ``"raw"`` (ONE byte
+            string holding the whole array, ``FixedLenFeature([], tf.string)`` + ``decode_raw``:
+            CATER) or ``"float"`` (float32).
         shape: shape of the decoded array, as the official reader reshapes it.
     """
 
@@ -89,11 +92,39 @@ def _tetrominoes_format() -> dict[str, FeatureSpec]:
     return spec
 
 
+def _objects_room_format(num_entities: int = 7) -> dict[str, FeatureSpec]:
+    # objects_room.py: only image and mask; MAX_NUM_ENTITIES['train'] = 7 (the four
+    # background entities sky, floor and two wall halves first, then up to three objects).
+    return {
+        "image": FeatureSpec("bytes", (64, 64, 3)),
+        "mask": FeatureSpec("bytes", (num_entities, 64, 64, 1)),
+    }
+
+
+# cater_with_masks.py: videos of SEQUENCE_LENGTH = 33 frames of 64x64, MAX_NUM_ENTITIES = 11.
+CATER_FRAMES_PER_VIDEO = 33
+CATER_ENTITIES = 11
+
+
+def _cater_format() -> dict[str, FeatureSpec]:
+    # image and mask are one byte string each (decode_raw, then reshape); object_positions is
+    # stored (E, T, 3) and transposed to (T, E, 3) by the official reader.
+    t, e = CATER_FRAMES_PER_VIDEO, CATER_ENTITIES
+    return {
+        "image": FeatureSpec("raw", (t, 64, 64, 3)),
+        "mask": FeatureSpec("raw", (t, e, 64, 64, 1)),
+        "camera_matrix": FeatureSpec("float", (t, 4, 4)),
+        "object_positions": FeatureSpec("float", (e, t, 3)),
+    }
+
+
 # Official file kind -> feature specification (shapes as the official readers decode them).
 OFFICIAL_FORMATS: dict[str, dict[str, FeatureSpec]] = {
     "tetrominoes": _tetrominoes_format(),
     "multi_dsprites_colored_on_grayscale": _multi_dsprites_format(6),
     "clevr_with_masks": _clevr_format(),
+    "objects_room": _objects_room_format(),
+    "cater_with_masks": _cater_format(),
 }
 
 
@@ -106,16 +137,77 @@ def _masked_crc(data) -> int:
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
-def _open(path: str):
+class _ZlibReader:
+    """Read-only file object over a zlib stream (TFRecordOptions ZLIB: CATER's files)."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")
+        self._inflate = zlib.decompressobj()
+        self._buffer = bytearray()
+        self._eof = False
+
+    def read(self, size: int) -> bytes:
+        while len(self._buffer) < size and not self._eof:
+            chunk = self._file.read(1 << 20)
+            try:
+                if chunk:
+                    self._buffer += self._inflate.decompress(chunk)
+                else:
+                    self._buffer += self._inflate.flush()
+                    self._eof = True
+            except zlib.error as exc:
+                raise OSError(f"corrupt ZLIB stream ({exc})") from exc
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+    def __enter__(self) -> _ZlibReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+
+def _is_zlib(head: bytes) -> bool:
+    # A zlib header: CMF 0x78 (deflate, 32K window) and (CMF * 256 + FLG) % 31 == 0; and the
+    # first block must inflate, which a raw TFRecord (a little-endian length) will not.
+    if len(head) < 2 or head[0] != 0x78 or (head[0] * 256 + head[1]) % 31:
+        return False
+    try:
+        zlib.decompressobj().decompress(head)
+    except zlib.error:
+        return False
+    return True
+
+
+def compression_of(path: str) -> str:
+    """The compression of a TFRecord file, from its first bytes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``"gzip"`` (the multi_object_datasets files), ``"zlib"`` (CATER) or ``"none"``.
+    """
     with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
+        head = f.read(64)
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    return "zlib" if _is_zlib(head) else "none"
+
+
+def _open(path: str):
+    compression = compression_of(path)
+    if compression == "gzip":
         return gzip.open(path, "rb")
+    if compression == "zlib":
+        return _ZlibReader(path)
     return open(path, "rb")
 
 
 def iter_records(path: str, verify_crc: bool | None = None) -> Iterator[bytes]:
-    """Yield the payloads of a TFRecord file, GZIP-compressed or not (detected by magic).
+    """Yield the payloads of a TFRecord file, GZIP-, ZLIB- or not compressed (detected from
+    its first bytes).
 
     Args:
         path: the ``.tfrecords`` file.
@@ -297,7 +389,9 @@ def check_and_shape(
                 f"{sorted(fmt)} but this one has {sorted(example)}. Is this the right file?"
             )
         kind, value = example[name]
-        if kind != spec.kind or (kind == "bytes" and not isinstance(value, np.ndarray)):
+        if spec.kind == "raw":
+            value = _raw_bytes(kind, value, name, spec, format_name, where)
+        elif kind != spec.kind or (kind == "bytes" and not isinstance(value, np.ndarray)):
             raise TFRecordError(
                 f"{where}: feature {name!r} is a {kind} list, expected a {spec.kind} list "
                 f"(one byte per element) for {format_name}. Is this the right file?"
@@ -311,6 +405,20 @@ def check_and_shape(
             )
         out[name] = value.reshape(spec.shape)
     return out
+
+
+def _raw_bytes(kind: str, value, name: str, spec: FeatureSpec, format_name: str, where: str):
+    """The uint8 array of a feature stored as ONE byte string (``decode_raw``)."""
+    if kind == "bytes" and isinstance(value, list) and len(value) == 1:
+        return np.frombuffer(value[0], dtype=np.uint8)
+    if kind == "bytes" and isinstance(value, np.ndarray) and value.size == 1:
+        return value  # a one-element array: one string of one byte
+    count = len(value) if isinstance(value, list) else getattr(value, "size", "?")
+    raise TFRecordError(
+        f"{where}: feature {name!r} is a {kind} list of {count} elements, expected ONE byte "
+        f"string of {int(np.prod(spec.shape))} bytes (shape {'x'.join(map(str, spec.shape))}) "
+        f"for {format_name}. Is this the right file?"
+    )
 
 
 def parse_official(payload: bytes, format_name: str, where: str) -> dict[str, np.ndarray]:

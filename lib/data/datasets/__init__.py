@@ -1,7 +1,19 @@
-"""Dataset classes: built-in prepared datasets and ``folder:<path>`` image folders."""
+"""Dataset classes: built-in prepared datasets, ``folder:<path>`` image folders, and the
+external formats ``hdf5:<file>`` and ``clevrtex:<dir>`` (``external.make_external_dataset``)."""
 
 from lib.data.datasets.base import to_model_input
+from lib.data.datasets.clevrtex import ClevrTexDataset
+from lib.data.datasets.external import EXTERNAL_PREFIXES, make_external_dataset
 from lib.data.datasets.folder import FolderDataset
+from lib.data.datasets.hdf5 import Hdf5Dataset
 from lib.data.datasets.prepared import PreparedDataset
 
-__all__ = ["FolderDataset", "PreparedDataset", "to_model_input"]
+__all__ = [
+    "EXTERNAL_PREFIXES",
+    "ClevrTexDataset",
+    "FolderDataset",
+    "Hdf5Dataset",
+    "PreparedDataset",
+    "make_external_dataset",
+    "to_model_input",
+]
