@@ -29,7 +29,8 @@ import torch
 from yacs.config import CfgNode
 
 from lib.engine.benchmark import format_report, run_benchmark
-from lib.engine.launch import default_argument_parser, run_tool
+from lib.engine.launch import RunError, default_argument_parser, run_tool
+from lib.engine.precision import PrecisionError
 from lib.utils.io import atomic_write_text
 
 
@@ -94,18 +95,31 @@ def benchmark(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
     """
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    result = run_benchmark(
-        cfg,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        warmup=args.warmup,
-        mode=args.mode,
-        profile_steps=args.profile_steps,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
+    command = shlex.join(["python", "tools/benchmark.py", *args.argv])
+    try:
+        result = run_benchmark(
+            cfg,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            mode=args.mode,
+            profile_steps=args.profile_steps,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except RunError as exc:
+        if args.json and isinstance(exc.__cause__, PrecisionError):
+            # A refusal is a result too (this machine cannot run the precision): record it.
+            refused = {
+                "refused": str(exc),
+                "precision": cfg.MODEL.PRECISION,
+                "device": cfg.MODEL.DEVICE,
+                "command": command,
+            }
+            atomic_write_text(args.json, json.dumps(refused, indent=2) + "\n")
+        raise
     result["config_file"] = args.config_file
     result["overrides"] = list(args.opts)
-    result["command"] = shlex.join(["python", "tools/benchmark.py", *args.argv])
+    result["command"] = command
     print(format_report(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
@@ -119,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name (None: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0, or 1 with a one-line message on a config, device or argument error.
+        The exit status: 0, or 1 with a one-line message on a config, device or argument error
+        (a precision this machine refuses is also written to ``--json`` as ``refused``).
     """
     return run_tool(argv, build_parser(), benchmark, errors=(ValueError,), make_cfg=benchmark_cfg)
 

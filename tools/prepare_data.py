@@ -5,7 +5,7 @@
     python tools/prepare_data.py --dataset clevr6 --tfrecords clevr_with_masks_train.tfrecords
     # generate a procedural stand-in on every core (training part from --seed, test part
     # from its own stream); an interrupted run resumes when run again
-    python tools/prepare_data.py --dataset multi_dsprites --num-examples 50000 --seed 0
+    python tools/prepare_data.py --dataset multi_dsprites_synth --num-examples 50000 --seed 0
     # take the defaults from a config's DATASETS keys (ROOT, GENERATE_SIZE, GENERATE_SEED,
     # TEST_SIZE, CLEVR_TRAIN_RECORDS), with trailing KEY VALUE overrides
     python tools/prepare_data.py --dataset sprites --config-file configs/quickstart.yaml
@@ -99,6 +99,14 @@ def prepare(cfg: CfgNode, args: argparse.Namespace) -> str:
     """Convert or generate the dataset; returns its folder."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     s = _settings(cfg, args)
+    official = BUILTIN_DATASETS[s.dataset].official_format is not None
+    if official and not s.tfrecords:
+        raise ValueError(
+            f"--dataset {s.dataset} is the official data: give --tfrecords FILE (see "
+            f"data/README.md), or generate its stand-in with --dataset {s.dataset}_synth"
+        )
+    if s.tfrecords and not official:
+        raise ValueError(f"--dataset {s.dataset} is generated only: drop --tfrecords")
     if s.tfrecords:
         path = convert_official(
             s.dataset,

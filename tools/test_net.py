@@ -62,7 +62,13 @@ def test(cfg: CfgNode, args: argparse.Namespace) -> dict:
 
         build_datasets(cfg, cfg.DATASETS.TEST, is_train=False, logger=logger)
         with reported_as_run_error(f"test data {list(cfg.DATASETS.TEST)}", logger):
-            loaders = make_data_loader(cfg, False, comm.get_world_size(), comm.get_rank())
+            loaders = make_data_loader(
+                cfg,
+                False,
+                comm.get_world_size(),
+                comm.get_rank(),
+                with_factors=getattr(model, "factor_regressor", None) is not None,
+            )
         predictions_dir = (
             os.path.join(cfg.OUTPUT_DIR, "predictions") if cfg.TEST.SAVE_PREDICTIONS else None
         )

@@ -1,12 +1,16 @@
 """Train IODINE.
 
     python tools/train_net.py --config-file configs/tetrominoes.yaml [KEY VALUE ...]
-    torchrun --nproc_per_node 8 tools/train_net.py --config-file configs/clevr6_prop.yaml
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file configs/clevr6_prop.yaml \
+        SOLVER.IMS_PER_BATCH 32 SOLVER.BASE_LR 1e-3
 
 Writes TensorBoard events, log.txt, config.yaml and checkpoints to OUTPUT_DIR (default
 logs/<config stem>). Rerunning with the same OUTPUT_DIR resumes from its last checkpoint
-unless SOLVER.RESUME False; MODEL.WEIGHT initialises the weights of a fresh run only. A
-missing built-in dataset is generated first.
+unless SOLVER.RESUME False; MODEL.WEIGHT initialises the weights of a fresh run only (with a
+checkpoint of another run in OUTPUT_DIR it is an error). A paper dataset name needs its
+official data prepared (the error says how); a missing stand-in (``*_synth``, ``sprites``) is
+generated first. SOLVER.IMS_PER_BATCH is the total over processes: the paper's CLEVR6 batch 32
+at lr 1e-3 on 8 GPUs is ``SOLVER.IMS_PER_BATCH 32 SOLVER.BASE_LR 1e-3`` on the torchrun line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from yacs.config import CfgNode
 
 from lib.data import make_data_loader
+from lib.data.build import per_process_batch
 from lib.engine.checkpoint import Checkpointer
 from lib.engine.launch import (
     build_datasets,
@@ -32,6 +37,8 @@ from lib.engine.launch import (
 from lib.engine.solver import make_lr_scheduler, make_optimizer
 from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches, resume_or_start
 from lib.model import build_model, trainable_parameter_counts
+from lib.model.build import eval_grad_divisor
+from lib.prepare import prepare_missing
 from lib.utils import comm
 from lib.utils.io import atomic_write_text
 
@@ -48,12 +55,32 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
     """
     with tool_session(cfg, [__file__, *args.argv]) as (device, logger):
         main = comm.is_main_process()
+        # Every dataset first: missing official data stops the run before any work, and
+        # missing stand-ins are generated before the model is built.
+        names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+        with reported_as_run_error(f"datasets {names}", logger):
+            prepare_missing(cfg, names)
         if main:
             atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        world, rank = comm.get_world_size(), comm.get_rank()
+        with reported_as_run_error("SOLVER.IMS_PER_BATCH", logger):
+            per_process = per_process_batch(cfg, world)
+        logger.info(
+            "batch: %d images per iteration in total = %d processes x %d accumulation steps "
+            "x %d images per process (the loss and the released gradient inputs average over "
+            "the %d of a process)",
+            cfg.SOLVER.IMS_PER_BATCH,
+            world,
+            cfg.SOLVER.ACCUMULATE_STEPS,
+            per_process,
+            per_process,
+        )
 
         # Same seed on every rank for the initialisation (DDP also broadcasts rank 0's).
         seed_all(cfg.SEED)
         model = build_model(cfg).to(device)
+        # Held-out evaluation during training divides like training did (per process).
+        model.eval_grad_divisor = float(eval_grad_divisor(cfg, per_process))
         counts = trainable_parameter_counts(model)
         logger.info(
             "trainable parameters: IODINE %s, factor regressor %s",
@@ -70,9 +97,16 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
         start_iter = resume_or_start(cfg, checkpointer, scheduler, logger)
 
         build_datasets(cfg, cfg.DATASETS.TRAIN, is_train=True, logger=logger)
-        world, rank = comm.get_world_size(), comm.get_rank()
         with reported_as_run_error("training data", logger):
-            loader = make_data_loader(cfg, True, world, rank, start_iter=start_iter)
+            loader = make_data_loader(
+                cfg,
+                True,
+                world,
+                rank,
+                start_iter=start_iter,
+                with_factors=model.factor_regressor is not None,
+                uint8_images=device.type == "cuda",
+            )
         heldout = None
         if cfg.TEST.EVAL_PERIOD > 0:
             name = cfg.DATASETS.TEST[0]

@@ -317,6 +317,17 @@ def dataset_figure(
     return render_panels(rows, title, None, cell_px, dpi)
 
 
+def eval_dataset_name(scalars: Mapping[str, object]) -> str:
+    """The held-out dataset of ``eval/<name>/fg_ari`` tags (the first, sorted), or "" for a
+    run that logged the older ``eval/fg_ari``."""
+    names = sorted(
+        tag[len("eval/") : -len("/fg_ari")]
+        for tag in scalars
+        if tag.startswith("eval/") and tag.endswith("/fg_ari")
+    )
+    return names[0] if names else ""
+
+
 def curves_figure(
     scalars: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     title: str,
@@ -326,7 +337,7 @@ def curves_figure(
     """Training curves against iteration, as ``lib/engine/trainer.py`` logs them.
 
     Four panels: total loss (``loss/total``); foreground ARI and ARI of the periodic
-    evaluation (``eval/fg_ari``, ``eval/ari``); NLL per refinement step (``loss/nll_t<t>``);
+    evaluation (``eval/<dataset>/fg_ari``, ``eval/<dataset>/ari``; older runs ``eval/fg_ari``); NLL per refinement step (``loss/nll_t<t>``);
     KL per step (``loss/kl_t<t>``). A panel whose tags are absent says so instead of plotting.
 
     Args:
@@ -343,14 +354,16 @@ def curves_figure(
     FigureCanvasAgg(fig)
     fig.suptitle(title, fontsize=TITLE_FONT_PT + 1)
     axes = fig.subplots(2, 2)
+    eval_name = eval_dataset_name(scalars)
+    eval_prefix = f"eval/{eval_name}/" if eval_name else "eval/"
     # (panel title, y label, tag shown when nothing is logged, [(tag, legend label)])
     panels = [
         ("total loss", "loss", "loss/total", [("loss/total", "loss/total")]),
         (
-            "evaluation ARI",
+            "evaluation ARI" + (f" ({eval_name})" if eval_name else ""),
             "ARI",
-            "eval/fg_ari",
-            [("eval/fg_ari", "fg ARI"), ("eval/ari", "ARI")],
+            f"{eval_prefix}fg_ari",
+            [(f"{eval_prefix}fg_ari", "fg ARI"), (f"{eval_prefix}ari", "ARI")],
         ),
         (
             "NLL per refinement step",

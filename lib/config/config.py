@@ -112,6 +112,17 @@ def _as_tuple(cfg: CfgNode) -> None:
             cfg.DATASETS[key] = tuple(value)
 
 
+def _synth_suffix(names: Sequence[str], stem: str) -> str:
+    # A paper config trained on the generated stand-ins writes to logs/<stem>_synth, so its
+    # folder does not pass for a run on the official data.
+    from lib.data.format import SYNTH_OF, builtin_of
+
+    synth = set(SYNTH_OF.values())
+    if "synth" not in stem and any(builtin_of(name) in synth for name in names):
+        return "_synth"
+    return ""
+
+
 def load_cfg(
     config_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True
 ) -> CfgNode:
@@ -123,7 +134,8 @@ def load_cfg(
         freeze: freeze the returned node.
 
     Returns:
-        The validated config. ``OUTPUT_DIR`` defaults to ``logs/<config file stem>``.
+        The validated config. ``OUTPUT_DIR`` defaults to ``logs/<config file stem>``, plus
+        ``_synth`` when DATASETS.TRAIN reads a generated stand-in of a paper dataset.
 
     Raises:
         FileNotFoundError: the config file does not exist.
@@ -159,7 +171,7 @@ def load_cfg(
     _as_tuple(cfg)
     if not cfg.OUTPUT_DIR:
         stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else "default"
-        cfg.OUTPUT_DIR = os.path.join("logs", stem)
+        cfg.OUTPUT_DIR = os.path.join("logs", stem + _synth_suffix(cfg.DATASETS.TRAIN, stem))
     validate_cfg(cfg)
     if freeze:
         cfg.freeze()

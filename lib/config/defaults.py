@@ -71,8 +71,9 @@ _C.MODEL.IODINE.LEGACY_CONSTANTS = True
 # With LayerNorm eps 1e-5 the two differ for low-variance slots.
 _C.MODEL.IODINE.GRAD_INPUT_REDUCTION = "mean"
 # Fixed B (images) dividing the eval-mode gradient inputs under "mean", so evaluation does not
-# depend on the batch; 0 = SOLVER.IMS_PER_BATCH // SOLVER.ACCUMULATE_STEPS (the training
-# micro-batch of one process; under torchrun with N processes set that / N to match training).
+# depend on the batch; 0 = the per-process training batch the checkpoint records (training:
+# SOLVER.IMS_PER_BATCH // (processes x SOLVER.ACCUMULATE_STEPS); weights without a record:
+# SOLVER.IMS_PER_BATCH // SOLVER.ACCUMULATE_STEPS).
 _C.MODEL.IODINE.EVAL_GRAD_DIVISOR = 0
 
 _C.MODEL.REFINEMENT = CN()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, Sampler
 
+from lib.data.datasets.external import EXTERNAL_PREFIXES, make_external_dataset
 from lib.data.datasets.folder import FolderDataset
 from lib.data.datasets.prepared import PreparedDataset
 from lib.data.format import BUILTIN_DATASETS, SPLIT_SUFFIXES
@@ -44,14 +45,20 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0])
 
 
-def make_dataset(name: str, cfg, is_train: bool) -> Dataset:
-    """Build a dataset by name.
+def make_dataset(
+    name: str, cfg, is_train: bool, with_factors: bool = False, uint8_images: bool = False
+) -> Dataset:
+    """Build a dataset by name; its item format is fixed here, for the dataset's lifetime.
 
     Args:
-        name: a key of ``DATASET_REGISTRY`` (``clevr6_train``, ``tetrominoes``, ...) or
-            ``folder:<path>``.
+        name: a key of ``DATASET_REGISTRY`` (``clevr6_train``, ``tetrominoes``, ...),
+            ``folder:<path>`` or another prefix of ``lib.data.datasets.external``.
         cfg: the config.
         is_train: whether it is used for training (passed to the dataset class).
+        with_factors: items ``(image, mask, factors)`` where the dataset stores factors with
+            a released mapping (its ``return_factors`` then says True), else ``(image, mask)``.
+        uint8_images: uint8 images where the stored frames need no resize (prepared sets;
+            ``return_uint8`` says whether), else float32.
 
     Returns:
         The dataset; items ``(image float32 (3, S, S), mask int64 (S, S) or None)``. Built-in
@@ -68,11 +75,17 @@ def make_dataset(name: str, cfg, is_train: bool) -> Dataset:
         if not path:
             raise UnknownDatasetError("dataset name 'folder:' needs a path: folder:<path>")
         return FolderDataset(cfg, is_train, path=path)
+    external = make_external_dataset(name, cfg, is_train)
+    if external is not None:
+        return external
     if name not in DATASET_REGISTRY:
         raise UnknownDatasetError(
-            f"unknown dataset {name!r}; known: {sorted(DATASET_REGISTRY)} or folder:<path>"
+            f"unknown dataset {name!r}; known: {sorted(DATASET_REGISTRY)}, folder:<path> or "
+            f"{', '.join(p + '<path>' for p in EXTERNAL_PREFIXES)}"
         )
     cls, kwargs = DATASET_REGISTRY[name]
+    if cls is PreparedDataset:
+        kwargs = {**kwargs, "return_factors": with_factors, "return_uint8": uint8_images}
     return cls(cfg, is_train, **kwargs)
 
 
@@ -173,8 +186,64 @@ def _loader_kwargs(cfg) -> dict:
     }
 
 
+def per_process_batch(cfg, num_replicas: int) -> int:
+    """The training micro-batch of one process: what each loss (and the released gradient
+    inputs' batch mean) averages over.
+
+    Args:
+        cfg: the config (SOLVER.IMS_PER_BATCH, the total over processes and accumulation
+            steps; SOLVER.ACCUMULATE_STEPS).
+        num_replicas: number of processes.
+
+    Returns:
+        ``IMS_PER_BATCH // (num_replicas * ACCUMULATE_STEPS)`` (a warning when not exact).
+
+    Raises:
+        ValueError: it would be 0.
+    """
+    accumulate = int(cfg.SOLVER.ACCUMULATE_STEPS)
+    batch = int(cfg.SOLVER.IMS_PER_BATCH) // (num_replicas * accumulate)
+    if batch < 1:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is smaller than "
+            f"num_replicas ({num_replicas}) x SOLVER.ACCUMULATE_STEPS ({accumulate})"
+        )
+    if batch * num_replicas * accumulate != cfg.SOLVER.IMS_PER_BATCH:
+        logger.warning(
+            "SOLVER.IMS_PER_BATCH = %d is not divisible by %d processes x %d accumulation "
+            "steps: using %d images per micro-batch",
+            cfg.SOLVER.IMS_PER_BATCH,
+            num_replicas,
+            accumulate,
+            batch,
+        )
+    return batch
+
+
+def _train_datasets(cfg, names: tuple[str, ...], with_factors: bool, uint8: bool) -> list:
+    """The training datasets, all with one item format (a batch needs one)."""
+    datasets = [make_dataset(name, cfg, True, with_factors, uint8) for name in names]
+    factors = with_factors and all(getattr(d, "return_factors", False) for d in datasets)
+    uint8_ok = uint8 and all(getattr(d, "return_uint8", False) for d in datasets)
+    if with_factors and not factors:
+        logger.warning(
+            "the factor regressor is on but a training dataset of %s stores no factors: it is "
+            "not trained (MODEL.FACTOR_REGRESSOR.ENABLED off silences this)",
+            names,
+        )
+    if (factors, uint8_ok) != (with_factors, uint8):
+        datasets = [make_dataset(name, cfg, True, factors, uint8_ok) for name in names]
+    return datasets
+
+
 def make_data_loader(
-    cfg, is_train: bool, num_replicas: int = 1, rank: int = 0, start_iter: int = 0
+    cfg,
+    is_train: bool,
+    num_replicas: int = 1,
+    rank: int = 0,
+    start_iter: int = 0,
+    with_factors: bool = False,
+    uint8_images: bool = False,
 ) -> DataLoader | list[tuple[str, DataLoader]]:
     """Build the training loader or the evaluation loaders.
 
@@ -195,6 +264,13 @@ def make_data_loader(
         num_replicas: number of processes (world size).
         rank: this process.
         start_iter: training iteration to resume from.
+        with_factors: ask for ``(image, mask, factors)`` batches (a factor regressor to train
+            or score). Training: only when every training dataset has factors (else a
+            warning and plain batches); evaluation: per dataset. Decided here, once: the
+            batches' fields never change during the loaders' life (persistent workers).
+        uint8_images: training only: uint8 images when every dataset's stored frames need
+            no resize (a quarter of the bytes to copy to a GPU; ``images_to_device``
+            converts them), else float32.
 
     Returns:
         Training: a ``DataLoader`` yielding ``(images (B, 3, S, S) float32, masks (B, S, S)
@@ -207,26 +283,12 @@ def make_data_loader(
     kwargs = _loader_kwargs(cfg)
     if is_train:
         names = _as_names(cfg.DATASETS.TRAIN)
-        datasets = [make_dataset(name, cfg, True) for name in names]
+        datasets = _train_datasets(cfg, names, with_factors, uint8_images)
         dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         if len(dataset) == 0:
             raise ValueError(f"the training datasets {names} have no examples")
         accumulate = int(cfg.SOLVER.ACCUMULATE_STEPS)
-        batch = int(cfg.SOLVER.IMS_PER_BATCH) // (num_replicas * accumulate)
-        if batch < 1:
-            raise ValueError(
-                f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is smaller than "
-                f"num_replicas ({num_replicas}) x SOLVER.ACCUMULATE_STEPS ({accumulate})"
-            )
-        if batch * num_replicas * accumulate != cfg.SOLVER.IMS_PER_BATCH:
-            logger.warning(
-                "SOLVER.IMS_PER_BATCH = %d is not divisible by %d processes x %d accumulation "
-                "steps: using %d images per micro-batch",
-                cfg.SOLVER.IMS_PER_BATCH,
-                num_replicas,
-                accumulate,
-                batch,
-            )
+        batch = per_process_batch(cfg, num_replicas)
         sampler = InfiniteShuffleSampler(
             len(dataset),
             int(cfg.SEED),
@@ -240,7 +302,7 @@ def make_data_loader(
     loaders = []
     batch = max(1, int(cfg.TEST.IMS_PER_BATCH) // num_replicas)
     for name in _as_names(cfg.DATASETS.TEST):
-        dataset = make_dataset(name, cfg, False)
+        dataset = make_dataset(name, cfg, False, with_factors=with_factors)
         indices = range(rank, len(dataset), num_replicas)
         loader = DataLoader(
             dataset,

@@ -53,13 +53,28 @@ class BuiltinSpec:
     split_by_records: bool = False
 
 
+# A paper name (``clevr6``, ...) means the official data, converted from its TFRecords; it is
+# never generated. Its procedural stand-in has a name of its own (``<paper name>_synth``), so
+# metric keys, TensorBoard tags and output files say which data was used.
 BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
     "tetrominoes": BuiltinSpec("tetrominoes"),
     "multi_dsprites": BuiltinSpec("multi_dsprites_colored_on_grayscale"),
     "clevr6": BuiltinSpec("clevr_with_masks", CLEVR_CROP, 7.0, True),
     "clevr10": BuiltinSpec("clevr_with_masks", CLEVR_CROP, None, True),
+    # Official only (no generator): lib/prepare/official.py says how their labels and frames
+    # are taken (objects_room: the four background entities merged into 0; cater: frames).
+    "objects_room": BuiltinSpec("objects_room"),
+    "cater": BuiltinSpec("cater_with_masks"),
+    "tetrominoes_synth": BuiltinSpec(None),
+    "multi_dsprites_synth": BuiltinSpec(None),
+    "clevr6_synth": BuiltinSpec(None, CLEVR_CROP),
+    "clevr10_synth": BuiltinSpec(None, CLEVR_CROP),
     "sprites": BuiltinSpec(None),
     "sprites5": BuiltinSpec(None),
+}
+# Paper dataset -> its generated stand-in.
+SYNTH_OF = {
+    name: f"{name}_synth" for name in ("tetrominoes", "multi_dsprites", "clevr6", "clevr10")
 }
 
 # The released factor regressor's mapping per dataset family (configurations.py): (name, size,
@@ -93,6 +108,10 @@ FACTOR_FAMILY = {
     "clevr10": "clevr",
     "multi_dsprites": "multi_dsprites",
     "tetrominoes": "tetrominoes",
+    "clevr6_synth": "clevr",
+    "clevr10_synth": "clevr",
+    "multi_dsprites_synth": "multi_dsprites",
+    "tetrominoes_synth": "tetrominoes",
 }
 
 

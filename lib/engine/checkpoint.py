@@ -229,7 +229,13 @@ class Checkpointer:
                 removed.append(name)
         return removed
 
-    def save(self, iteration: int, cfg_yaml: str = "", rng_states: Any = None) -> str | None:
+    def save(
+        self,
+        iteration: int,
+        cfg_yaml: str = "",
+        rng_states: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str | None:
         """Write ``model_<iteration>.pth``, point ``last_checkpoint`` at it, prune old ones.
 
         Args:
@@ -237,6 +243,7 @@ class Checkpointer:
             cfg_yaml: the run's config as YAML text.
             rng_states: list of every rank's ``get_rng_states()`` (gathered by the caller,
                 since every rank must take part).
+            extra: further entries of the file (e.g. ``per_process_batch``).
 
         Returns:
             The written path, or None on processes that do not save.
@@ -250,6 +257,7 @@ class Checkpointer:
             "iteration": iteration,
             "cfg": cfg_yaml,
             "rng_states": rng_states if rng_states is not None else [get_rng_states()],
+            **(extra or {}),
         }
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()

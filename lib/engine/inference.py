@@ -134,11 +134,13 @@ def _gather_in_order(local: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _factor_dataset(loader: Any, net: nn.Module) -> Any:
-    # The loader's dataset when the model's factor regressor can be scored on it, else None.
+    # The loader's dataset when the model's factor regressor can be scored on it, else None:
+    # its batches carry factors (``make_data_loader(with_factors=True)``, fixed when the
+    # loader was built) with the regressor's mapping.
     regressor = getattr(net, "factor_regressor", None)
     dataset = getattr(loader, "dataset", None)
     mapping = getattr(dataset, "factor_mapping", None)
-    if regressor is None or mapping is None:
+    if regressor is None or mapping is None or not getattr(dataset, "return_factors", False):
         return None
     if tuple(tuple(m) for m in regressor.mapping) != tuple(tuple(m) for m in mapping):
         return None
@@ -234,8 +236,6 @@ def do_evaluate(
             factor_dataset = _factor_dataset(loader, net)
             factor_acc = None
             if factor_dataset is not None:
-                # Set before iterating, so that (non-persistent) workers see it.
-                factor_dataset.return_factors = True
                 factor_acc = _FactorAccumulator(net.factor_regressor.mapping)
             if progress and comm.is_main_process():
                 from tqdm import tqdm
@@ -284,8 +284,7 @@ def do_evaluate(
                 # One dict for a single dataset (the usual case), a list for a concatenation.
                 provenance = dataset_provenance(dataset)
                 metrics["provenance"] = provenance[0] if len(provenance) == 1 else provenance
-            if factor_dataset is not None:
-                factor_dataset.return_factors = False
+            if factor_acc is not None:
                 metrics.update(factor_acc.result())
             results[name] = metrics
             if predictions_dir is not None:

@@ -325,7 +325,32 @@ def load_weights(
             "does not exist (train first, or set MODEL.WEIGHT)"
         )
     state = checkpointer.load(path, weights_only=True)
+    _set_eval_divisor(cfg, model, state.get("per_process_batch"), logger)
     return path, state.get("iteration")
+
+
+def _set_eval_divisor(
+    cfg: CfgNode, model: nn.Module, recorded: int | None, logger: logging.Logger | None
+) -> None:
+    """Evaluation divides the gradient inputs by the batch per process the weights were
+    trained with (recorded in the checkpoint), unless MODEL.IODINE.EVAL_GRAD_DIVISOR is set."""
+    from lib.engine.checkpoint import unwrap_model
+    from lib.model.build import eval_grad_divisor
+
+    net = unwrap_model(model)
+    if not hasattr(net, "eval_grad_divisor"):
+        return
+    net.eval_grad_divisor = float(eval_grad_divisor(cfg, recorded))
+    if logger is not None:
+        logger.info(
+            "evaluation divides the gradient inputs by %d (%s)",
+            net.eval_grad_divisor,
+            "MODEL.IODINE.EVAL_GRAD_DIVISOR"
+            if cfg.MODEL.IODINE.EVAL_GRAD_DIVISOR > 0
+            else "the checkpoint's per-process training batch"
+            if recorded
+            else "SOLVER.IMS_PER_BATCH // SOLVER.ACCUMULATE_STEPS: the weights record none",
+        )
 
 
 def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:

@@ -29,14 +29,17 @@ from torch import nn
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from lib.data.build import per_process_batch
 from lib.engine.checkpoint import (
     LAST_CHECKPOINT,
     Checkpointer,
+    CheckpointError,
     get_rng_states,
+    read_checkpoint,
     set_rng_states,
     unwrap_model,
 )
-from lib.engine.inference import do_evaluate
+from lib.engine.inference import do_evaluate, sanitize_name
 from lib.engine.launch import seed_all
 from lib.engine.precision import autocast_factory, resolve_precision
 from lib.engine.summaries import add_image_summaries
@@ -120,71 +123,6 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, dict]:
     return images, {"labels": labels, "factors": factors}
 
 
-def _leaf_datasets(dataset: Any) -> list[Any]:
-    """The datasets inside ConcatDataset / Subset wrappers."""
-    parts, leaves = [dataset], []
-    while parts:
-        part = parts.pop()
-        if hasattr(part, "datasets"):
-            parts.extend(part.datasets)
-        elif hasattr(part, "dataset") and not hasattr(part, "factor_mapping"):
-            parts.append(part.dataset)
-        else:
-            leaves.append(part)
-    return leaves
-
-
-def send_uint8(dataset: Any, device: torch.device) -> bool:
-    """On CUDA, have prepared datasets whose frames need no resize yield uint8 images.
-
-    The copy to the GPU then moves a quarter of the bytes; ``images_to_device`` converts on the
-    device with the same arithmetic as the datasets, so the values do not change. Mixed
-    datasets (one needs a resize) keep float images, as a batch needs one dtype.
-
-    Args:
-        dataset: the training loader's dataset, or None.
-        device: the training device.
-
-    Returns:
-        True when every dataset now yields uint8 images.
-    """
-    if dataset is None or device.type != "cuda":
-        return False
-    leaves = _leaf_datasets(dataset)
-    if not all(getattr(leaf, "native_size", False) for leaf in leaves):
-        return False
-    for leaf in leaves:
-        leaf.return_uint8 = True
-    return True
-
-
-def feed_factors(dataset: Any, model: nn.Module) -> bool:
-    """Ask the dataset(s) for factors when the model has a factor regressor to train.
-
-    Args:
-        dataset: the training loader's dataset (a prepared dataset, or a ConcatDataset /
-            Subset of them), or None.
-        model: the model (possibly wrapped).
-
-    Returns:
-        True when every dataset now returns ``(image, mask, factors)`` items; False (nothing
-        changed) when the model has no regressor or some dataset has no factors (the
-        regressor then gets a zero loss, logged once).
-    """
-    if dataset is None or getattr(unwrap_model(model), "factor_regressor", None) is None:
-        return False
-    leaves = _leaf_datasets(dataset)
-    if not all(getattr(leaf, "factor_mapping", None) is not None for leaf in leaves):
-        logging.getLogger(__name__).warning(
-            "the factor regressor is on but a training dataset stores no factors: it is not "
-            "trained (MODEL.FACTOR_REGRESSOR.ENABLED off silences this)"
-        )
-        return False
-    for leaf in leaves:
-        leaf.return_factors = True
-    return True
-
-
 def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a batch of images to the device as float32 in [0, 1].
 
@@ -202,8 +140,10 @@ def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor
     return images
 
 
-def _batch_to_device(batch: Sequence, device: torch.device, with_factors: bool) -> Any:
-    if not with_factors:
+def _batch_to_device(batch: Sequence, device: torch.device) -> Any:
+    # (images, masks) -> images; (images, labels, factors) from a loader built with factors
+    # (``make_data_loader(with_factors=True)``) feeds the factor regressor too.
+    if len(batch) < 3:
         return images_to_device(batch[0], device)
     images, labels, factors = batch
     return (
@@ -398,10 +338,20 @@ def resume_or_start(
         The completed iterations to start after (0 on a fresh start).
 
     Raises:
-        CheckpointError: an unreadable or mismatched checkpoint or MODEL.WEIGHT.
+        CheckpointError: an unreadable or mismatched checkpoint or MODEL.WEIGHT, or MODEL.WEIGHT
+            set while OUTPUT_DIR holds a checkpoint to resume (the message says how to choose).
     """
     rank, world = comm.get_rank(), comm.get_world_size()
     last = checkpointer.last_checkpoint() if cfg.SOLVER.RESUME else None
+    if last is not None and cfg.MODEL.WEIGHT and _started_from(last) != cfg.MODEL.WEIGHT:
+        # Resuming would silently ignore the weights the user asked for. (A run started from
+        # these weights resumes as usual: rerunning its command continues it.)
+        raise CheckpointError(
+            f"MODEL.WEIGHT is {cfg.MODEL.WEIGHT} but OUTPUT_DIR {cfg.OUTPUT_DIR} already holds "
+            f"a run to resume ({last}); choose one: SOLVER.RESUME False starts over there "
+            "from MODEL.WEIGHT, another OUTPUT_DIR starts a new run from it, and dropping "
+            "MODEL.WEIGHT resumes the run"
+        )
     seed_all(cfg.SEED + rank)
     if last is not None:
         state = checkpointer.load(last)
@@ -431,6 +381,15 @@ def resume_or_start(
         )
     logger.info("fresh start")
     return 0
+
+
+def _started_from(path: str) -> str:
+    """MODEL.WEIGHT of the run that wrote the checkpoint at ``path`` ("" if none or unknown)."""
+    saved = read_checkpoint(path).get("cfg") or ""
+    try:
+        return str(CfgNode.load_cfg(saved).MODEL.WEIGHT) if saved else ""
+    except (AttributeError, KeyError):  # a config without MODEL.WEIGHT: not from one
+        return ""
 
 
 def _warn_schedule_change(
@@ -510,6 +469,8 @@ def do_train(
     params = [p for p in model.parameters() if p.requires_grad]
     main = comm.is_main_process()
     cfg_yaml = cfg.dump()
+    # Recorded in each checkpoint: evaluation divides the gradient inputs by it.
+    batch = per_process_batch(cfg, comm.get_world_size())
 
     meter = _PeriodMeter(device)
     skipped_steps = 0
@@ -518,9 +479,6 @@ def do_train(
     # draw so the training noise depends only on the restored RNG state, and a resumed run
     # continues exactly as the uninterrupted one would.
     rng_state = torch.get_rng_state()
-    # Before the workers start; a loader without a dataset (any iterable) feeds images only.
-    with_factors = feed_factors(getattr(data_loader, "dataset", None), model)
-    send_uint8(getattr(data_loader, "dataset", None), device)
     data_iter = iter(data_loader)
     torch.set_rng_state(rng_state)
     model.train()
@@ -532,9 +490,7 @@ def do_train(
     for iteration in range(start_iter + 1, max_iter + 1):
         # 1. Forward and backward over the micro-batches, clipping, the agreed finite check
         # and the optimiser step, undone on the device if the check failed (no host sync).
-        micro_batches = [
-            _batch_to_device(next(data_iter), device, with_factors) for _ in range(accumulate)
-        ]
+        micro_batches = [_batch_to_device(next(data_iter), device) for _ in range(accumulate)]
         lr = optimizer.param_groups[0]["lr"]
         step = train_step(model, optimizer, micro_batches, params, clip, autocast, defer_check=True)
         meter.images += sum(_unpack(b)[0].shape[0] for b in micro_batches) * comm.get_world_size()
@@ -602,7 +558,7 @@ def do_train(
         # 6. Checkpoint (every rank's RNG state is gathered; rank 0 writes).
         if checkpoint_due:
             rng_states = comm.all_gather_object(get_rng_states())
-            checkpointer.save(iteration, cfg_yaml, rng_states)
+            checkpointer.save(iteration, cfg_yaml, rng_states, {"per_process_batch": batch})
         # Images/s measures training alone: leave summaries, evaluation and saving out.
         meter.start += time.perf_counter() - extras_start
 
@@ -676,12 +632,14 @@ def _evaluate_heldout(
         metrics["mse"] if metrics["mse"] is not None else float("nan"),
     )
     if writer is not None:
+        # Tags carry the dataset's name: eval/clevr6_synth_test/fg_ari is not a paper number.
+        tag = f"eval/{sanitize_name(name)}"
         for key in ("fg_ari", "ari", "mse"):
             if metrics[key] is not None:
-                writer.add_scalar(f"eval/{key}", metrics[key], iteration)
+                writer.add_scalar(f"{tag}/{key}", metrics[key], iteration)
         for t, value in enumerate(metrics["fg_ari_per_iter"]):
             if value is not None:
-                writer.add_scalar(f"eval/fg_ari_t{t}", value, iteration)
+                writer.add_scalar(f"{tag}/fg_ari_t{t}", value, iteration)
         if heldout:
             # Pictures of the first held-out images, in eval mode (seeded noise).
             images = heldout[0][0][: cfg.LOG.NUM_IMAGES].to(device)
@@ -689,5 +647,8 @@ def _evaluate_heldout(
             net.eval()
             with torch.no_grad():
                 out = net(images, num_slots=num_slots, num_iters=num_iters)
-            add_image_summaries(writer, "eval_images", images, out, iteration, cfg.LOG.NUM_IMAGES)
+            add_image_summaries(
+                writer, f"eval_images/{sanitize_name(name)}", images, out, iteration,
+                cfg.LOG.NUM_IMAGES,
+            )  # fmt: skip
     return metrics

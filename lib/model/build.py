@@ -12,17 +12,16 @@ from lib.model.iodine import IODINE
 FACTOR_SWITCH = {"auto": None, "true": True, "on": True, "false": False, "off": False}
 
 
-def eval_grad_divisor(cfg: CfgNode) -> int:
+def eval_grad_divisor(cfg: CfgNode, per_process_batch: int | None = None) -> int:
     """The fixed B dividing the eval-mode gradient inputs (``MODEL.IODINE.EVAL_GRAD_DIVISOR``).
 
-    0 means the training micro-batch of one process, ``SOLVER.IMS_PER_BATCH //
-    SOLVER.ACCUMULATE_STEPS`` (at least 1). The world size is deliberately not read: a
-    checkpoint then evaluates to the same numbers in train_net under torchrun and in a
-    single-process test_net; a torchrun user who wants eval to match the per-process training
-    batch exactly sets the key to ``IMS_PER_BATCH // (ACCUMULATE_STEPS * processes)``.
+    0 means the training micro-batch of one process, the B that training divided by: given
+    (the trainer's, or the one a checkpoint records), else ``SOLVER.IMS_PER_BATCH //
+    SOLVER.ACCUMULATE_STEPS`` (one process; at least 1).
 
     Args:
         cfg: the config.
+        per_process_batch: the training batch per process, when known.
 
     Returns:
         The divisor, an int >= 1.
@@ -30,6 +29,8 @@ def eval_grad_divisor(cfg: CfgNode) -> int:
     fixed = cfg.MODEL.IODINE.EVAL_GRAD_DIVISOR
     if fixed > 0:
         return int(fixed)
+    if per_process_batch:
+        return int(per_process_batch)
     return max(1, cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.ACCUMULATE_STEPS)
 
 

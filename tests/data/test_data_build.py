@@ -20,8 +20,8 @@ def test_unknown_name_lists_known_names(tmp_path):
     for name in (
         "clevr6_train",
         "clevr10_test",
-        "multi_dsprites",
-        "tetrominoes_test",
+        "multi_dsprites_synth",
+        "tetrominoes_synth_test",
         "folder:<path>",
     ):
         assert name in message
@@ -30,29 +30,29 @@ def test_unknown_name_lists_known_names(tmp_path):
 def test_missing_folder_is_an_error_naming_the_command(tmp_path):
     # Reading never generates: the tools call lib.prepare.prepare_missing first.
     with pytest.raises(FileNotFoundError) as info:
-        make_dataset("tetrominoes_train", data_cfg(tmp_path / "root"), True)
+        make_dataset("tetrominoes_synth_train", data_cfg(tmp_path / "root"), True)
     message = str(info.value)
-    assert os.path.join(str(tmp_path / "root"), "tetrominoes") in message
+    assert os.path.join(str(tmp_path / "root"), "tetrominoes_synth") in message
     assert "tools/prepare_data.py --dataset tetrominoes" in message
     assert not os.path.exists(tmp_path / "root")
 
 
 def test_folder_without_meta_is_error(tmp_path):
-    os.makedirs(tmp_path / "tetrominoes")
+    os.makedirs(tmp_path / "tetrominoes_synth")
     with pytest.raises(FileNotFoundError, match="no meta.json"):
-        make_dataset("tetrominoes", data_cfg(tmp_path), False)
+        make_dataset("tetrominoes_synth", data_cfg(tmp_path), False)
 
 
 def test_split_follows_meta_not_config(tmp_path, caplog):
     path = generate_dataset(
-        "tetrominoes", str(tmp_path), num_examples=5, seed=0, test_size=2, progress=False
+        "tetrominoes_synth", str(tmp_path), num_examples=5, seed=0, test_size=2, progress=False
     )
     # DATASETS.TEST_SIZE is a preparation key: the split is meta.json's num_test.
     cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=35, DATASETS__TEST_SIZE=3)
-    full = make_dataset("tetrominoes", cfg, False)
+    full = make_dataset("tetrominoes_synth", cfg, False)
     with caplog.at_level(logging.WARNING):
-        train = make_dataset("tetrominoes_train", cfg, True)
-        test = make_dataset("tetrominoes_test", cfg, False)
+        train = make_dataset("tetrominoes_synth_train", cfg, True)
+        test = make_dataset("tetrominoes_synth_test", cfg, False)
     assert not caplog.records
     assert (len(full), len(train), len(test)) == (7, 5, 2)
     stored = np.load(os.path.join(path, "images.npy"))
@@ -80,40 +80,40 @@ def test_meta_without_num_test_falls_back_to_320(tmp_path, caplog):
 @pytest.mark.parametrize("num_test", [-1, 8, 1.5])
 def test_bad_num_test_is_error(tmp_path, num_test):
     path = generate_dataset(
-        "tetrominoes", str(tmp_path), num_examples=4, seed=0, test_size=2, progress=False
+        "tetrominoes_synth", str(tmp_path), num_examples=4, seed=0, test_size=2, progress=False
     )
     meta = json.load(open(os.path.join(path, "meta.json")))
     meta["num_test"] = num_test
     json.dump(meta, open(os.path.join(path, "meta.json"), "w"))
     with pytest.raises(ValueError, match="num_test"):
-        make_dataset("tetrominoes_test", data_cfg(tmp_path), False)
+        make_dataset("tetrominoes_synth_test", data_cfg(tmp_path), False)
 
 
 def test_empty_split_is_error(tmp_path):
-    generate_dataset("tetrominoes", str(tmp_path), num_examples=3, seed=0, test_size=0)
+    generate_dataset("tetrominoes_synth", str(tmp_path), num_examples=3, seed=0, test_size=0)
     cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=35)
-    assert len(make_dataset("tetrominoes_train", cfg, True)) == 3
-    with pytest.raises(ValueError, match=r"split 'test' of .*tetrominoes is empty"):
-        make_dataset("tetrominoes_test", cfg, False)
+    assert len(make_dataset("tetrominoes_synth_train", cfg, True)) == 3
+    with pytest.raises(ValueError, match=r"split 'test' of .*tetrominoes_synth is empty"):
+        make_dataset("tetrominoes_synth_test", cfg, False)
 
 
 def test_bad_format_version(tmp_path):
     path = generate_dataset(
-        "tetrominoes", str(tmp_path), num_examples=2, seed=0, test_size=1, progress=False
+        "tetrominoes_synth", str(tmp_path), num_examples=2, seed=0, test_size=1, progress=False
     )
     meta = json.load(open(os.path.join(path, "meta.json")))
     meta["format_version"] = 99
     json.dump(meta, open(os.path.join(path, "meta.json"), "w"))
     with pytest.raises(ValueError, match="format_version"):
-        make_dataset("tetrominoes", data_cfg(tmp_path), False)
+        make_dataset("tetrominoes_synth", data_cfg(tmp_path), False)
 
 
 def test_resize_and_max_objects(tmp_path):
     generate_dataset(
-        "multi_dsprites", str(tmp_path), num_examples=6, seed=1, test_size=2, progress=False
+        "multi_dsprites_synth", str(tmp_path), num_examples=6, seed=1, test_size=2, progress=False
     )
     cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=24, DATASETS__TEST_SIZE=2)
-    ds = make_dataset("multi_dsprites_train", cfg, True)
+    ds = make_dataset("multi_dsprites_synth_train", cfg, True)
     for i in range(len(ds)):
         image, mask = ds[i]
         assert image.shape == (3, 24, 24) and mask.shape == (24, 24)
@@ -124,7 +124,7 @@ def test_resize_and_max_objects(tmp_path):
         mean = torch.tensor(stored_image).float().mean(dim=(0, 1)) / 255
         torch.testing.assert_close(image.mean(dim=(1, 2)), mean, atol=0.01, rtol=0)
     cfg.DATASETS.MAX_OBJECTS = 1
-    ds = make_dataset("multi_dsprites_train", cfg, True)
+    ds = make_dataset("multi_dsprites_synth_train", cfg, True)
     with pytest.raises(ValueError, match=r"example \d+: label map has \d objects.*MAX_OBJECTS = 1"):
         for i in range(len(ds)):
             ds[i]

@@ -22,7 +22,7 @@ from tests.data.conftest import data_cfg
 def root(tmp_path_factory):
     path = tmp_path_factory.mktemp("loader")
     generate_dataset(
-        "tetrominoes", str(path), num_examples=13, seed=0, test_size=10, progress=False
+        "tetrominoes_synth", str(path), num_examples=13, seed=0, test_size=10, progress=False
     )
     return path
 
@@ -30,8 +30,8 @@ def root(tmp_path_factory):
 def _cfg(root, **kw):
     base = dict(
         INPUT__IMAGE_SIZE=35,
-        DATASETS__TRAIN=("tetrominoes_train",),
-        DATASETS__TEST=("tetrominoes_test",),
+        DATASETS__TRAIN=("tetrominoes_synth_train",),
+        DATASETS__TEST=("tetrominoes_synth_test",),
         DATASETS__TEST_SIZE=10,
         SOLVER__IMS_PER_BATCH=8,
         TEST__IMS_PER_BATCH=6,
@@ -56,7 +56,7 @@ def test_train_batches(root):
 
 
 def test_train_with_worker_and_concat(root):
-    cfg = _cfg(root, DATASETS__TRAIN=("tetrominoes_train", "tetrominoes_test"))
+    cfg = _cfg(root, DATASETS__TRAIN=("tetrominoes_synth_train", "tetrominoes_synth_test"))
     cfg.DATALOADER.NUM_WORKERS = 1
     loader = make_data_loader(cfg, True)
     assert len(loader.dataset) == 23
@@ -100,7 +100,7 @@ def test_test_loaders_split_without_padding(root, replicas):
     seen = []
     for rank in range(replicas):
         ((name, loader),) = make_data_loader(cfg, False, num_replicas=replicas, rank=rank)
-        assert name == "tetrominoes_test"
+        assert name == "tetrominoes_synth_test"
         keys = []
         for images, masks in loader:
             assert images.shape[0] <= max(1, 6 // replicas) and masks.shape[0] == images.shape[0]
@@ -142,8 +142,8 @@ def test_bad_batch_size(root):
 
 def test_provenance_through_wrappers(root):
     cfg = _cfg(root)
-    test = make_dataset("tetrominoes_test", cfg, False)
-    train = make_dataset("tetrominoes_train", cfg, True)
+    test = make_dataset("tetrominoes_synth_test", cfg, False)
+    train = make_dataset("tetrominoes_synth_train", cfg, True)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test, [0, 1]))
     assert dataset_provenance(loader) == [test.provenance]
     both = dataset_provenance(torch.utils.data.ConcatDataset([train, test]))

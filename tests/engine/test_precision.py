@@ -9,6 +9,7 @@ from engine_helpers import tiny_cfg
 from lib.engine import precision as prec
 from lib.engine.launch import RunError, resolve_device, setup_precision
 from lib.model import build_model
+from tests.conftest import NO_BF16_FLAGS
 
 CPU = torch.device("cpu")
 
@@ -73,9 +74,9 @@ def test_cpu_bf16_support_reads_the_flags(tmp_path, flags, native):
     assert found is native and str(path) in source
 
 
-def test_bf16_refused_on_a_cpu_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(prec, "cpu_bf16_support", lambda: (False, "flags: none"))
-    with pytest.raises(prec.PrecisionError, match="AVX512-BF16 or AMX.*flags: none"):
+def test_bf16_refused_on_a_cpu_without_native_bf16(fake_cpu_flags):
+    fake_cpu_flags(NO_BF16_FLAGS)
+    with pytest.raises(prec.PrecisionError, match="AVX512-BF16 or AMX.*flags: no avx512_bf16"):
         prec.check_precision("bf16", CPU)
     cfg = tiny_cfg(**{"MODEL.PRECISION": "bf16"})
     with pytest.raises(RunError, match="MODEL.PRECISION bf16 needs a CPU"):

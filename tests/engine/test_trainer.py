@@ -255,7 +255,10 @@ def test_real_model_with_heldout_evaluation(tmp_path):
     )  # fmt: skip
     assert summary["last_eval"]["num_images"] == 3
     assert len(summary["last_eval"]["fg_ari_per_iter"]) == 3
-    assert [s for s, _ in writer.scalars["eval/fg_ari"]] == [2, 4]
-    assert {"eval/ari", "eval/mse", "eval/fg_ari_t0", "loss/kl_t1"} <= set(writer.scalars)
-    assert writer.images["eval_images/slots"] == [2, 4]
+    # The tags name the held-out dataset.
+    assert [s for s, _ in writer.scalars["eval/toy/fg_ari"]] == [2, 4]
+    assert {"eval/toy/ari", "eval/toy/mse", "eval/toy/fg_ari_t0", "loss/kl_t1"} <= set(
+        writer.scalars
+    )
+    assert writer.images["eval_images/toy/slots"] == [2, 4]
     assert model.training

@@ -31,10 +31,10 @@ def _meta(root, dataset) -> dict:
 def test_config_keys_are_the_defaults(tmp_path, tool):
     root = str(tmp_path / "data")
     cfg = _yaml(tmp_path, root, GENERATE_SIZE=4, GENERATE_SEED=2, TEST_SIZE=3)
-    assert tool.main(["--dataset", "tetrominoes", "--config-file", cfg, "--no-progress"]) == 0
-    meta = _meta(root, "tetrominoes")
+    assert tool.main(["--dataset", "tetrominoes_synth", "--config-file", cfg, "--no-progress"]) == 0
+    meta = _meta(root, "tetrominoes_synth")
     assert (meta["num_train"], meta["num_test"], meta["seed"]) == (4, 3, 2)
-    stored = np.load(os.path.join(root, "tetrominoes", "images.npy"))
+    stored = np.load(os.path.join(root, "tetrominoes_synth", "images.npy"))
     expected = [it["image"] for it in tetrominoes.generate(4, 2)]
     np.testing.assert_array_equal(stored[:4], np.stack(expected))
 

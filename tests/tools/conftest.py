@@ -8,11 +8,11 @@ from lib.prepare import generate_dataset
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    """DATASETS.ROOT with ``tetrominoes``: 24 training + 6 test scenes."""
+    """DATASETS.ROOT with ``tetrominoes_synth``: 24 training + 6 test scenes."""
     root = str(tmp_path_factory.mktemp("data"))
     # One worker: a process pool's start-up costs seconds, the 30 scenes milliseconds.
     generate_dataset(
-        "tetrominoes", root, num_examples=24, seed=0, test_size=6, progress=False, workers=1
+        "tetrominoes_synth", root, num_examples=24, seed=0, test_size=6, progress=False, workers=1
     )
     return root
 

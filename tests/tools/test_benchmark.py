@@ -7,6 +7,8 @@ import torch
 from tools_helpers import load_tool
 
 from lib.config import load_cfg
+from lib.engine.precision import cpu_bf16_support
+from tests.conftest import NO_BF16_FLAGS
 
 bench = load_tool("benchmark")
 
@@ -109,6 +111,9 @@ def test_precision_device_and_compile_flags_become_config_keys(restore_precision
     assert (cfg.MODEL.PRECISION, cfg.MODEL.COMPILE) == ("fp32", False)
 
 
+@pytest.mark.skipif(
+    not cpu_bf16_support()[0], reason=f"this CPU has no native bf16 ({cpu_bf16_support()[1]})"
+)
 def test_bf16_recorded_in_the_json(tmp_path, restore_precision_switches):
     out = tmp_path / "bench.json"
     argv = ["--batch-size", "1", "--steps", "1", "--warmup", "0", "--mode", "infer"]
@@ -117,3 +122,17 @@ def test_bf16_recorded_in_the_json(tmp_path, restore_precision_switches):
     setup = json.loads(out.read_text())["setup"]
     assert setup["precision"]["precision"] == "bf16" and setup["amp_active"]
     assert "bf16 autocast on CPU" in setup["precision"]["support"]
+
+
+def test_bf16_refusal_recorded_in_the_json(tmp_path, capsys, fake_cpu_flags):
+    fake_cpu_flags(NO_BF16_FLAGS)
+    out = tmp_path / "bench.json"
+    argv = ["--batch-size", "1", "--steps", "1", "--warmup", "0", "--mode", "infer"]
+    argv += ["--precision", "bf16", "--json", str(out), *TINY, "INPUT.IMAGE_SIZE", "8"]
+    assert bench.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "MODEL.PRECISION bf16 needs a CPU with native bf16" in err
+    assert "no avx512_bf16/amx_bf16" in err and len(err.strip().splitlines()) == 1
+    refused = json.loads(out.read_text())
+    assert refused["refused"] in err and refused["precision"] == "bf16"
+    assert "train" not in refused and "infer" not in refused

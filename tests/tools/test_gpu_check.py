@@ -5,6 +5,8 @@ import json
 import pytest
 from tools_helpers import load_tool
 
+from tests.conftest import NO_BF16_FLAGS
+
 gpu_check = load_tool("gpu_check")
 
 TINY = [
@@ -15,7 +17,11 @@ TINY = [
 
 
 @pytest.mark.slow
-def test_gpu_check_on_cpu(tmp_path, monkeypatch, capsys, restore_precision_switches):
+def test_gpu_check_on_cpu(
+    tmp_path, monkeypatch, capsys, restore_precision_switches, fake_cpu_flags
+):
+    # A CPU without native bf16, on every machine: bf16 entries are refused, not crashed on.
+    fake_cpu_flags(NO_BF16_FLAGS)
     real = gpu_check.run_benchmark
 
     def fake_compile_failure(cfg, **kwargs):
@@ -37,13 +43,16 @@ def test_gpu_check_on_cpu(tmp_path, monkeypatch, capsys, restore_precision_switc
         ("tetrominoes", "fp32", "on"),
         ("tetrominoes", "bf16", "on"),
     ]
-    for entry in result["benchmarks"][:2]:
-        assert entry["train"]["images_per_s"] > 0 and entry["batch_size"] == 4
-        assert entry["precision_settings"]["precision"] == entry["precision"]
-    for entry in result["benchmarks"][2:]:
-        assert entry["error"] == "RuntimeError: compile unavailable here" and "train" not in entry
+    fp32, bf16, fp32_compiled, bf16_compiled = result["benchmarks"]
+    assert fp32["train"]["images_per_s"] > 0 and fp32["batch_size"] == 4
+    assert fp32["precision_settings"]["precision"] == "fp32"
+    assert "needs a CPU with native bf16" in bf16["refused"]
+    assert "train" not in bf16 and "error" not in bf16
+    for entry in (fp32_compiled, bf16_compiled):  # the fake compile failure comes first
+        assert entry["error"] == "RuntimeError: compile unavailable here"
+        assert "train" not in entry
     run = result["training"]
-    assert run["sizes"] == {"multi_dsprites_train": 12, "multi_dsprites_test": 8}
+    assert run["sizes"] == {"multi_dsprites_synth_train": 12, "multi_dsprites_synth_test": 8}
     evals = run["evals"]
     assert len(evals) >= 2 and evals[0]["iteration"] == 0
     assert evals[-1]["iteration"] == run["iterations"]
@@ -51,3 +60,4 @@ def test_gpu_check_on_cpu(tmp_path, monkeypatch, capsys, restore_precision_switc
     assert all(e["num_images"] == 8 and -1 <= e["fg_ari"] <= 1 for e in evals)
     table = capsys.readouterr().out
     assert "compile unavailable here" in table and "fg_ari" in table
+    assert "needs a CPU with native bf16" in table

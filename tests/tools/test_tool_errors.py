@@ -86,3 +86,54 @@ def test_cuda_without_gpu(tmp_path, data_root, capsys):
         capsys,
         "MODEL.DEVICE",
     )
+
+
+def test_paper_dataset_without_official_data(tmp_path, data_root, capsys):
+    # data_root holds the stand-in tetrominoes_synth only: the paper name must not read it,
+    # and nothing is generated or trained.
+    config = write_config(str(tmp_path), data_root)
+    out = str(tmp_path / "run")
+    before = sorted(os.listdir(data_root))
+    paper = ["DATASETS.TRAIN", "tetrominoes_train", "DATASETS.TEST", "tetrominoes_test"]
+    _fails(
+        train_net,
+        ["--config-file", config, "OUTPUT_DIR", out, *paper],
+        capsys,
+        "official dataset 'tetrominoes' not found",
+        "gsutil cp gs://multi-object-datasets/tetrominoes/tetrominoes_train.tfrecords",
+        "python tools/prepare_data.py --dataset tetrominoes --tfrecords tetrominoes_train",
+        "DATASETS.TRAIN tetrominoes_synth_train DATASETS.TEST tetrominoes_synth_test",
+    )
+    assert sorted(os.listdir(data_root)) == before
+    assert not any(name.endswith(".pth") or "events" in name for name in os.listdir(out))
+
+
+def test_weight_with_a_checkpoint_in_output_dir(tmp_path, data_root, capsys):
+    config = write_config(str(tmp_path), data_root)
+    cfg = load_cfg(config)
+    Checkpointer(build_model(cfg), save_dir=str(tmp_path / "w")).save(0)
+    weight = str(tmp_path / "w" / "model_0000000.pth")
+    out = str(tmp_path / "run")
+    short = ["--config-file", config, "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "2"]
+    short += ["TEST.EVAL_PERIOD", "0", "LOG.IMAGE_PERIOD", "0"]
+    assert train_net.main(short) == 0  # a run from scratch leaves model_0000002.pth
+    _fails(
+        train_net,
+        [*short, "MODEL.WEIGHT", weight, "SOLVER.MAX_ITER", "3"],
+        capsys,
+        f"MODEL.WEIGHT is {weight}",
+        f"OUTPUT_DIR {out} already holds",
+        "SOLVER.RESUME False",
+        "another OUTPUT_DIR",
+    )
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000002.pth"]
+    # A run started from the weights resumes when its command is run again.
+    tuned = ["--config-file", config, "OUTPUT_DIR", str(tmp_path / "tuned"), "MODEL.WEIGHT"]
+    tuned += [weight, "TEST.EVAL_PERIOD", "0", "LOG.IMAGE_PERIOD", "0"]
+    assert train_net.main([*tuned, "SOLVER.MAX_ITER", "2"]) == 0
+    assert train_net.main([*tuned, "SOLVER.MAX_ITER", "3"]) == 0
+    log = open(tmp_path / "tuned" / "log.txt").read()
+    assert "fresh start from the weights of" in log and "at iteration 2" in log
+    # SOLVER.RESUME False starts over from the weights in the same folder.
+    assert train_net.main([*short, "MODEL.WEIGHT", weight, "SOLVER.RESUME", "False"]) == 0
+    assert open(os.path.join(out, "log.txt")).read().count("fresh start from the weights") == 1

@@ -65,6 +65,9 @@ def test_two_processes_train_resume_and_evaluate(tmp_path, data_root):
     state = torch.load(os.path.join(out, "model_0000003.pth"), weights_only=True)
     assert state["iteration"] == 3 and len(state["rng_states"]) == 2
     assert not any(k.startswith("module.") for k in state["model"])  # stored unwrapped
+    # IMS_PER_BATCH 4 is the total: 2 images per process, recorded for evaluation.
+    assert "4 images per iteration in total = 2 processes x 1 accumulation steps x 2" in log
+    assert state["per_process_batch"] == 2
 
     # Evaluation with 2 ranks (TEST.IMS_PER_BATCH 4 -> 2 per rank) matches 1 process.
     _two_ranks(test_net, [*opts, "TEST.SAVE_PREDICTIONS", "True"])
@@ -74,14 +77,18 @@ def test_two_processes_train_resume_and_evaluate(tmp_path, data_root):
     argv = ["--config-file", config, "OUTPUT_DIR", single, "MODEL.WEIGHT", weight]
     assert test_net.main([*argv, "TEST.SAVE_PREDICTIONS", "True"]) == 0
     one = json.load(open(os.path.join(single, "metrics.json")))
+    single_log = open(os.path.join(single, "log.txt")).read()
+    assert "divides the gradient inputs by 2 (the checkpoint's per-process" in single_log
     assert two["num_images"] == one["num_images"] == 6
     for key in ("fg_ari", "ari", "mse"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
     for key in ("fg_ari_per_iter", "mse_per_iter"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
-    names = sorted(os.listdir(os.path.join(out, "predictions", "tetrominoes_test")))
+    names = sorted(os.listdir(os.path.join(out, "predictions", "tetrominoes_synth_test")))
     assert names == [f"{i:06d}.png" for i in range(6)]
     for name in names:
-        a = np.array(Image.open(os.path.join(out, "predictions", "tetrominoes_test", name)))
-        b = np.array(Image.open(os.path.join(single, "predictions", "tetrominoes_test", name)))
+        a = np.array(Image.open(os.path.join(out, "predictions", "tetrominoes_synth_test", name)))
+        b = np.array(
+            Image.open(os.path.join(single, "predictions", "tetrominoes_synth_test", name))
+        )
         assert (a == b).mean() > 0.99, name  # batched convs are not bit-identical: near-ties

@@ -94,18 +94,21 @@ def test_train_resume_evaluate(tmp_path, data_root, capsys):
         "train/lr",
         "train/grad_norm",
         "train/images_per_s",
-        "eval/fg_ari",
-        "eval/ari",
-        "eval/mse",
+        "eval/tetrominoes_synth_test/fg_ari",
+        "eval/tetrominoes_synth_test/ari",
+        "eval/tetrominoes_synth_test/mse",
     }
     expected |= {f"loss/{kind}_t{t}" for kind in ("nll", "kl") for t in range(3)}
     assert expected <= scalars, expected - scalars
     assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4, 5, 6]
     lrs = [e.value for e in events.Scalars("train/lr")]
     assert lrs == pytest.approx([1e-3 * 0.5 ** (it / 4) for it in range(6)], rel=1e-5)
-    assert [e.step for e in events.Scalars("eval/fg_ari")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("eval/tetrominoes_synth_test/fg_ari")] == [2, 4, 6]
     for name in ("inputs", "reconstructions", "masks", "slots", "refinement"):
-        assert f"train_images/{name}" in images and f"eval_images/{name}" in images
+        assert (
+            f"train_images/{name}" in images
+            and f"eval_images/tetrominoes_synth_test/{name}" in images
+        )
     # The slot grid (2 images x K = 3 tiles of 16 px, 1 px padding) upscaled 4x to 64 px tiles.
     slots = events.Images("train_images/slots")[0]
     assert (slots.width, slots.height) == (4 * (1 + 3 * 17), 4 * (1 + 2 * 17))
@@ -126,8 +129,8 @@ def test_train_resume_evaluate(tmp_path, data_root, capsys):
     )
     assert metrics["mse"] > 0
     assert metrics["provenance"]["source"] == "generated"
-    assert METRIC_KEYS <= set(metrics["datasets"]["tetrominoes_test"])
-    folder = os.path.join(out, "predictions", "tetrominoes_test")
+    assert METRIC_KEYS <= set(metrics["datasets"]["tetrominoes_synth_test"])
+    folder = os.path.join(out, "predictions", "tetrominoes_synth_test")
     names = sorted(os.listdir(folder))
     assert names == [f"{i:06d}.png" for i in range(6)]
     predictions = []
@@ -137,7 +140,7 @@ def test_train_resume_evaluate(tmp_path, data_root, capsys):
         predictions.append(np.array(png))
     # The ARIs of metrics.json again, from the saved argmax PNGs and the true label maps, by
     # scikit-learn (the predictions are the final step's, as fg_ari and ari are).
-    test_set = make_dataset("tetrominoes_test", load_cfg(config), False)
+    test_set = make_dataset("tetrominoes_synth_test", load_cfg(config), False)
     fg_scores, scores = [], []
     for index, pred in enumerate(predictions):
         labels = np.asarray(test_set[index][1])

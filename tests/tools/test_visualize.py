@@ -85,7 +85,7 @@ def test_decomposition(run):
     texts, (width, height) = _draw(run, _argv(run, "decomposition", "--num-images", "2"))
     # input, recon, argmax, true masks, then one column per slot.
     assert width == _width(4 + K)
-    assert "model_0000007.pth (iteration 7)" in texts and "tetrominoes_test" in texts
+    assert "model_0000007.pth (iteration 7)" in texts and "tetrominoes_synth_test" in texts
     assert "tiny.yaml" in texts and "fg ARI" in texts and "slot 2" in texts
 
     _, (width3, height3) = _draw(run, _argv(run, "decomposition", "--num-images", "3"))
@@ -121,7 +121,7 @@ def test_refinement(run):
     Checkpointer(model, save_dir=run["out"], save_to_disk=False).load(
         os.path.join(run["out"], "model_0000007.pth"), weights_only=True
     )
-    image, mask = make_dataset("tetrominoes_test", cfg, False)[1]
+    image, mask = make_dataset("tetrominoes_synth_test", cfg, False)[1]
     with torch.no_grad():
         out = model.eval()(image[None])
     true = mask.numpy()
@@ -150,13 +150,13 @@ def test_traversal(run):
 
 @pytest.mark.slow
 def test_generalisation(run, capsys):
-    argv = _argv(run, "generalisation", "--dataset", "tetrominoes", "--num-images", "2")
+    argv = _argv(run, "generalisation", "--dataset", "tetrominoes_synth", "--num-images", "2")
     texts, (width, _) = _draw(run, [*argv[:-2], "--num-slots", "5", "--full-eval", *argv[-2:]])
     assert width == _width(4 + 5)
-    assert "dataset tetrominoes " in texts
+    assert "dataset tetrominoes_synth " in texts
     assert "computed directly on these 2 images" in texts
     assert "K=3 (as trained): fg ARI" in texts and "K=5: fg ARI" in texts
-    assert "do_evaluate on all 30 images of tetrominoes" in texts
+    assert "do_evaluate on all 30 images of tetrominoes_synth" in texts
     # TEST.NUM_SLOTS as a trailing override works too; no extra slots is an error.
     assert visualize.main([*argv, "TEST.NUM_SLOTS", "4"]) == 0
     assert visualize.main(argv) == 1
@@ -180,7 +180,7 @@ def test_dataset_command_line(run):
         "--config-file",
         run["config"],
         "--dataset",
-        "tetrominoes_test",
+        "tetrominoes_synth_test",
         "--num-images",
         "5",
         "--pairs-per-row",

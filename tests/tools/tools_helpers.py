@@ -22,8 +22,8 @@ MODEL:
 INPUT:
   IMAGE_SIZE: 16
 DATASETS:
-  TRAIN: tetrominoes_train
-  TEST: tetrominoes_test
+  TRAIN: tetrominoes_synth_train
+  TEST: tetrominoes_synth_test
   ROOT: "{root}"
   TEST_SIZE: 6
 DATALOADER:

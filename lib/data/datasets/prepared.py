@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from lib.data.datasets.base import check_max_objects, square_crop_box, to_model_input
 from lib.data.format import (
+    BUILTIN_DATASETS,
     dataset_dir,
     factor_mapping,
     load_meta,
@@ -40,6 +41,9 @@ class PreparedDataset(Dataset):
         is_train: unused (no augmentation); kept for the registry's constructor signature.
         dataset: built-in dataset name, e.g. ``"clevr6"``.
         split: ``"all"``, ``"train"`` or ``"test"``.
+        return_factors: items ``(image, mask, factors)`` when the folder has factors with a
+            released mapping (``make_data_loader(with_factors=True)``).
+        return_uint8: uint8 images when the stored frames need no resize.
 
     Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S))``, S =
     ``INPUT.IMAGE_SIZE``, after the dataset's crop (CLEVR: rows 29:221, cols 64:256) or a
@@ -50,10 +54,10 @@ class PreparedDataset(Dataset):
         has_masks: True.
         factor_mapping: the released factor regressor's mapping ``((name, size, type), ...)``
             when the dataset has one and its folder stores factors, else None.
-        return_factors: False (default): items are ``(image, mask)`` as the contract says;
-            True (set by the training/evaluation loaders when the factor regressor is on):
-            ``(image, mask, factors)`` with ``factors`` = ``{name: float32 (L, n)}`` of
-            ``released_factors`` plus ``visibility`` (L,).
+        return_factors: False: items are ``(image, mask)`` as the contract says; True (asked
+            for and available): ``(image, mask, factors)`` with ``factors`` = ``{name: float32
+            (L, n)}`` of ``released_factors`` plus ``visibility`` (L,). Fixed at construction.
+        return_uint8: whether images are uint8 (asked for and no resize needed).
         start, stop: the split's range of stored indices.
 
     Raises:
@@ -63,17 +67,29 @@ class PreparedDataset(Dataset):
             disagree with it.
     """
 
-    def __init__(self, cfg, is_train: bool, dataset: str, split: str = "all"):
+    def __init__(
+        self,
+        cfg,
+        is_train: bool,
+        dataset: str,
+        split: str = "all",
+        return_factors: bool = False,
+        return_uint8: bool = False,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         root = str(cfg.DATASETS.ROOT)
         self.path = dataset_dir(root, dataset)
         if not os.path.isdir(self.path):
             raise FileNotFoundError(
-                f"dataset folder {self.path} does not exist; prepare it with "
-                f"`{prepare_command(dataset, root)}` (a generated stand-in; add --tfrecords FILE "
-                "to convert the official file); the tools (train_net.py, test_net.py, ...) "
-                "generate a missing dataset that has a generator themselves"
+                f"dataset folder {self.path} does not exist; "
+                + (
+                    f"convert the official file with `{prepare_command(dataset, root)} "
+                    "--tfrecords FILE` (see data/README.md)"
+                    if BUILTIN_DATASETS[dataset].official_format
+                    else f"generate it with `{prepare_command(dataset, root)}`; the tools "
+                    "(train_net.py, test_net.py, ...) generate it themselves"
+                )
             )
         if not os.path.isfile(os.path.join(self.path, "meta.json")):
             raise FileNotFoundError(
@@ -117,9 +133,6 @@ class PreparedDataset(Dataset):
             self.meta.get("source_file") or self.meta.get("generator") or self.meta["source"],
         )
         self.dataset = dataset
-        self.return_factors = False
-        # Set by the trainer on CUDA: uint8 images when the stored frames need no resize.
-        self.return_uint8 = False
         self.factor_mapping = factor_mapping(dataset)
         if self.factor_mapping is not None and not self.meta.get("factors"):
             logger.info("%s stores no factors: no factor regressor for it", self.path)
@@ -130,6 +143,9 @@ class PreparedDataset(Dataset):
                 self.path,
                 ", ".join(sorted(self.meta["factors"])),
             )
+        # The item format, fixed for the dataset's life (loader workers copy it at start).
+        self.return_factors = bool(return_factors) and self.factor_mapping is not None
+        self.return_uint8 = bool(return_uint8) and self.native_size
         self._images = self._masks = None
         self._factor_arrays: dict[str, np.ndarray] = {}
         self._open()  # validates the arrays now, not in a worker

@@ -50,15 +50,15 @@ class GeneratorSpec:
 
 # Built-in dataset name -> generator. Add an entry to make another generated dataset.
 GENERATORS: dict[str, GeneratorSpec] = {
-    "tetrominoes": GeneratorSpec("lib.prepare.generators.tetrominoes"),
-    "multi_dsprites": GeneratorSpec("lib.prepare.generators.multi_dsprites"),
-    "clevr6": GeneratorSpec(
+    "tetrominoes_synth": GeneratorSpec("lib.prepare.generators.tetrominoes"),
+    "multi_dsprites_synth": GeneratorSpec("lib.prepare.generators.multi_dsprites"),
+    "clevr6_synth": GeneratorSpec(
         "lib.prepare.generators.clevr",
         {"min_objects": 3, "max_objects": 6},
         indexable=True,
         chunk_size=64,
     ),
-    "clevr10": GeneratorSpec(
+    "clevr10_synth": GeneratorSpec(
         "lib.prepare.generators.clevr",
         {"min_objects": 3, "max_objects": 10},
         indexable=True,
