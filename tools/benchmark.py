@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
+from lib.cli import default_argument_parser, run_tool
 from lib.engine.benchmark import format_report, run_benchmark
-from lib.engine.launch import RunError, default_argument_parser, run_tool
 from lib.engine.precision import PrecisionError
+from lib.errors import RunError
 from lib.utils.io import atomic_write_text
 
 
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0, or 1 with a one-line message on a config, device or argument error
         (a precision this machine refuses is also written to ``--json`` as ``refused``).
     """
-    return run_tool(argv, build_parser(), benchmark, errors=(ValueError,), make_cfg=benchmark_cfg)
+    return run_tool(argv, build_parser(), benchmark, make_cfg=benchmark_cfg)
 
 
 if __name__ == "__main__":

@@ -37,20 +37,14 @@ import torch
 from yacs.config import CfgNode
 
 from lib.analysis import profiling
+from lib.cli import build_datasets, default_argument_parser, parse_tool_args
 from lib.config import load_cfg
 from lib.engine.benchmark import run_benchmark
-from lib.engine.launch import (
-    RunError,
-    build_datasets,
-    default_argument_parser,
-    parse_tool_args,
-    resolve_device,
-    seed_all,
-    setup_precision,
-)
+from lib.engine.hooks import PeriodicStats, TimedEvaluation, TimeLimit
 from lib.engine.precision import PrecisionError, autocast_factory
+from lib.engine.setup import RunError, resolve_device, seed_all, setup_precision
 from lib.engine.solver import make_lr_scheduler, make_optimizer
-from lib.engine.trainer import images_to_device, make_heldout_batches, train_step
+from lib.engine.trainer import Trainer, make_heldout_batches
 from lib.utils.io import atomic_write_text
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -179,55 +173,38 @@ def train_multi_dsprites(args: argparse.Namespace, result: dict[str, Any]) -> No
     seed_all(cfg.SEED)
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(cfg, model)
-    scheduler = make_lr_scheduler(cfg, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
     test_name = cfg.DATASETS.TEST[0]
     heldout = make_heldout_batches(datasets[test_name], len(datasets[test_name]), 64)
-    loader = make_data_loader(cfg, is_train=True)
-    data_iter = iter(loader)
 
-    def evaluate(iteration: int, images: int, seconds: float) -> None:
-        metrics = do_evaluate(model, [(test_name, heldout)], device)[test_name]
-        model.train()
+    def evaluate(trainer: Trainer) -> None:
+        metrics = do_evaluate(trainer.model, [(test_name, heldout)], device)[test_name]
         point = {
-            "iteration": iteration,
-            "train_seconds": round(seconds, 1),
-            "train_images": images,
-            "fg_ari": metrics["fg_ari"],
-            "ari": metrics["ari"],
-            "mse": metrics["mse"],
-            "num_images": metrics["num_images"],
+            "iteration": trainer.iter,
+            "train_seconds": round(trainer.train_seconds, 1),
+            "train_images": trainer.iter * cfg.SOLVER.IMS_PER_BATCH,
+            **{key: metrics[key] for key in ("fg_ari", "ari", "mse", "num_images")},
         }
         run["evals"].append(point)
         print(f"  train {point}", file=sys.stderr, flush=True)
         _write(args.out, result)
 
-    model.train()
-    iteration, images, trained = 0, 0, 0.0
-    evaluate(0, 0, 0.0)
-    last_eval = trained
-    bad = torch.zeros((), device=device)
-    while trained < 60 * args.minutes:
-        tick = time.perf_counter()
-        batch = images_to_device(next(data_iter)[0], device)
-        step = train_step(model, optimizer, [batch], params, clip, autocast, defer_check=True)
-        bad = bad + step.bad
-        scheduler.step()
-        iteration += 1
-        images += batch.shape[0]
-        if iteration % 20 == 0 or trained - last_eval >= args.eval_seconds:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        trained += time.perf_counter() - tick
-        if trained - last_eval >= args.eval_seconds:
-            evaluate(iteration, images, trained)
-            last_eval = trained
-    if not run["evals"] or run["evals"][-1]["iteration"] != iteration:
-        evaluate(iteration, images, trained)
-    run["iterations"] = iteration
-    run["skipped_steps"] = int(bad.item())
-    run["train_images_per_s"] = images / trained if trained > 0 else 0.0
+    # The training loop of train_net, stopped by time; skipped steps are undone as there.
+    stats = PeriodicStats(20, 0, cfg.SOLVER.MAX_NONFINITE)
+    hooks = [
+        stats,
+        TimeLimit(60 * args.minutes, device, profiling.synchronize),
+        TimedEvaluation(args.eval_seconds, evaluate),
+    ]
+    trainer = Trainer(
+        model, optimizer, make_data_loader(cfg, is_train=True), make_lr_scheduler(cfg, optimizer),
+        device, 0, 10**9, hooks, cfg.SOLVER.ACCUMULATE_STEPS, clip, autocast,
+    )  # fmt: skip
+    trainer.train()
+    run["iterations"] = trainer.iter
+    run["skipped_steps"] = stats.skipped_steps
+    images = trainer.iter * cfg.SOLVER.IMS_PER_BATCH
+    run["train_images_per_s"] = images / trainer.train_seconds if trainer.train_seconds else 0.0
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 from yacs.config import CfgNode
 
+from lib.cli import default_argument_parser, run_tool
 from lib.data.format import BUILTIN_DATASETS
-from lib.engine.launch import default_argument_parser, run_tool
+from lib.errors import ConfigError
 from lib.prepare import convert_official, generate_dataset
 
 
@@ -89,9 +90,9 @@ def _settings(cfg: CfgNode, args: argparse.Namespace) -> argparse.Namespace:
     for name in ("num_examples", "test_size", "max_examples", "train_records"):
         value = getattr(settings, name)
         if value is not None and value < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if settings.workers is not None and settings.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {settings.workers}")
+        raise ConfigError(f"--workers must be >= 1, got {settings.workers}")
     return settings
 
 
@@ -101,12 +102,12 @@ def prepare(cfg: CfgNode, args: argparse.Namespace) -> str:
     s = _settings(cfg, args)
     official = BUILTIN_DATASETS[s.dataset].official_format is not None
     if official and not s.tfrecords:
-        raise ValueError(
+        raise ConfigError(
             f"--dataset {s.dataset} is the official data: give --tfrecords FILE (see "
             f"data/README.md), or generate its stand-in with --dataset {s.dataset}_synth"
         )
     if s.tfrecords and not official:
-        raise ValueError(f"--dataset {s.dataset} is generated only: drop --tfrecords")
+        raise ConfigError(f"--dataset {s.dataset} is generated only: drop --tfrecords")
     if s.tfrecords:
         path = convert_official(
             s.dataset,
@@ -135,9 +136,7 @@ def prepare(cfg: CfgNode, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 = success, 1 = error)."""
-    return run_tool(
-        argv, build_parser(), prepare, errors=(OSError, ValueError, KeyError, ImportError)
-    )
+    return run_tool(argv, build_parser(), prepare)
 
 
 if __name__ == "__main__":

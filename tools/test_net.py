@@ -20,17 +20,10 @@ import sys
 
 from yacs.config import CfgNode
 
+from lib.cli import build_datasets, default_argument_parser, run_tool, tool_session
 from lib.data import make_data_loader
 from lib.engine.inference import do_evaluate, format_metrics, metrics_document
-from lib.engine.launch import (
-    build_datasets,
-    default_argument_parser,
-    load_weights,
-    reported_as_run_error,
-    run_tool,
-    seed_all,
-    tool_session,
-)
+from lib.engine.setup import load_weights, seed_all
 from lib.model import build_model
 from lib.utils import comm
 from lib.utils.io import atomic_write_text
@@ -61,14 +54,13 @@ def test(cfg: CfgNode, args: argparse.Namespace) -> dict:
         )
 
         build_datasets(cfg, cfg.DATASETS.TEST, is_train=False, logger=logger)
-        with reported_as_run_error(f"test data {list(cfg.DATASETS.TEST)}", logger):
-            loaders = make_data_loader(
-                cfg,
-                False,
-                comm.get_world_size(),
-                comm.get_rank(),
-                with_factors=getattr(model, "factor_regressor", None) is not None,
-            )
+        loaders = make_data_loader(
+            cfg,
+            False,
+            comm.get_world_size(),
+            comm.get_rank(),
+            with_factors=getattr(model, "factor_regressor", None) is not None,
+        )
         predictions_dir = (
             os.path.join(cfg.OUTPUT_DIR, "predictions") if cfg.TEST.SAVE_PREDICTIONS else None
         )

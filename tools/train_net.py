@@ -22,20 +22,13 @@ import sys
 from torch.utils.tensorboard import SummaryWriter
 from yacs.config import CfgNode
 
+from lib.cli import build_datasets, default_argument_parser, run_tool, tool_session
 from lib.data import make_data_loader
 from lib.data.build import per_process_batch
 from lib.engine.checkpoint import Checkpointer
-from lib.engine.launch import (
-    build_datasets,
-    default_argument_parser,
-    reported_as_run_error,
-    run_tool,
-    seed_all,
-    tool_session,
-    wrap_distributed,
-)
+from lib.engine.setup import seed_all, wrap_distributed
 from lib.engine.solver import make_lr_scheduler, make_optimizer
-from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches, resume_or_start
+from lib.engine.trainer import do_train, make_heldout_batches, resume_or_start
 from lib.model import build_model, trainable_parameter_counts
 from lib.model.build import eval_grad_divisor
 from lib.prepare import prepare_missing
@@ -58,13 +51,11 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
         # Every dataset first: missing official data stops the run before any work, and
         # missing stand-ins are generated before the model is built.
         names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
-        with reported_as_run_error(f"datasets {names}", logger):
-            prepare_missing(cfg, names)
+        prepare_missing(cfg, names)
         if main:
             atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
         world, rank = comm.get_world_size(), comm.get_rank()
-        with reported_as_run_error("SOLVER.IMS_PER_BATCH", logger):
-            per_process = per_process_batch(cfg, world)
+        per_process = per_process_batch(cfg, world)
         logger.info(
             "batch: %d images per iteration in total = %d processes x %d accumulation steps "
             "x %d images per process (the loss and the released gradient inputs average over "
@@ -97,16 +88,15 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
         start_iter = resume_or_start(cfg, checkpointer, scheduler, logger)
 
         build_datasets(cfg, cfg.DATASETS.TRAIN, is_train=True, logger=logger)
-        with reported_as_run_error("training data", logger):
-            loader = make_data_loader(
-                cfg,
-                True,
-                world,
-                rank,
-                start_iter=start_iter,
-                with_factors=model.factor_regressor is not None,
-                uint8_images=device.type == "cuda",
-            )
+        loader = make_data_loader(
+            cfg,
+            True,
+            world,
+            rank,
+            start_iter=start_iter,
+            with_factors=model.factor_regressor is not None,
+            uint8_images=device.type == "cuda",
+        )
         heldout = None
         if cfg.TEST.EVAL_PERIOD > 0:
             name = cfg.DATASETS.TEST[0]
@@ -131,7 +121,7 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a one-line message on a known failure)."""
     parser = default_argument_parser("Train IODINE.")
-    return run_tool(argv, parser, train, errors=(NonFiniteError,))
+    return run_tool(argv, parser, train)
 
 
 if __name__ == "__main__":

@@ -212,8 +212,6 @@ _C.SOLVER.CHECKPOINT_KEEP = 3
 _C.SOLVER.RESUME = True
 # Consecutive non-finite losses or gradients (each step skipped) before training stops.
 _C.SOLVER.MAX_NONFINITE = 20
-# Deprecated alias of MODEL.PRECISION "bf16" on CUDA (ignored elsewhere, with a warning).
-_C.SOLVER.AMP = False
 
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CN()
@@ -238,3 +236,9 @@ _C.LOG.PERIOD = 20
 _C.LOG.IMAGE_PERIOD = 1000
 # Images shown in each image summary.
 _C.LOG.NUM_IMAGES = 4
+
+# SOLVER.AMP (a bool) was removed; a config that still sets it gets an error naming its
+# replacement.
+_C.register_renamed_key(
+    "SOLVER.AMP", "MODEL.PRECISION", message="SOLVER.AMP True is MODEL.PRECISION bf16"
+)

@@ -25,6 +25,7 @@ from lib.data.datasets.external import EXTERNAL_PREFIXES, make_external_dataset
 from lib.data.datasets.folder import FolderDataset
 from lib.data.datasets.prepared import PreparedDataset
 from lib.data.format import BUILTIN_DATASETS, SPLIT_SUFFIXES
+from lib.errors import ConfigError, DatasetError, IodineError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ DATASET_REGISTRY: dict[str, tuple[type, dict]] = {
 }
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(IodineError, KeyError):
     """A dataset name that is neither registered nor ``folder:<path>``."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted
@@ -150,9 +151,9 @@ class InfiniteShuffleSampler(Sampler[int]):
 
     def __init__(self, size: int, seed: int, rank: int = 0, num_replicas: int = 1, start: int = 0):
         if size <= 0:
-            raise ValueError("cannot sample from an empty dataset")
+            raise DatasetError("cannot sample from an empty dataset")
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+            raise DatasetError(f"rank {rank} is not in [0, {num_replicas})")
         self.size, self.seed, self.rank, self.num_replicas, self.start = (
             size,
             seed,
@@ -204,7 +205,7 @@ def per_process_batch(cfg, num_replicas: int) -> int:
     accumulate = int(cfg.SOLVER.ACCUMULATE_STEPS)
     batch = int(cfg.SOLVER.IMS_PER_BATCH) // (num_replicas * accumulate)
     if batch < 1:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is smaller than "
             f"num_replicas ({num_replicas}) x SOLVER.ACCUMULATE_STEPS ({accumulate})"
         )
@@ -286,7 +287,7 @@ def make_data_loader(
         datasets = _train_datasets(cfg, names, with_factors, uint8_images)
         dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         if len(dataset) == 0:
-            raise ValueError(f"the training datasets {names} have no examples")
+            raise DatasetError(f"the training datasets {names} have no examples")
         accumulate = int(cfg.SOLVER.ACCUMULATE_STEPS)
         batch = per_process_batch(cfg, num_replicas)
         sampler = InfiniteShuffleSampler(

@@ -5,11 +5,12 @@ images in [0, 1] at INPUT.IMAGE_SIZE (no dataset) on MODEL.DEVICE. For each mode
 ``warmup`` untimed steps:
 
 * ``steps`` plain timed steps give the median step time and images/s. A training step is
-  the trainer's own ``lib.engine.trainer.train_step`` on one batch: zero_grad, forward,
-  ``loss.backward()``, clipping at SOLVER.GRAD_CLIP_NORM, the non-finite check (one host
-  sync) and the Adam step (no data loading, no scheduler); an inference step is
+  an iteration of the training loop itself (``lib.engine.trainer.Trainer`` with a timing
+  hook) on one batch: zero_grad, forward, ``loss.backward()``, clipping at
+  SOLVER.GRAD_CLIP_NORM, the non-finite check decided on the device and the Adam step (no
+  data loading, no scheduler); an inference step is
   ``model.eval()`` and the forward under ``torch.no_grad()``. MODEL.PRECISION and
-  MODEL.DETERMINISTIC are applied as in training (``lib.engine.launch.setup_precision``):
+  MODEL.DETERMINISTIC are applied as in training (``lib.engine.setup.setup_precision``):
   "bf16" wraps the forward in bf16 autocast, "tf32" allows TF32 on CUDA.
 * peak memory over the timed steps: CUDA ``max_memory_allocated``; CPU the resident-set
   high-water mark (reset before the steps where Linux allows) and its rise over the resident set
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import math
 import os
 import platform
@@ -40,10 +42,12 @@ import torch
 from yacs.config import CfgNode
 
 from lib.analysis import profiling
-from lib.engine.launch import resolve_device, seed_all, setup_precision
+from lib.engine.hooks import StepTimer
 from lib.engine.precision import autocast_factory
+from lib.engine.setup import resolve_device, seed_all, setup_precision
 from lib.engine.solver import make_optimizer
-from lib.engine.trainer import train_step
+from lib.engine.trainer import Trainer
+from lib.errors import ConfigError
 from lib.model import build_model
 
 MODES = ("train", "infer")
@@ -118,7 +122,7 @@ def _summary(times: list[float]) -> dict[str, Any]:
 
 def _measure_mode(
     mode: str,
-    step: Callable[[profiling.PhaseTimer | None], None],
+    run: Callable[[int, profiling.PhaseTimer | None], list[float]],
     model: torch.nn.Module,
     device: torch.device,
     batch: int,
@@ -127,35 +131,26 @@ def _measure_mode(
     profile_steps: int,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Warm up, time plain steps (with peak memory), then time instrumented steps."""
+    """Warm up, time plain steps (with peak memory), then time instrumented steps.
+
+    ``run(n, timer)`` runs n steps (the device synchronised around each) and returns their
+    wall times; ``timer`` is None or the instrumented steps' phase timer.
+    """
     log(f"{mode}: {warmup} warm-up step(s)")
-    for _ in range(warmup):
-        step(None)
+    run(warmup, None)
     profiling.synchronize(device)
 
     log(f"{mode}: {steps} timed step(s)")
     reset = profiling.reset_peak_memory(device)
     before = profiling.current_memory(device)
-    times = []
-    for _ in range(steps):
-        profiling.synchronize(device)
-        start = time.perf_counter()
-        step(None)
-        profiling.synchronize(device)
-        times.append(time.perf_counter() - start)
+    times = run(steps, None)
     peak = profiling.peak_memory(device)
     median = statistics.median(times)
 
     log(f"{mode}: {profile_steps} instrumented step(s)")
     timer = profiling.PhaseTimer(device)
-    total = 0.0
     with profiling.instrument(model, timer):
-        for _ in range(profile_steps):
-            profiling.synchronize(device)
-            start = time.perf_counter()
-            step(timer)
-            profiling.synchronize(device)
-            total += time.perf_counter() - start
+        total = sum(run(profile_steps, timer))
     parts = {name: timer.times.get(name, 0.0) for name in profiling.PHASES}
     other = total - sum(parts.values()) + parts["optimizer"]
     shares = {name: parts[name] / total for name in SHARES[:-1]}
@@ -217,13 +212,13 @@ def run_benchmark(
     """
     log = log or (lambda _: None)
     if steps < 1 or warmup < 0 or profile_steps < 0:
-        raise ValueError("need steps >= 1, warmup >= 0 and profile_steps >= 0")
+        raise ConfigError("need steps >= 1, warmup >= 0 and profile_steps >= 0")
     if mode not in (*MODES, "both"):
-        raise ValueError(f"mode must be train, infer or both, got {mode!r}")
+        raise ConfigError(f"mode must be train, infer or both, got {mode!r}")
     modes = MODES if mode == "both" else (mode,)
     batch = batch_size or cfg.SOLVER.IMS_PER_BATCH
     if batch < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch}")
+        raise ConfigError(f"batch size must be >= 1, got {batch}")
     profile_steps = profile_steps or min(steps, 3)
     device = resolve_device(cfg.MODEL.DEVICE)
     size = cfg.INPUT.IMAGE_SIZE
@@ -232,7 +227,6 @@ def run_benchmark(
     seed_all(cfg.SEED)
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(cfg, model)
-    params = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
     precision = setup_precision(cfg, device)
     autocast = autocast_factory(precision["precision"], device)
@@ -240,22 +234,36 @@ def run_benchmark(
     images = torch.rand(batch, 3, size, size, generator=gen, device="cpu").to(device)
 
     results: dict[str, Any] = {}
+    # The training loop itself (``Trainer``), fed the same batch forever, without a
+    # scheduler, timed by a hook.
+    trainer = Trainer(
+        model, optimizer, itertools.repeat((images, None)), None, device, 0, 0, (), 1, clip,
+        autocast,
+    )  # fmt: skip
+
+    def run_train(n: int, timer: profiling.PhaseTimer | None) -> list[float]:
+        clock = StepTimer(device, profiling.synchronize)
+        trainer.hooks = [clock]
+        trainer.phase = timer.phase if timer is not None else None
+        trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + n
+        trainer.train()
+        return clock.times
+
+    def run_infer(n: int, timer: profiling.PhaseTimer | None) -> list[float]:
+        model.eval()
+        times = []
+        for _ in range(n):
+            profiling.synchronize(device)
+            start = time.perf_counter()
+            _infer_step(model, images, autocast)
+            profiling.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return times
+
     for name in modes:
         seed_all(cfg.SEED)
-        if name == "train":
-            model.train()
-
-            def step(timer, _m=model):
-                phase = timer.phase if timer is not None else None
-                train_step(_m, optimizer, [images], params, clip, autocast, phase)
-
-        else:
-            model.eval()
-
-            def step(timer, _m=model):
-                _infer_step(_m, images, autocast)
-
-        res = _measure_mode(name, step, model, device, batch, steps, warmup, profile_steps, log)
+        run = run_train if name == "train" else run_infer
+        res = _measure_mode(name, run, model, device, batch, steps, warmup, profile_steps, log)
         log(f"{name}: counting FLOPs")
         flops = _count_mode_flops(cfg, name, batch, size, device)
         res["flops_per_image"] = flops["total"] / batch
@@ -305,7 +313,6 @@ def run_benchmark(
             },
             "channels_last": cfg.MODEL.CHANNELS_LAST,
             "compile": cfg.MODEL.COMPILE,
-            "amp": cfg.SOLVER.AMP,
             "amp_active": precision["precision"] == "bf16",
             "precision": precision,
         },

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.errors import IodineError
 from lib.utils.io import TMP_MARK, atomic_torch_save, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
 _CHECKPOINT_RE = re.compile(r"^model_(\d{7,})\.pth$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(IodineError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model."""
 
 

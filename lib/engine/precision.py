@@ -1,7 +1,6 @@
 """Arithmetic precision and determinism of a run: MODEL.PRECISION and MODEL.DETERMINISTIC.
 
-``resolve_precision(cfg, device)`` reads the keys (SOLVER.AMP is a deprecated alias of
-"bf16" on CUDA), ``apply_precision`` sets torch's process-wide switches once at start, and
+``resolve_precision(cfg, device)`` reads the key, ``apply_precision`` sets torch's process-wide switches once at start, and
 ``autocast_factory`` gives the forward's context. The model keeps its numerically sensitive
 parts (likelihood, KL, LayerNorm inputs, gradient inputs, decoder output layer) in fp32 under
 autocast itself (``lib.model.iodine``).
@@ -11,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from yacs.config import CfgNode
 
+from lib.errors import IodineError
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 # cuBLAS needs a fixed workspace for deterministic results (CUDA docs, "Reproducibility").
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(IodineError, RuntimeError):
     """The precision asked for cannot run on this device (e.g. bf16 on a CPU without it)."""
 
 
@@ -52,15 +52,12 @@ def cpu_bf16_support(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[bool, str]:
 
 
 def resolve_precision(cfg: CfgNode, device: torch.device, warn: bool = True) -> str:
-    """The precision the run uses: MODEL.PRECISION, or "bf16" from the deprecated SOLVER.AMP.
-
-    SOLVER.AMP True warns; on CUDA it means "bf16" (unless MODEL.PRECISION says otherwise),
-    elsewhere it is ignored as before.
+    """The precision the run uses: MODEL.PRECISION.
 
     Args:
-        cfg: the config (MODEL.PRECISION, SOLVER.AMP).
-        device: where the model runs.
-        warn: warn about SOLVER.AMP (once per run: the tools' set-up does).
+        cfg: the config (MODEL.PRECISION).
+        device: where the model runs (unused; kept for the callers' signature).
+        warn: unused (the deprecated SOLVER.AMP that it warned about is gone).
 
     Returns:
         One of ``PRECISIONS``.
@@ -71,15 +68,6 @@ def resolve_precision(cfg: CfgNode, device: torch.device, warn: bool = True) -> 
     precision = cfg.MODEL.PRECISION
     if precision not in PRECISIONS:
         raise ValueError(f"config key MODEL.PRECISION = {precision!r} is not one of {PRECISIONS}")
-    if cfg.SOLVER.AMP:
-        if device.type == "cuda" and precision == "fp32":
-            precision = "bf16"
-        if warn:
-            warnings.warn(
-                "SOLVER.AMP is deprecated: set MODEL.PRECISION bf16; "
-                + (f"using {precision}" if device.type == "cuda" else f"ignored on {device}"),
-                stacklevel=2,
-            )
     return precision
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 from yacs.config import CfgNode
 
 from lib.data.build import per_process_batch
@@ -34,21 +33,21 @@ from lib.engine.checkpoint import (
     LAST_CHECKPOINT,
     Checkpointer,
     CheckpointError,
-    get_rng_states,
     read_checkpoint,
     set_rng_states,
-    unwrap_model,
 )
-from lib.engine.inference import do_evaluate, sanitize_name
-from lib.engine.launch import seed_all
+from lib.engine.hooks import (
+    HeldoutEvaluation,
+    HookBase,
+    ImageSummaries,
+    NonFiniteError,  # noqa: F401  (re-exported: the tools catch it from here)
+    PeriodicCheckpoint,
+    PeriodicStats,
+    ProgressBar,
+)
 from lib.engine.precision import autocast_factory, resolve_precision
-from lib.engine.summaries import add_image_summaries
+from lib.engine.setup import seed_all
 from lib.utils import comm
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced SOLVER.MAX_NONFINITE consecutive non-finite losses or gradients."""
-
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 PhaseFactory = Callable[[str], contextlib.AbstractContextManager]
@@ -312,10 +311,6 @@ class _PeriodMeter:
         return (host[4:] if counts["good"] else None), counts, rate
 
 
-def _due(iteration: int, period: int, max_iter: int) -> bool:
-    return period > 0 and (iteration % period == 0 or iteration == max_iter)
-
-
 def resume_or_start(
     cfg: CfgNode,
     checkpointer: Checkpointer,
@@ -415,6 +410,118 @@ def _warn_schedule_change(
             )
 
 
+class Trainer:
+    """The training loop: ``run_step`` each iteration, then the hooks, in list order.
+
+    ``run_step`` is one optimiser step over SOLVER.ACCUMULATE_STEPS micro-batches
+    (``train_step`` with the finite check decided on the device, so no host sync), the
+    statistics added to ``meter`` on the device, and the scheduler step. Everything else
+    (logs, the non-finite stop, pictures, evaluation, checkpoints, a progress bar, timing)
+    is a hook (``lib.engine.hooks``).
+
+    Args:
+        model: IODINE, possibly wrapped in DistributedDataParallel.
+        optimizer: its optimiser.
+        data_loader: endless iterable of ``(images, masks)`` or ``(images, labels, factors)``
+            batches (factors: the loader was built with them).
+        scheduler: per-iteration LR scheduler, or None (the benchmark).
+        device: where the model runs.
+        start_iter: completed iterations; the loop runs ``start_iter + 1 .. max_iter``.
+        max_iter: the last iteration.
+        hooks: the hooks.
+        accumulate: micro-batches per iteration (SOLVER.ACCUMULATE_STEPS).
+        clip: global gradient-norm limit (``math.inf``: none).
+        autocast: the forward's context factory.
+
+    Attributes:
+        iter: the current iteration; ``step``: its ``StepResult``; ``lr``: its learning rate;
+        ``meter``: device statistics since the last read; ``stop``: set by a hook to end the
+        loop after the current iteration; ``phase``: a timing context factory passed to
+        ``train_step`` (the benchmark's instrumented steps), else None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_loader: Iterable,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        device: torch.device,
+        start_iter: int,
+        max_iter: int,
+        hooks: Sequence[HookBase] = (),
+        accumulate: int = 1,
+        clip: float = math.inf,
+        autocast: Callable[[], Any] = contextlib.nullcontext,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.data_loader, self.device = data_loader, device
+        self.start_iter, self.max_iter = start_iter, max_iter
+        self.hooks = list(hooks)
+        self.accumulate, self.clip, self.autocast = accumulate, clip, autocast
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.meter = _PeriodMeter(device)
+        self.iter = start_iter
+        self.step: StepResult | None = None
+        self.lr = optimizer.param_groups[0]["lr"]
+        self.stop = False
+        self.phase: PhaseFactory | None = None
+        self.last_mean: list[float] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.skipped_steps = 0
+        self.train_seconds = 0.0
+        self._data_iter = None
+
+    def run_step(self) -> StepResult:
+        """One iteration's optimiser step (no host sync); returns its ``StepResult``."""
+        micro_batches = [
+            _batch_to_device(next(self._data_iter), self.device) for _ in range(self.accumulate)
+        ]
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        step = train_step(
+            self.model, self.optimizer, micro_batches, self.params, self.clip, self.autocast,
+            self.phase, defer_check=True,
+        )  # fmt: skip
+        images = sum(_unpack(b)[0].shape[0] for b in micro_batches)
+        self.meter.images += images * comm.get_world_size()
+        stats = torch.cat(
+            [step.values.to(step.grad_norm.device), step.grad_norm.reshape(1).float()]
+        )
+        self.meter.add(stats, step.bad)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step = step
+        return step
+
+    def train(self) -> None:
+        """Run the iterations; the hooks' ``after_train`` runs also when one raises."""
+        # Creating a DataLoader iterator draws a base seed from torch's global generator;
+        # undo that draw so the training noise depends only on the restored RNG state, and a
+        # resumed run continues exactly as the uninterrupted one would.
+        rng_state = torch.get_rng_state()
+        self._data_iter = iter(self.data_loader)
+        torch.set_rng_state(rng_state)
+        self.model.train()
+        try:
+            for hook in self.hooks:
+                hook.before_train(self)
+            for iteration in range(self.start_iter + 1, self.max_iter + 1):
+                self.iter = iteration
+                for hook in self.hooks:
+                    hook.before_step(self)
+                self.run_step()
+                for hook in self.hooks:
+                    start = time.perf_counter()
+                    hook.after_step(self)
+                    if not hook.training_time:  # images/s measures training alone
+                        self.meter.start += time.perf_counter() - start
+                if self.stop:
+                    break
+        finally:
+            for hook in self.hooks:
+                hook.after_train(self)
+
+
 def do_train(
     cfg: CfgNode,
     model: nn.Module,
@@ -429,7 +536,8 @@ def do_train(
     writer: Any = None,
     logger: logging.Logger | None = None,
 ) -> dict[str, Any]:
-    """Train from iteration ``start_iter`` to SOLVER.MAX_ITER.
+    """Train from iteration ``start_iter`` to SOLVER.MAX_ITER: a ``Trainer`` with the hooks of
+    a training run.
 
     Collective in a distributed run: every rank calls it; rank 0 alone writes (its
     ``writer`` and ``checkpointer.save_to_disk``).
@@ -438,8 +546,8 @@ def do_train(
         cfg: the run's config (SOLVER, TEST, LOG sections).
         model: IODINE, possibly wrapped in DistributedDataParallel; returns a dict with
             ``loss`` (scalar), ``nll``, ``kl`` (T+1,), ``recon``, ``masks``, ``components``.
-        data_loader: endless iterator of ``(images (b, 3, H, W), masks or None)``, b the
-            per-process micro-batch.
+        data_loader: endless iterator of ``(images (b, 3, H, W), masks or None)`` (or with
+            factors), b the per-process micro-batch.
         optimizer: Adam from ``make_optimizer``.
         scheduler: per-iteration scheduler from ``make_lr_scheduler`` (its ``last_epoch`` is
             ``start_iter``).
@@ -448,7 +556,7 @@ def do_train(
         start_iter: completed iterations (0 on a fresh start, the checkpoint's on resume).
         heldout: this rank's share of the fixed evaluation batch (``make_heldout_batches``),
             evaluated every TEST.EVAL_PERIOD iterations and at the end; None = never.
-        heldout_name: its dataset name (for logs).
+        heldout_name: its dataset name (logs and TensorBoard tags).
         writer: TensorBoard SummaryWriter on rank 0, None elsewhere.
         logger: where to log.
 
@@ -461,194 +569,41 @@ def do_train(
             checkpoint is written after the last good one.
     """
     logger = logger or logging.getLogger(__name__)
-    max_iter = cfg.SOLVER.MAX_ITER
-    accumulate = cfg.SOLVER.ACCUMULATE_STEPS
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
-    max_nonfinite = max(cfg.SOLVER.MAX_NONFINITE, 1)
-    autocast = autocast_factory(resolve_precision(cfg, device, warn=False), device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    main = comm.is_main_process()
-    cfg_yaml = cfg.dump()
     # Recorded in each checkpoint: evaluation divides the gradient inputs by it.
     batch = per_process_batch(cfg, comm.get_world_size())
-
-    meter = _PeriodMeter(device)
-    skipped_steps = 0
-    last_eval = None
-    # Creating a DataLoader iterator draws a base seed from torch's global generator; undo that
-    # draw so the training noise depends only on the restored RNG state, and a resumed run
-    # continues exactly as the uninterrupted one would.
-    rng_state = torch.get_rng_state()
-    data_iter = iter(data_loader)
-    torch.set_rng_state(rng_state)
-    model.train()
-    bar = tqdm(
-        total=max_iter, initial=start_iter, desc="train", dynamic_ncols=True, disable=not main
-    )
-    logger.info("start training at iteration %d of %d", start_iter, max_iter)
-
-    for iteration in range(start_iter + 1, max_iter + 1):
-        # 1. Forward and backward over the micro-batches, clipping, the agreed finite check
-        # and the optimiser step, undone on the device if the check failed (no host sync).
-        micro_batches = [_batch_to_device(next(data_iter), device) for _ in range(accumulate)]
-        lr = optimizer.param_groups[0]["lr"]
-        step = train_step(model, optimizer, micro_batches, params, clip, autocast, defer_check=True)
-        meter.images += sum(_unpack(b)[0].shape[0] for b in micro_batches) * comm.get_world_size()
-        stats = torch.cat(
-            [step.values.to(step.grad_norm.device), step.grad_norm.reshape(1).float()]
+    hooks: list[HookBase] = [
+        PeriodicStats(
+            cfg.LOG.PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_NONFINITE, writer, logger
+        ),
+        ImageSummaries(writer, cfg.LOG.IMAGE_PERIOD, cfg.LOG.NUM_IMAGES),
+    ]
+    if heldout is not None:
+        hooks.append(
+            HeldoutEvaluation(
+                cfg, heldout, heldout_name, cfg.TEST.EVAL_PERIOD, device, writer, logger
+            )
         )
-        meter.add(stats, step.bad)
-        scheduler.step()
-        if main:
-            bar.update(1)
-
-        # 2. Once per LOG.PERIOD, and before every checkpoint (so that none is written after
-        # SOLVER.MAX_NONFINITE bad steps), the device statistics come to the host: skipped
-        # steps are reported up to LOG.PERIOD iterations late (their updates were undone).
-        checkpoint_due = iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or iteration == max_iter
-        log_due = _due(iteration, cfg.LOG.PERIOD, max_iter)
-        if log_due or checkpoint_due:
-            mean, counts, images_per_s = meter.read()
-            if counts["bad"]:
-                undo_host_steps(optimizer, counts["bad"])
-                skipped_steps += counts["bad"]
-                log = logger.warning if main else logger.debug  # every rank agrees: say it once
-                log(
-                    "iterations up to %d: %d non-finite step(s) skipped (%d in all)",
-                    iteration,
-                    counts["bad"],
-                    skipped_steps,
-                )
-            if counts["longest"] >= max_nonfinite:
-                bar.close()
-                raise NonFiniteError(
-                    f"stopping at iteration {iteration}: {counts['longest']} consecutive "
-                    f"non-finite losses or gradients (SOLVER.MAX_NONFINITE = "
-                    f"{cfg.SOLVER.MAX_NONFINITE}); the last good checkpoint is untouched"
-                )
-            if mean is not None and main:
-                bar.set_postfix(loss=f"{mean[0]:.1f}", refresh=False)
-            # 3. Scalars, averaged over the good steps since the last read and over ranks.
-            if log_due:
-                if mean is not None:
-                    _log_scalars(writer, logger, iteration, max_iter, mean, lr, images_per_s)
-                if writer is not None and "factor_loss" in step.out:
-                    # The last micro-batch of this rank (not a period mean): factor/loss and
-                    # factor/<name> (R^2 or accuracy over its visible objects).
-                    writer.add_scalar("factor/loss", step.out["factor_loss"].item(), iteration)
-                    for name, value in step.out["factor_scores"].items():
-                        writer.add_scalar(f"factor/{name}", float(value), iteration)
-                if writer is not None:
-                    writer.add_scalar("train/skipped_steps", skipped_steps, iteration)
-
-        # 4. Pictures of the current training batch (rank 0's last micro-batch).
-        extras_start = time.perf_counter()
-        if writer is not None and _due(iteration, cfg.LOG.IMAGE_PERIOD, max_iter):
-            add_image_summaries(
-                writer, "train_images", step.images, step.out, iteration, cfg.LOG.NUM_IMAGES
-            )
-
-        # 5. Held-out evaluation (collective).
-        if heldout is not None and _due(iteration, cfg.TEST.EVAL_PERIOD, max_iter):
-            last_eval = _evaluate_heldout(
-                cfg, model, heldout, heldout_name, device, iteration, writer, logger
-            )
-            model.train()
-
-        # 6. Checkpoint (every rank's RNG state is gathered; rank 0 writes).
-        if checkpoint_due:
-            rng_states = comm.all_gather_object(get_rng_states())
-            checkpointer.save(iteration, cfg_yaml, rng_states, {"per_process_batch": batch})
-        # Images/s measures training alone: leave summaries, evaluation and saving out.
-        meter.start += time.perf_counter() - extras_start
-
-    bar.close()
+    hooks += [
+        PeriodicCheckpoint(
+            checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.dump(), {"per_process_batch": batch}
+        ),
+        ProgressBar(),
+    ]
+    trainer = Trainer(
+        model, optimizer, data_loader, scheduler, device, start_iter, cfg.SOLVER.MAX_ITER,
+        hooks, cfg.SOLVER.ACCUMULATE_STEPS, clip,
+        autocast_factory(resolve_precision(cfg, device, warn=False), device),
+    )  # fmt: skip
+    logger.info("start training at iteration %d of %d", start_iter, cfg.SOLVER.MAX_ITER)
+    trainer.train()
     if writer is not None:
         writer.flush()
-    logger.info("training done at iteration %d (%d steps skipped)", max_iter, skipped_steps)
-    return {"iteration": max_iter, "skipped_steps": skipped_steps, "last_eval": last_eval}
-
-
-def _log_scalars(
-    writer: Any,
-    logger: logging.Logger,
-    iteration: int,
-    max_iter: int,
-    mean: Sequence[float],
-    lr: float,
-    images_per_s: float,
-) -> None:
-    # mean = [loss, nll_0..T, kl_0..T, grad_norm]
-    values = list(mean)
-    loss, grad_norm = values[0], values[-1]
-    steps = (len(values) - 2) // 2
-    nll, kl = values[1 : 1 + steps], values[1 + steps : 1 + 2 * steps]
     logger.info(
-        "iter %d/%d  loss %.2f  nll_T %.2f  kl_T %.2f  grad_norm %.3g  lr %.3g  %.1f images/s",
-        iteration,
-        max_iter,
-        loss,
-        nll[-1],
-        kl[-1],
-        grad_norm,
-        lr,
-        images_per_s,
+        "training done at iteration %d (%d steps skipped)", trainer.iter, trainer.skipped_steps
     )
-    if writer is None:
-        return
-    writer.add_scalar("loss/total", loss, iteration)
-    for t in range(steps):
-        writer.add_scalar(f"loss/nll_t{t}", nll[t], iteration)
-        writer.add_scalar(f"loss/kl_t{t}", kl[t], iteration)
-    writer.add_scalar("train/lr", lr, iteration)
-    writer.add_scalar("train/grad_norm", grad_norm, iteration)
-    writer.add_scalar("train/images_per_s", images_per_s, iteration)
-
-
-def _evaluate_heldout(
-    cfg: CfgNode,
-    model: nn.Module,
-    heldout: Sequence[Batch],
-    name: str,
-    device: torch.device,
-    iteration: int,
-    writer: Any,
-    logger: logging.Logger,
-) -> dict[str, Any]:
-    num_slots = cfg.TEST.NUM_SLOTS or None
-    num_iters = cfg.TEST.NUM_ITERS or None
-    metrics = do_evaluate(model, [(name, heldout)], device, num_slots, num_iters)[name]
-
-    def pct(value):
-        return "n/a" if value is None else f"{100 * value:.2f}"
-
-    logger.info(
-        "iter %d eval on %d images of %s: fg_ari %s  ari %s  mse %.5f",
-        iteration,
-        metrics["num_images"],
-        name,
-        pct(metrics["fg_ari"]),
-        pct(metrics["ari"]),
-        metrics["mse"] if metrics["mse"] is not None else float("nan"),
-    )
-    if writer is not None:
-        # Tags carry the dataset's name: eval/clevr6_synth_test/fg_ari is not a paper number.
-        tag = f"eval/{sanitize_name(name)}"
-        for key in ("fg_ari", "ari", "mse"):
-            if metrics[key] is not None:
-                writer.add_scalar(f"{tag}/{key}", metrics[key], iteration)
-        for t, value in enumerate(metrics["fg_ari_per_iter"]):
-            if value is not None:
-                writer.add_scalar(f"{tag}/fg_ari_t{t}", value, iteration)
-        if heldout:
-            # Pictures of the first held-out images, in eval mode (seeded noise).
-            images = heldout[0][0][: cfg.LOG.NUM_IMAGES].to(device)
-            net = unwrap_model(model)
-            net.eval()
-            with torch.no_grad():
-                out = net(images, num_slots=num_slots, num_iters=num_iters)
-            add_image_summaries(
-                writer, f"eval_images/{sanitize_name(name)}", images, out, iteration,
-                cfg.LOG.NUM_IMAGES,
-            )  # fmt: skip
-    return metrics
+    return {
+        "iteration": trainer.iter,
+        "skipped_steps": trainer.skipped_steps,
+        "last_eval": trainer.last_eval,
+    }

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib.data.format import BUILTIN_DATASETS, FORMAT_VERSION, dataset_dir, prepare_command
+from lib.errors import DatasetError, DatasetExistsError, MissingDatasetError
 from lib.prepare.generators import GeneratorSpec, generate_range, get_spec
 from lib.prepare.lock import dataset_lock
 from lib.prepare.writer import DatasetWriter
@@ -135,7 +136,7 @@ def _stack(items: list[dict], chunk: _Chunk, dataset: str) -> dict[str, np.ndarr
     for offset, item in enumerate(items):
         factors = item.get("factors", {})
         if list(factors) != names:
-            raise ValueError(
+            raise DatasetError(
                 f"generator of {dataset}: {chunk.stream} example {chunk.start + offset} has "
                 f"factors {sorted(factors)}, example {chunk.start} has {sorted(names)}"
             )
@@ -147,7 +148,7 @@ def _stack(items: list[dict], chunk: _Chunk, dataset: str) -> dict[str, np.ndarr
     for key, rows in out.items():
         shapes = {row.shape for row in rows}
         if len(shapes) != 1:
-            raise ValueError(
+            raise DatasetError(
                 f"generator of {dataset}: {key} of the {chunk.stream} examples "
                 f"{chunk.start}..{chunk.stop - 1} has several shapes {sorted(shapes)}"
             )
@@ -159,7 +160,7 @@ def _write_chunk(folder: str, chunk: _Chunk, arrays: dict[str, np.ndarray]) -> N
     if not os.path.isdir(folder):
         # A worker that outlived its killed parent while a later run finished and removed
         # the partial folder: writing would bring the folder back, with no one to remove it.
-        raise FileNotFoundError(f"{folder} is gone: its generation has ended")
+        raise MissingDatasetError(f"{folder} is gone: its generation has ended")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(os.path.join(folder, chunk.file_name), lambda f: f.write(buffer.getvalue()))
@@ -179,7 +180,7 @@ def _run_task(task: _Task, on_chunk: Callable[[int], None] | None = None) -> int
         for index in range(position, chunk.stop):
             item = next(stream, None)
             if item is None:
-                raise ValueError(
+                raise DatasetError(
                     f"generator of {task.dataset} ended after {index} examples of its "
                     f"{chunk.stream} stream (seed {chunk.seed}); {chunk.stop} were asked for"
                 )
@@ -252,12 +253,12 @@ def _load_chunk(folder: str, chunk: _Chunk) -> dict[str, np.ndarray]:
         with np.load(path) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(
+        raise DatasetError(
             f"{path}: unreadable chunk ({exc}); delete it and run again to remake it"
         ) from exc
     count = chunk.stop - chunk.start
     if "image" not in arrays or any(len(a) != count for a in arrays.values()):
-        raise ValueError(
+        raise DatasetError(
             f"{path}: expected {count} examples in every array, found "
             f"{ {k: a.shape for k, a in arrays.items()} }; delete it and run again to remake it"
         )
@@ -280,15 +281,15 @@ def generate_under_lock(
     spec = get_spec(dataset)
     target = dataset_dir(root, dataset)
     if os.path.exists(target) and not overwrite:
-        raise FileExistsError(f"{target} already exists; remove it or pass --overwrite")
+        raise DatasetExistsError(f"{target} already exists; remove it or pass --overwrite")
     if num_examples < 0 or test_size < 0 or num_examples + test_size == 0:
-        raise ValueError(
+        raise DatasetError(
             f"{dataset}: cannot generate {num_examples} training and {test_size} test examples "
             "(need >= 0 each, > 0 in all)"
         )
     workers = available_cpus() if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise DatasetError(f"workers must be >= 1, got {workers}")
     test_seed = derived_test_seed(seed)
     started = time.time()
     request = {

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 
 from lib.data.format import SYNTH_OF, builtin_of, dataset_dir, prepare_command
+from lib.errors import MissingDatasetError
 from lib.prepare.generation import generate_command, generate_under_lock
 from lib.prepare.generators import GENERATORS
 from lib.prepare.lock import dataset_lock
@@ -28,7 +29,7 @@ OFFICIAL_FILES = {
 }
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(MissingDatasetError):
     """The official data a paper dataset name asks for has not been prepared (or a folder of
     that name holds something else); the message gives the commands that prepare it."""
 
@@ -95,7 +96,7 @@ def _check_found(path: str, dataset: str, root: str) -> bool:
     if os.path.isfile(os.path.join(path, "meta.json")):
         return True
     if os.path.exists(path):
-        raise FileNotFoundError(
+        raise MissingDatasetError(
             f"{path} exists but has no meta.json: it was not written by tools/prepare_data.py "
             "(or is incomplete); remove it and prepare the dataset again "
             f"(`{prepare_command(dataset, root)} --overwrite`)"

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib.data.format import BUILTIN_DATASETS
+from lib.errors import DatasetError, MissingDatasetError
 from lib.prepare import tfrecords
 from lib.prepare.lock import dataset_lock
 from lib.prepare.writer import DatasetWriter
@@ -108,8 +109,8 @@ def source_files(tfrecords_path: str) -> list[str]:
         matches = sorted(p for p in glob.glob(tfrecords_path) if os.path.isfile(p))
         if matches:
             return matches
-        raise FileNotFoundError(f"TFRecord pattern {tfrecords_path} matches no file")
-    raise FileNotFoundError(f"TFRecord file {tfrecords_path} does not exist")
+        raise MissingDatasetError(f"TFRecord pattern {tfrecords_path} matches no file")
+    raise MissingDatasetError(f"TFRecord file {tfrecords_path} does not exist")
 
 
 def _payloads(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
@@ -163,7 +164,7 @@ def convert_official(
     spec = BUILTIN_DATASETS[dataset]
     fmt_name = spec.official_format
     if fmt_name is None:
-        raise ValueError(
+        raise DatasetError(
             f"dataset {dataset!r} has no official file to convert; generate it instead "
             f"(tools/prepare_data.py --dataset {dataset})"
         )
@@ -173,7 +174,7 @@ def convert_official(
         or len(set(frames)) != len(frames)
         or not all(0 <= t < tfrecords.CATER_FRAMES_PER_VIDEO for t in frames)
     ):
-        raise ValueError(
+        raise DatasetError(
             f"cater_frames must be distinct frames in 0..{tfrecords.CATER_FRAMES_PER_VIDEO - 1}, "
             f"got {cater_frames}"
         )
@@ -212,7 +213,7 @@ def convert_official(
                         num_test += 1
         if spec.split_by_records:
             if num_test == 0:
-                raise ValueError(
+                raise DatasetError(
                     f"{tfrecords_path}: no scene for the test split after the first "
                     f"{train_records} records (the file has {records_read}); lower train_records "
                     "(--train-records, DATASETS.CLEVR_TRAIN_RECORDS)"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lib.errors import DatasetError
 from lib.utils.protobuf import ProtobufError, iter_fields, read_varint
 
 try:  # crc32c ships as a dependency of the ``tfrecord`` package; verification needs it.
@@ -128,7 +129,7 @@ OFFICIAL_FORMATS: dict[str, dict[str, FeatureSpec]] = {
 }
 
 
-class TFRecordError(ValueError):
+class TFRecordError(DatasetError):
     """A TFRecord file that is corrupt, truncated or of another dataset than expected."""
 
 

@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 
 from lib.data.format import FORMAT_VERSION, dataset_dir
+from lib.errors import DatasetExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         if os.path.exists(self.target) and not self.overwrite:
-            raise FileExistsError(
+            raise DatasetExistsError(
                 f"{self.target} already exists; remove it or pass --overwrite (overwrite=True)"
             )
         os.makedirs(self.root, exist_ok=True)

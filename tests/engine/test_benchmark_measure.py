@@ -5,10 +5,10 @@ import time
 
 import pytest
 import torch
-from engine_helpers import tiny_cfg
 
 from lib.engine import benchmark
 from lib.model import build_model
+from tests.engine.engine_helpers import tiny_cfg
 
 CPU = torch.device("cpu")
 
@@ -34,7 +34,15 @@ def test_shares_match_known_phase_durations():
             with phase:
                 time.sleep(seconds)
 
-    r = benchmark._measure_mode("train", step, model, CPU, 2, 1, 0, 2, lambda _: None)
+    def run(n, timer):
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            step(timer)
+            times.append(time.perf_counter() - start)
+        return times
+
+    r = benchmark._measure_mode("train", run, model, CPU, 2, 1, 0, 2, lambda _: None)
     expected = {
         "decoder": 0.03 / total,
         "grad_inputs": 0.0,

@@ -10,10 +10,10 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import join_or_kill, tiny_cfg
 
 from lib.model import build_model
 from lib.utils import comm
+from tests.engine.engine_helpers import join_or_kill, tiny_cfg
 
 
 def _free_port() -> int:

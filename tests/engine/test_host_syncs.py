@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import torch
-from engine_helpers import tiny_cfg
 
 import lib
 from lib.engine.checkpoint import Checkpointer
@@ -14,6 +13,7 @@ from lib.engine.solver import make_lr_scheduler, make_optimizer
 from lib.engine.trainer import do_train, train_step, undo_host_steps
 from lib.model import build_model
 from lib.model.iodine import IODINE
+from tests.engine.engine_helpers import tiny_cfg
 
 CPU = torch.device("cpu")
 LIB = os.path.dirname(lib.__file__)

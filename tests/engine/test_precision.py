@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from engine_helpers import tiny_cfg
 
 from lib.engine import precision as prec
 from lib.engine.launch import RunError, resolve_device, setup_precision
 from lib.model import build_model
 from tests.conftest import NO_BF16_FLAGS
+from tests.engine.engine_helpers import tiny_cfg
 
 CPU = torch.device("cpu")
 
@@ -84,15 +84,11 @@ def test_bf16_refused_on_a_cpu_without_native_bf16(fake_cpu_flags):
     assert prec.check_precision("fp32", CPU) == "fp32 on cpu"
 
 
-def test_solver_amp_is_a_deprecated_alias():
-    cfg = tiny_cfg(**{"SOLVER.AMP": True})
-    with pytest.warns(UserWarning, match="SOLVER.AMP is deprecated.*ignored on cpu"):
-        assert prec.resolve_precision(cfg, CPU) == "fp32"
-    with pytest.warns(UserWarning, match="SOLVER.AMP is deprecated.*using bf16"):
-        assert prec.resolve_precision(cfg, torch.device("cuda")) == "bf16"
-    cfg.MODEL.PRECISION = "tf32"  # an explicit precision wins
-    with pytest.warns(UserWarning):
-        assert prec.resolve_precision(cfg, torch.device("cuda")) == "tf32"
+def test_solver_amp_is_gone_with_a_pointer_to_its_replacement():
+    from lib.config import load_cfg
+
+    with pytest.raises(ValueError, match="SOLVER.AMP.*MODEL.PRECISION.*bf16"):
+        load_cfg(None, ["SOLVER.AMP", "True"])
 
 
 def test_unknown_precision_is_a_config_error():

@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from engine_helpers import StandIn, tiny_cfg
 
 from lib.engine.checkpoint import LAST_CHECKPOINT, Checkpointer
 from lib.engine.solver import make_lr_scheduler, make_optimizer
 from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches, train_step
 from lib.model import build_model
+from tests.engine.engine_helpers import StandIn, tiny_cfg
 
 CPU = torch.device("cpu")
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from tools_helpers import load_tool
 
 from lib.config import load_cfg
 from lib.engine.precision import cpu_bf16_support
 from tests.conftest import NO_BF16_FLAGS
+from tests.tools.tools_helpers import load_tool
 
 bench = load_tool("benchmark")
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from tools_helpers import load_tool
 
 from tests.conftest import NO_BF16_FLAGS
+from tests.tools.tools_helpers import load_tool
 
 gpu_check = load_tool("gpu_check")
 

@@ -6,9 +6,9 @@ import subprocess
 import time
 
 import pytest
-from tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 
 from lib.engine.checkpoint import LAST_CHECKPOINT, read_checkpoint
+from tests.tools.tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 
 train_net = load_tool("train_net")
 

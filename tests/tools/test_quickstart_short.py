@@ -17,10 +17,10 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tools_helpers import REPO
 
 from lib.config import load_cfg
 from lib.data import make_dataset
+from tests.tools.tools_helpers import REPO
 
 ITERS = 600
 # Margin over the one-segment baseline (0). On the dev VM the short run reaches 0.175; the

@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-from tools_helpers import load_tool, write_config
 
 from lib.config import load_cfg
 from lib.engine.checkpoint import Checkpointer
 from lib.model import build_model
+from tests.tools.tools_helpers import load_tool, write_config
 
 train_net = load_tool("train_net")
 test_net = load_tool("test_net")

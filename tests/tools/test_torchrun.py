@@ -12,7 +12,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
-from tools_helpers import PYTHON, REPO, join_or_kill, load_tool, subprocess_env, write_config
+
+from tests.tools.tools_helpers import (
+    PYTHON,
+    REPO,
+    join_or_kill,
+    load_tool,
+    subprocess_env,
+    write_config,
+)
 
 train_net = load_tool("train_net")
 test_net = load_tool("test_net")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
-from tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 from torch.utils.tensorboard import SummaryWriter
 
 from lib.analysis.layout import GAP_PX, ROW_LABEL_PX, figure_pixel_size, save_figure
@@ -19,6 +18,7 @@ from lib.data import make_dataset
 from lib.engine.checkpoint import Checkpointer
 from lib.engine.launch import parse_tool_args
 from lib.model import build_model
+from tests.tools.tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 
 visualize = load_tool("visualize")
 

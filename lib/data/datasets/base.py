@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.errors import DatasetError
+
 # INPUT.RESIZE values: TF 1.14 resize_images (released), antialiased bilinear, or nearest-exact.
 RESIZE_MODES = ("tf1", "bilinear", "nearest")
 
@@ -96,11 +98,11 @@ def to_model_input(
         ValueError: a non-square crop or an unknown ``resize``.
     """
     if resize not in RESIZE_MODES:
-        raise ValueError(f"INPUT.RESIZE must be one of {RESIZE_MODES}, got {resize!r}")
+        raise DatasetError(f"INPUT.RESIZE must be one of {RESIZE_MODES}, got {resize!r}")
     h, w = image.shape[:2]
     r0, r1, c0, c1 = crop if crop is not None else square_crop_box(h, w)
     if r1 - r0 != c1 - c0:
-        raise ValueError(f"crop {(r0, r1, c0, c1)} is not square")
+        raise DatasetError(f"crop {(r0, r1, c0, c1)} is not square")
     img = torch.from_numpy(_writable(image[r0:r1, c0:c1])).permute(2, 0, 1)  # (3, h, w) uint8
     if uint8 and r1 - r0 == size:
         lab = None if mask is None else torch.from_numpy(_writable(mask[r0:r1, c0:c1])).long()
@@ -141,7 +143,7 @@ def check_max_objects(mask: np.ndarray, max_objects: int, where: str) -> None:
         return
     labels = np.flatnonzero(np.bincount(mask.ravel(), minlength=1)[1:]) + 1
     if len(labels) > max_objects:
-        raise ValueError(
+        raise DatasetError(
             f"{where}: label map has {len(labels)} objects (labels {labels.tolist()}), more "
             f"than DATASETS.MAX_OBJECTS = {max_objects}"
         )

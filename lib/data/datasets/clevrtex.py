@@ -35,6 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lib.data.datasets.base import check_max_objects, to_model_input
+from lib.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ CROP_FRACTION = 0.8
 MASK_MODES = ("L", "P", "I", "I;16")
 
 
-class ClevrTexError(ValueError):
+class ClevrTexError(DatasetError):
     """A ClevrTex folder that does not have the benchmark's layout."""
 
 

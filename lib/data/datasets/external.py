@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from lib.data.datasets.clevrtex import VARIANTS as CLEVRTEX_VARIANTS
 from lib.data.datasets.clevrtex import ClevrTexDataset
 from lib.data.datasets.hdf5 import OCL_VARIANTS, Hdf5Dataset
+from lib.errors import ConfigError
 
 HDF5_PREFIX = "hdf5:"
 CLEVRTEX_PREFIX = "clevrtex:"
@@ -35,7 +36,7 @@ SPLIT_WORDS = ("train", "val", "test", "all")
 LAYOUT_WORDS = ("ocl", "emorl")
 
 
-class ExternalNameError(ValueError):
+class ExternalNameError(ConfigError):
     """A malformed ``hdf5:`` / ``clevrtex:`` dataset name."""
 
 

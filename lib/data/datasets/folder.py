@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lib.data.datasets.base import check_max_objects, to_model_input
+from lib.errors import DatasetError, MissingDatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _header(path: str) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as im:
             return im.mode, im.size
     except OSError as exc:  # includes PIL.UnidentifiedImageError
-        raise ValueError(
+        raise DatasetError(
             f"{path}: cannot read the image header, not a PNG or JPEG? ({exc})"
         ) from exc
 
@@ -54,7 +55,9 @@ def _decode(path: str) -> Image.Image:
             im.load()
             return im.copy()
     except (OSError, SyntaxError, ValueError) as exc:  # truncated/corrupt PNG data
-        raise ValueError(f"{path}: cannot decode the image, truncated or corrupt ({exc})") from exc
+        raise DatasetError(
+            f"{path}: cannot decode the image, truncated or corrupt ({exc})"
+        ) from exc
 
 
 class FolderDataset(Dataset):
@@ -87,7 +90,7 @@ class FolderDataset(Dataset):
         self.resize = str(cfg.INPUT.RESIZE)
         self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"folder dataset {path}: no such folder")
+            raise MissingDatasetError(f"folder dataset {path}: no such folder")
         image_dir = os.path.join(path, "images")
         self.layout = "images" if os.path.isdir(image_dir) else "flat"
         if self.layout == "flat":
@@ -99,7 +102,7 @@ class FolderDataset(Dataset):
         )
         if not names:
             where = image_dir if self.layout == "images" else f"{path} (and no images/ folder)"
-            raise FileNotFoundError(
+            raise MissingDatasetError(
                 f"folder dataset {path}: no *.png, *.jpg or *.jpeg image in {where}"
             )
         self.files = [os.path.join(image_dir, n) for n in names]
@@ -110,25 +113,25 @@ class FolderDataset(Dataset):
             stems = [os.path.splitext(n)[0] for n in names]
             clashes = sorted(stem for stem, count in Counter(stems).items() if count > 1)
             if clashes:
-                raise ValueError(
+                raise DatasetError(
                     f"folder dataset {path}: images {clashes} exist with several extensions, "
                     "so their masks (masks/<stem>.png) would be shared; rename them"
                 )
             self.mask_files = [os.path.join(mask_dir, f"{stem}.png") for stem in stems]
             for image_file, mask_file in zip(self.files, self.mask_files):
                 if not os.path.isfile(mask_file):
-                    raise FileNotFoundError(
+                    raise MissingDatasetError(
                         f"folder dataset {path}: image {image_file} has no mask {mask_file}"
                     )
                 mode, size = _header(mask_file)
                 if mode not in MASK_MODES:
-                    raise ValueError(
+                    raise DatasetError(
                         f"{mask_file}: mask has PIL mode {mode!r}; a mask must be an 8-bit "
                         "single-channel (L) or palette (P) PNG label map"
                     )
                 image_size = _header(image_file)[1]
                 if size != image_size:
-                    raise ValueError(
+                    raise DatasetError(
                         f"{mask_file}: mask is {size[0]}x{size[1]} (WxH) but its image "
                         f"{image_file} is {image_size[0]}x{image_size[1]}"
                     )
@@ -161,10 +164,10 @@ class FolderDataset(Dataset):
         mask_file = self.mask_files[index]
         mask_image = _decode(mask_file)
         if mask_image.mode not in MASK_MODES:
-            raise ValueError(f"{mask_file}: mask has PIL mode {mask_image.mode!r}, need L or P")
+            raise DatasetError(f"{mask_file}: mask has PIL mode {mask_image.mode!r}, need L or P")
         mask = np.array(mask_image, dtype=np.uint8)  # palette: the indices are the labels
         if mask.shape != image.shape[:2]:
-            raise ValueError(
+            raise DatasetError(
                 f"{mask_file}: mask is {mask.shape} (HxW) but {image_file} is {image.shape[:2]}"
             )
         check_max_objects(mask, self.max_objects, mask_file)

@@ -52,6 +52,7 @@ from torch.utils.data import Dataset
 
 from lib.data.datasets.base import check_max_objects, to_model_input
 from lib.data.format import CLEVR_CROP
+from lib.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ OCL_VARIANTS: dict[str, tuple[str, int, tuple[int, int, int]]] = {
 CLEVR_FRAME = (240, 320)
 
 
-class Hdf5FormatError(ValueError):
+class Hdf5FormatError(DatasetError):
     """An HDF5 file without the expected keys or with arrays of the wrong shape or dtype."""
 
 

@@ -22,6 +22,7 @@ from lib.data.format import (
     recorded_test_size,
     released_factors,
 )
+from lib.errors import DatasetError, MissingDatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ class PreparedDataset(Dataset):
         return_uint8: bool = False,
     ):
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
         root = str(cfg.DATASETS.ROOT)
         self.path = dataset_dir(root, dataset)
         if not os.path.isdir(self.path):
-            raise FileNotFoundError(
+            raise MissingDatasetError(
                 f"dataset folder {self.path} does not exist; "
                 + (
                     f"convert the official file with `{prepare_command(dataset, root)} "
@@ -92,7 +93,7 @@ class PreparedDataset(Dataset):
                 )
             )
         if not os.path.isfile(os.path.join(self.path, "meta.json")):
-            raise FileNotFoundError(
+            raise MissingDatasetError(
                 f"{self.path} exists but has no meta.json: it was not written by "
                 "tools/prepare_data.py (or is incomplete); remove it and prepare the dataset "
                 f"again (`{prepare_command(dataset, root)} --overwrite`)"
@@ -114,7 +115,7 @@ class PreparedDataset(Dataset):
             "test": (n - test_size, n),
         }[split]
         if self.stop <= self.start:
-            raise ValueError(
+            raise DatasetError(
                 f"split {split!r} of {self.path} is empty: the prepared set has {n} examples, "
                 f"{test_size} of them in the test split (meta.json num_test)"
             )
@@ -151,7 +152,7 @@ class PreparedDataset(Dataset):
         self._open()  # validates the arrays now, not in a worker
         for name, array in (("images", self._images), ("masks", self._masks)):
             if array.shape[0] != n:
-                raise ValueError(
+                raise DatasetError(
                     f"{self.path}/{name}.npy has {array.shape[0]} examples, meta.json says {n}"
                 )
 
@@ -200,7 +201,7 @@ class PreparedDataset(Dataset):
         """The factor regressor's inputs of an example: ``{name: float32 (L, n)}`` plus
         ``visibility`` (L,) (see ``lib.data.format.released_factors``)."""
         if self.factor_mapping is None:
-            raise ValueError(f"{self.path}: no factor mapping for dataset {self.dataset!r}")
+            raise DatasetError(f"{self.path}: no factor mapping for dataset {self.dataset!r}")
         family_source = str(self.meta.get("source", "official"))
         arrays = released_factors(self.dataset, family_source, self.factors(index))
         return {name: torch.from_numpy(np.array(a, np.float32)) for name, a in arrays.items()}
