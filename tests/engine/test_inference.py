@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import StandIn, join_or_kill, labelled_images, tiny_cfg
 from PIL import Image
 
 from lib.engine.inference import do_evaluate, metrics_document, sanitize_name
 from lib.model import build_model
 from lib.utils import comm
+from tests.engine.engine_helpers import StandIn, join_or_kill, labelled_images, tiny_cfg
 
 CPU = torch.device("cpu")
 

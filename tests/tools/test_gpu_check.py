@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lib.engine import gpu_check as gpu_check_lib
 from tests.conftest import NO_BF16_FLAGS
 from tests.tools.tools_helpers import load_tool
 
@@ -22,14 +23,14 @@ def test_gpu_check_on_cpu(
 ):
     # A CPU without native bf16, on every machine: bf16 entries are refused, not crashed on.
     fake_cpu_flags(NO_BF16_FLAGS)
-    real = gpu_check.run_benchmark
+    real = gpu_check_lib.run_benchmark
 
     def fake_compile_failure(cfg, **kwargs):
         if cfg.MODEL.COMPILE:
             raise RuntimeError("compile unavailable here")
         return real(cfg, **kwargs)
 
-    monkeypatch.setattr(gpu_check, "run_benchmark", fake_compile_failure)
+    monkeypatch.setattr(gpu_check_lib, "run_benchmark", fake_compile_failure)
     out = tmp_path / "check.json"
     argv = ["--out", str(out), "--device", "cpu", "--configs", "tetrominoes", "--precisions"]
     argv += ["fp32", "bf16", "--minutes", "0.03", "--eval-seconds", "0.5", "--steps", "1"]
