@@ -3,7 +3,7 @@
     python tools/benchmark.py --config-file configs/tetrominoes.yaml [--batch-size B]
         [--steps N] [--warmup W] [--mode train|infer|both] [--profile-steps P]
         [--threads N] [--json OUT.json] [--device cpu|cuda] [--precision fp32|tf32|bf16]
-        [--compile on|off] [KEY VALUE ...]
+        [--compile on|off] [--profile] [KEY VALUE ...]
 
 Random uniform images in [0, 1] at INPUT.IMAGE_SIZE (no dataset), batch SOLVER.IMS_PER_BATCH
 unless --batch-size, device MODEL.DEVICE. ``KEY VALUE`` pairs anywhere on the line override
@@ -12,6 +12,10 @@ MODEL.PRECISION, MODEL.DECODER.FACTORIZED_FIRST_LAYER), e.g. the earlier port's 
 
     python tools/benchmark.py INPUT.IMAGE_SIZE 32 MODEL.IODINE.NUM_SLOTS 4 \\
         MODEL.DECODER.CONV_CHANNELS "(32,32,32,32)" --batch-size 16
+
+``--profile`` adds a ``torch.profiler`` run per mode: the step's wall time split into
+convolution kernels, other kernels and idle (launch gaps), kernels per step, and the counted
+FLOP rate as a fraction of the GPU's peak at the precision (``lib/analysis/kernel_profile.py``).
 
 What each number measures: ``lib/engine/benchmark.py``.
 """
@@ -67,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile", choices=("on", "off"), default=None, help="MODEL.COMPILE (torch.compile)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile --profile-steps steps with torch.profiler: conv / other / idle "
+        "shares, kernels per step, fraction of the peak FLOP rate",
+    )
     return parser
 
 
@@ -106,6 +116,7 @@ def benchmark(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
             mode=args.mode,
             profile_steps=args.profile_steps,
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            profile=args.profile,
         )
     except RunError as exc:
         if args.json and isinstance(exc.__cause__, PrecisionError):

@@ -23,6 +23,16 @@ images in [0, 1] at INPUT.IMAGE_SIZE (no dataset) on MODEL.DEVICE. For each mode
 * one step under ``FlopCounterMode`` (on the meta device when it can, else on the real one;
   an uncompiled fp32 model of the same shape) gives FLOPs per image, per part, and with the
   median step time the achieved GFLOP/s.
+* with ``profile``, ``profile_steps`` more steps back to back (no synchronisation between
+  them, no hook) under ``torch.profiler`` (``lib.analysis.kernel_profile``) give
+  ``kernel_profile``: the shares of the step's wall time in convolution kernels, other
+  kernels and idle (wall minus the union of kernel busy intervals: launch gaps), kernels per
+  step, the longest kernels, and ``peak``: the counted FLOP rate as a fraction of the
+  device's dense peak at MODEL.PRECISION (None with the reason on a device not in the table).
+
+SOLVER.COMPILE_STEP runs the training step compiled (``lib.engine.trainer``); the warm-up
+steps then include the compilation (give enough), and the instrumented shares see only the
+optimiser (the model's phases run inside the compiled region).
 """
 
 from __future__ import annotations
@@ -41,12 +51,12 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
-from lib.analysis import profiling
+from lib.analysis import kernel_profile, profiling
 from lib.engine.hooks import StepTimer
 from lib.engine.precision import autocast_factory
 from lib.engine.setup import resolve_device, seed_all, setup_precision
 from lib.engine.solver import make_optimizer
-from lib.engine.trainer import Trainer
+from lib.engine.trainer import Trainer, compile_step_mode
 from lib.errors import ConfigError
 from lib.model import build_model
 
@@ -187,6 +197,7 @@ def run_benchmark(
     mode: str = "both",
     profile_steps: int = 0,
     log: Callable[[str], None] | None = None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Benchmark one configuration.
 
@@ -198,13 +209,17 @@ def run_benchmark(
         mode: "train", "infer" or "both".
         profile_steps: instrumented steps for the time shares; 0 = min(steps, 3).
         log: progress messages (None: quiet).
+        profile: also profile ``profile_steps`` steps per mode with ``torch.profiler``
+            (``kernel_profile`` in each mode's result).
 
     Returns:
         A JSON-serialisable dict: ``env`` (date, device, torch, threads, load), ``setup``
         (batch, steps, shape, switches), ``config`` (YAML), and per mode ``train`` / ``infer``:
         ``images_per_s``, ``step_time_s``, peak memory, ``shares`` (decoder, grad_inputs,
         refinement, backward, other; they sum to 1), ``flops_per_image``,
-        ``flops_per_image_by_part``, ``gflops_per_s``.
+        ``flops_per_image_by_part``, ``gflops_per_s``, with ``profile`` ``kernel_profile``
+        (``lib.analysis.kernel_profile.profile_kernels``'s result plus ``peak``:
+        ``achieved_fraction``).
 
     Raises:
         ValueError: a bad argument.
@@ -238,7 +253,7 @@ def run_benchmark(
     # scheduler, timed by a hook.
     trainer = Trainer(
         model, optimizer, itertools.repeat((images, None)), None, device, 0, 0, (), 1, clip,
-        autocast,
+        autocast, compile_step_mode(cfg), cfg.SOLVER.COMPILE_BACKEND,
     )  # fmt: skip
 
     def run_train(n: int, timer: profiling.PhaseTimer | None) -> list[float]:
@@ -260,6 +275,21 @@ def run_benchmark(
             times.append(time.perf_counter() - start)
         return times
 
+    def back_to_back(name: str) -> Callable[[int], None]:
+        # n steps with no hook and no synchronisation in between, as a training run queues
+        # them: the profile's idle time is then the launch gaps, not the benchmark's syncs.
+        def steps_train(n: int) -> None:
+            trainer.hooks, trainer.phase = [], None
+            trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + n
+            trainer.train()
+
+        def steps_infer(n: int) -> None:
+            model.eval()
+            for _ in range(n):
+                _infer_step(model, images, autocast)
+
+        return steps_train if name == "train" else steps_infer
+
     for name in modes:
         seed_all(cfg.SEED)
         run = run_train if name == "train" else run_infer
@@ -272,6 +302,14 @@ def run_benchmark(
         )
         res["flop_count_device"] = flops["device"]
         res["gflops_per_s"] = flops["total"] / res["step_time_s"]["median"] / 1e9
+        if profile:
+            log(f"{name}: {profile_steps} profiled step(s) (torch.profiler)")
+            prof = kernel_profile.profile_kernels(back_to_back(name), profile_steps, device)
+            prof["peak"] = kernel_profile.achieved_fraction(
+                res["flops_per_image"], batch, res["step_time_s"]["median"],
+                profiling.device_name(device), precision["precision"],
+            )  # fmt: skip
+            res["kernel_profile"] = prof
         results[name] = res
     model.train()
 
@@ -313,6 +351,10 @@ def run_benchmark(
             },
             "channels_last": cfg.MODEL.CHANNELS_LAST,
             "compile": cfg.MODEL.COMPILE,
+            "compile_step": cfg.SOLVER.COMPILE_STEP,
+            "compile_mode": cfg.SOLVER.COMPILE_MODE if cfg.SOLVER.COMPILE_STEP else None,
+            "compile_backend": cfg.SOLVER.COMPILE_BACKEND if cfg.SOLVER.COMPILE_STEP else None,
+            "profile": profile,
             "amp_active": precision["precision"] == "bf16",
             "precision": precision,
         },
@@ -351,6 +393,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"refinement: convs {ref} k{r['kernel_size']}, mlp {tuple(r['mlp_sizes'])}, "
         f"lstm {r['lstm_size']}, {r['coord_type']} coordinates",
         f"switches: channels_last {s['channels_last']}  compile {s['compile']}  "
+        f"compile_step {s.get('compile_mode') or 'off'}  "
         f"precision {s['precision']['precision']}"
         f"   ({s['warmup']} warm-up, {s['steps']} timed, {s['profile_steps']} profiled steps)",
         "",
@@ -382,4 +425,22 @@ def format_report(result: dict[str, Any]) -> str:
             # Counted FLOPs of the optimiser (none: element-wise) belong to "other".
             merged = dict(parts, other=parts["other"] + parts.get("optimizer", 0))
             lines.append(f"{m:<10}" + "".join(f"{merged[n] / 1e9:>12.3f}" for n in SHARES))
+    profiled = [m for m in modes if "kernel_profile" in result[m]]
+    if profiled:
+        lines += [
+            "",
+            f"{'profile':<8}{'activity':<27}{'wall ms':>9}{'kernels':>9}{'conv':>8}"
+            f"{'other':>8}{'idle':>8}{'of peak':>9}",
+        ]
+    for m in profiled:
+        p = result[m]["kernel_profile"]
+        frac = p["peak"]["fraction"]
+        lines.append(
+            f"{m:<8}{p['activity']:<27}{p['step_wall_s'] * 1e3:>9.1f}"
+            f"{p['kernels_per_step']:>9.0f}"
+            + "".join(f"{p['shares'][n]:>8.1%}" for n in ("conv", "other", "idle"))
+            + f"{'-' if frac is None else format(frac, '.2%'):>9}"
+        )
+    for m in profiled:
+        lines.append(f"{m} peak: {result[m]['kernel_profile']['peak']['peak_source']}")
     return "\n".join(lines)

@@ -47,6 +47,7 @@ from lib.engine.hooks import (
 )
 from lib.engine.precision import autocast_factory, resolve_precision
 from lib.engine.setup import seed_all
+from lib.errors import ConfigError
 from lib.utils import comm
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
@@ -161,6 +162,7 @@ def train_step(
     autocast: Callable[[], Any] = contextlib.nullcontext,
     phase: PhaseFactory | None = None,
     defer_check: bool = False,
+    region: StepRegion | None = None,
 ) -> StepResult:
     """One optimiser step over micro-batches whose gradients add up to the batch mean.
 
@@ -188,14 +190,51 @@ def train_step(
             where the step was bad (``torch.where``), so no host sync happens. Optimiser
             state held on the host (Adam's ``step`` counter when not capturable) still counts
             the bad step: the caller corrects it (``undo_host_steps``) once it reads ``bad``.
+        region: None (eager), or ``compile_step_region``'s compiled forward, backward, clipping
+            and finite check (``autocast`` is then the region's own, ``phase`` times only the
+            optimiser, and the check is deferred whatever ``defer_check`` says).
 
     Returns:
         A ``StepResult``.
     """
     phase = phase or _no_phase
-    count = len(micro_batches)
     with phase("optimizer"):
         optimizer.zero_grad(set_to_none=True)
+    if region is not None:
+        # The compiled forward/backward/check region: no phase timing inside (compiled code
+        # has no phase boundaries), and the check is always decided on the device.
+        mean_values, grad_norm, bad, images, out = region(model, micro_batches, params, clip)
+        with phase("optimizer"):
+            _masked_step(optimizer, params, bad)
+        return StepResult(mean_values, grad_norm, None, images, out, bad)
+    mean_values, images, out = _forward_backward(model, micro_batches, autocast, phase)
+    with phase("optimizer"):
+        grad_norm, bad = _clip_and_check(params, clip, mean_values)
+        skipped = None
+        if defer_check:
+            _masked_step(optimizer, params, bad)
+        else:
+            skipped = bool(bad.item() > 0)
+            if skipped:
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
+    return StepResult(mean_values, grad_norm, skipped, images, out, bad)
+
+
+def _forward_backward(
+    model: nn.Module,
+    micro_batches: Sequence[Any],
+    autocast: Callable[[], Any],
+    phase: PhaseFactory,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward and backward of every micro-batch (gradients summed in ``.grad``).
+
+    Returns:
+        ``(mean_values, images, out)``: the (1 + 2 (T+1),) float32 means over the micro-batches,
+        the last micro-batch's images and the model's output on it.
+    """
+    count = len(micro_batches)
     values = []
     for index, batch in enumerate(micro_batches):
         images, extra = _unpack(batch)
@@ -207,21 +246,90 @@ def train_step(
                 loss.backward()
         values.append(torch.cat([out["loss"].detach()[None], out["nll"], out["kl"]]))
     mean_values = torch.stack(values).float().mean(dim=0)
-    with phase("optimizer"):
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        # Every rank must skip the same steps, so the finite check is agreed on.
-        bad = (~torch.isfinite(mean_values[0]) | ~torch.isfinite(grad_norm)).float().reshape(1)
-        bad = comm.all_reduce_max(bad).reshape(())
-        skipped = None
-        if defer_check:
-            _masked_step(optimizer, params, bad)
-        else:
-            skipped = bool(bad.item() > 0)
-            if skipped:
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                optimizer.step()
-    return StepResult(mean_values, grad_norm, skipped, images, out, bad)
+    return mean_values, images, out
+
+
+def _clip_and_check(
+    params: Sequence[torch.Tensor], clip: float, mean_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip the global gradient norm; ``bad`` (0-dim float32) is 1.0 when the loss or the norm
+    is non-finite on some rank.
+
+    Returns:
+        ``(grad_norm, bad)``.
+    """
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    # Every rank must skip the same steps, so the finite check is agreed on.
+    bad = (~torch.isfinite(mean_values[0]) | ~torch.isfinite(grad_norm)).float().reshape(1)
+    bad = comm.all_reduce_max(bad).reshape(())
+    return grad_norm, bad
+
+
+StepRegion = Callable[
+    [nn.Module, Sequence[Any], Sequence[torch.Tensor], float],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]],
+]
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_step_region(
+    autocast: Callable[[], Any], mode: str = "default", backend: str = "inductor"
+) -> StepRegion:
+    """``torch.compile`` the part of a training step between ``zero_grad`` and the update.
+
+    The region is forward and backward of every micro-batch, the gradient clipping and the
+    finite check (SOLVER.COMPILE_STEP); ``zero_grad`` (which dynamo will not trace) and the
+    masked Adam update (whose float learning rate, changed by the scheduler every
+    iteration, would be a recompile per iteration) stay eager around it. ``dynamic=False``:
+    the shapes are fixed for a run, and a shape change recompiles rather than going symbolic.
+    The model's inner ``autograd.grad`` and ``loss.backward()`` break the graph; the pieces in
+    between are compiled, their backward too (AOTAutograd).
+
+    Args:
+        autocast: the forward's context factory (``autocast_factory``), traced into the region.
+        mode: SOLVER.COMPILE_MODE, one of ``COMPILE_MODES`` (inductor only; "reduce-overhead"
+            and "max-autotune" use CUDA graphs).
+        backend: SOLVER.COMPILE_BACKEND: "inductor", or "aot_eager" / "eager" (the same graph
+            capture with eager kernels: debugging and CPU tests).
+
+    Returns:
+        ``region(model, micro_batches, params, clip) -> (mean_values, grad_norm, bad, images,
+        out)``.
+
+    Raises:
+        ConfigError: an unknown mode.
+    """
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"SOLVER.COMPILE_MODE must be one of {COMPILE_MODES}, got {mode!r}")
+
+    def region(
+        model: nn.Module, micro_batches: Sequence[Any], params: Sequence[torch.Tensor], clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        mean_values, images, out = _forward_backward(model, micro_batches, autocast, _no_phase)
+        grad_norm, bad = _clip_and_check(params, clip, mean_values)
+        return mean_values, grad_norm, bad, images, out
+
+    if backend != "inductor":
+        return torch.compile(region, backend=backend, dynamic=False)
+    from torch._inductor import list_mode_options
+
+    # fallback_random: inductor draws the training noise with torch's own generator, as eager
+    # does, so a compiled step gets the same noise (and the same numbers up to rounding).
+    # ``torch.compile`` takes a mode or options, not both: the mode's options plus this one.
+    options = {**list_mode_options(mode, False), "fallback_random": True}
+    return torch.compile(region, backend=backend, dynamic=False, options=options)
+
+
+def compile_step_mode(cfg: CfgNode) -> str | None:
+    """The ``Trainer``'s ``compile_mode``: SOLVER.COMPILE_MODE when SOLVER.COMPILE_STEP, else None.
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        The mode, or None for the eager (released) step.
+    """
+    return cfg.SOLVER.COMPILE_MODE if cfg.SOLVER.COMPILE_STEP else None
 
 
 def _device_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
@@ -432,12 +540,17 @@ class Trainer:
         accumulate: micro-batches per iteration (SOLVER.ACCUMULATE_STEPS).
         clip: global gradient-norm limit (``math.inf``: none).
         autocast: the forward's context factory.
+        compile_mode: None (eager, released), or SOLVER.COMPILE_MODE: the step between
+            ``zero_grad`` and the update runs compiled (``compile_step_region``), built on the
+            first iteration.
+        compile_backend: SOLVER.COMPILE_BACKEND ("inductor"; "aot_eager" / "eager" in tests).
 
     Attributes:
         iter: the current iteration; ``step``: its ``StepResult``; ``lr``: its learning rate;
         ``meter``: device statistics since the last read; ``stop``: set by a hook to end the
         loop after the current iteration; ``phase``: a timing context factory passed to
-        ``train_step`` (the benchmark's instrumented steps), else None.
+        ``train_step`` (the benchmark's instrumented steps), else None; with a compiled step
+        only the optimiser is timed (the model's phases run inside the compiled region).
     """
 
     def __init__(
@@ -453,6 +566,8 @@ class Trainer:
         accumulate: int = 1,
         clip: float = math.inf,
         autocast: Callable[[], Any] = contextlib.nullcontext,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.data_loader, self.device = data_loader, device
@@ -471,6 +586,10 @@ class Trainer:
         self.skipped_steps = 0
         self.train_seconds = 0.0
         self._data_iter = None
+        self.region: StepRegion | None = None
+        if compile_mode is not None:
+            # Built here, compiled lazily by torch.compile on its first call.
+            self.region = compile_step_region(autocast, compile_mode, compile_backend)
 
     def run_step(self) -> StepResult:
         """One iteration's optimiser step (no host sync); returns its ``StepResult``."""
@@ -480,7 +599,7 @@ class Trainer:
         self.lr = self.optimizer.param_groups[0]["lr"]
         step = train_step(
             self.model, self.optimizer, micro_batches, self.params, self.clip, self.autocast,
-            self.phase, defer_check=True,
+            self.phase, defer_check=True, region=self.region,
         )  # fmt: skip
         images = sum(_unpack(b)[0].shape[0] for b in micro_batches)
         self.meter.images += images * comm.get_world_size()
@@ -594,6 +713,7 @@ def do_train(
         model, optimizer, data_loader, scheduler, device, start_iter, cfg.SOLVER.MAX_ITER,
         hooks, cfg.SOLVER.ACCUMULATE_STEPS, clip,
         autocast_factory(resolve_precision(cfg, device, warn=False), device),
+        compile_step_mode(cfg), cfg.SOLVER.COMPILE_BACKEND,
     )  # fmt: skip
     logger.info("start training at iteration %d of %d", start_iter, cfg.SOLVER.MAX_ITER)
     trainer.train()

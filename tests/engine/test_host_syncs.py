@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import lib
@@ -21,7 +22,13 @@ LIB = os.path.dirname(lib.__file__)
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
-def test_training_reads_the_device_once_per_log_period(tmp_path, monkeypatch):
+# The compiled step (SOLVER.COMPILE_STEP) with dynamo's "eager" backend: the same graph
+# capture as inductor's, so a host read inside the region would run (and be counted) too.
+COMPILED = {"SOLVER.COMPILE_STEP": True, "SOLVER.COMPILE_BACKEND": "eager"}
+
+
+@pytest.mark.parametrize("keys", [{}, COMPILED], ids=["eager", "compiled"])
+def test_training_reads_the_device_once_per_log_period(tmp_path, monkeypatch, keys):
     # A CPU proxy for torch.cuda.set_sync_debug_mode: count the host reads made by the code
     # of the training loop (lib/, frames outside torch), with the real model. The model's
     # step weights come from a host-only linspace: replaced by their values.
@@ -35,6 +42,7 @@ def test_training_reads_the_device_once_per_log_period(tmp_path, monkeypatch):
             "LOG.PERIOD": period,
             "LOG.IMAGE_PERIOD": 0,
             "TEST.EVAL_PERIOD": 0,
+            **keys,
         },
     )
     torch.manual_seed(0)

@@ -1,0 +1,143 @@
+"""SOLVER.COMPILE_STEP: the compiled step region (forward, backward, clipping, finite check)
+gives the eager step's parameters and Adam state, skips a non-finite step the same way,
+accumulates micro-batches the same way, and compiles once for a run's fixed shapes.
+
+On the CPU the region is compiled with the "eager" backend (dynamo's graph capture, guards
+and graph breaks, eager kernels) in the fast tier and "aot_eager" (plus AOTAutograd's
+compiled forward and backward) in the slow tier; inductor's generated kernels need a GPU
+session (tools/gpu_profile.sh)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from lib.config import get_cfg
+from lib.engine.solver import make_lr_scheduler, make_optimizer
+from lib.engine.trainer import Trainer, compile_step_mode, compile_step_region, undo_host_steps
+from lib.errors import ConfigError
+from lib.model import build_model
+from tests.engine.engine_helpers import tiny_cfg
+
+CPU = torch.device("cpu")
+SIZE = 8
+
+
+def _batches(nan_at: tuple[int, ...] = (), count: int = 8):
+    """Fixed (images, None) batches of 2 images; those at ``nan_at`` hold a NaN pixel."""
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for index in range(count):
+        images = torch.rand(2, 3, SIZE, SIZE, generator=gen)
+        if index in nan_at:
+            images[0, 0, 0, 0] = float("nan")
+        batches.append((images, None))
+    return batches
+
+
+def _run(iters: int, compile_backend: str | None, accumulate: int = 1, nan_at=()):
+    """Train the tiny model ``iters`` iterations; returns the trainer and its bad flags."""
+    cfg = tiny_cfg(
+        "",
+        **{
+            "INPUT.IMAGE_SIZE": SIZE,
+            "SOLVER.ACCUMULATE_STEPS": accumulate,
+            # A learning rate that changes every iteration: no recompile for it.
+            "SOLVER.DECAY_STEPS": 10,
+        },
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    mode = None if compile_backend is None else "default"
+    trainer = Trainer(
+        model, optimizer, itertools.cycle(_batches(nan_at)), scheduler, CPU, 0, iters, (),
+        accumulate, 5.0, compile_mode=mode, compile_backend=compile_backend or "inductor",
+    )  # fmt: skip
+    bad = []
+
+    class Record:
+        training_time = True
+
+        def before_train(self, t):
+            pass
+
+        def before_step(self, t):
+            pass
+
+        def after_step(self, t):
+            bad.append(t.step.bad.clone())
+
+        def after_train(self, t):
+            pass
+
+    trainer.hooks = [Record()]
+    torch.manual_seed(1)  # the same training noise for both runs
+    trainer.train()
+    flags = [float(b) for b in bad]
+    undo_host_steps(optimizer, int(sum(flags)))
+    return trainer, flags
+
+
+def _assert_same_state(eager: Trainer, compiled: Trainer) -> None:
+    for (name, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=name)
+        s, t = eager.optimizer.state[p], compiled.optimizer.state[q]
+        assert s.keys() == t.keys()
+        for key in s:
+            torch.testing.assert_close(t[key], s[key], rtol=0, atol=1e-6, msg=f"{name} {key}")
+
+
+def _equivalence(backend: str, accumulate: int, nan_at=()) -> None:
+    iters = 4
+    eager, eager_bad = _run(iters, None, accumulate, nan_at)
+    torch._dynamo.reset()  # compile afresh: no frames cached by another test
+    counters.clear()
+    compiled, compiled_bad = _run(iters, backend, accumulate, nan_at)
+    assert counters["stats"]["unique_graphs"] > 0  # the region did run compiled
+    assert compiled_bad == eager_bad
+    assert sum(eager_bad) == len(nan_at)  # the NaN batches' steps were skipped
+    _assert_same_state(eager, compiled)
+    torch.testing.assert_close(compiled.step.values, eager.step.values, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_step_equals_eager_with_a_skipped_step():
+    # Iteration 2's batch holds a NaN pixel: its loss is NaN, the update is undone on the
+    # device in both runs, and they go on identically.
+    _equivalence("eager", accumulate=1, nan_at=(1,))
+
+
+def test_compiled_step_equals_eager_with_accumulation():
+    _equivalence("eager", accumulate=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_aot_compiled_step_equals_eager(accumulate):
+    _equivalence("aot_eager", accumulate=accumulate, nan_at=(2,))
+
+
+def test_shapes_stay_static_no_recompile_after_the_first_steps():
+    # Adam creates its state in the first update and the data-dependent pieces settle in the
+    # second: from then on no frame is compiled again, though the learning rate changes.
+    counters.clear()
+    torch._dynamo.reset()
+    trainer, _ = _run(2, "eager")
+    frames = counters["stats"]["unique_graphs"]
+    assert frames > 0
+    trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + 3
+    trainer.train()
+    assert counters["stats"]["unique_graphs"] == frames
+
+
+def test_compile_keys():
+    cfg = get_cfg()
+    assert compile_step_mode(cfg) is None  # released: eager
+    cfg.merge_from_list(["SOLVER.COMPILE_STEP", True, "SOLVER.COMPILE_MODE", "reduce-overhead"])
+    assert compile_step_mode(cfg) == "reduce-overhead"
+    with pytest.raises(ConfigError, match="COMPILE_MODE"):
+        compile_step_region(lambda: None, "fastest")
