@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 from yacs.config import CfgNode
 
+from lib.cli import default_argument_parser, run_tool
 from lib.convert.convert import checkpoint_dict, convert_checkpoint, summary_lines
 from lib.convert.released import ConversionError
 from lib.convert.tf_checkpoint import TFCheckpointError
-from lib.engine.launch import default_argument_parser, run_tool
 from lib.utils.io import atomic_torch_save
 
 

@@ -50,8 +50,9 @@ from lib.analysis.traversal import (
     traversal_offsets,
     traverse_slot,
 )
+from lib.cli import build_datasets, run_tool
 from lib.config import load_cfg
-from lib.engine.launch import RunError, build_datasets, resolve_device, run_tool, seed_all
+from lib.engine.setup import RunError, resolve_device, seed_all
 from lib.evaluation.ari import mean_ari
 
 COMMANDS = ("decomposition", "refinement", "traversal", "generalisation", "curves", "dataset")
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Returns:
         The parser; its namespace's ``command`` names the subcommand and ``opts`` holds the
-        config overrides (``lib.engine.launch.parse_tool_args`` collects them).
+        config overrides (``lib.cli.parse_tool_args`` collects them).
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config-file", default="", metavar="FILE", help="YAML config file")
@@ -219,7 +220,7 @@ def load_model_weights(cfg: CfgNode, model: torch.nn.Module) -> tuple[str, int |
         RunError: no checkpoint to load ("nothing to draw").
         CheckpointError: unreadable or mismatched checkpoint.
     """
-    from lib.engine.launch import load_weights
+    from lib.engine.setup import load_weights
 
     return load_weights(cfg, model, purpose="draw")
 

@@ -1,11 +1,15 @@
 """Training and evaluation engine.
 
-* ``trainer``: ``train_step`` (one optimiser step) and ``do_train`` (the loop),
+* ``trainer``: ``train_step`` (one optimiser step), ``Trainer`` (the loop, ``run_step``) and
+  ``do_train`` (builds a Trainer with train_net's hooks),
+* ``hooks``: the Trainer's hooks (statistics, images, evaluation, checkpoints, progress, timing),
 * ``inference``: ``do_evaluate`` (metrics, shared by training and ``tools/test_net.py``),
 * ``checkpoint``: ``Checkpointer``, RNG states, strict model-state loading,
 * ``solver``: optimiser and learning-rate schedule,
 * ``summaries``: TensorBoard pictures,
-* ``launch``: the tools' shared layer (command line, config, processes, weights, datasets),
+* ``setup``: device, seeds, precision, weights, DDP wrapping (the tools' parser and runner are
+  ``lib.cli``),
+* ``gpu_check``: the GPU check's benchmark table and short training,
 * ``benchmark``: speed, memory and FLOPs of the training and inference steps.
 """
 

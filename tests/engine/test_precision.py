@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib.engine import precision as prec
-from lib.engine.launch import RunError, resolve_device, setup_precision
+from lib.engine.setup import RunError, resolve_device, setup_precision
 from lib.model import build_model
 from tests.conftest import NO_BF16_FLAGS
 from tests.engine.engine_helpers import tiny_cfg
@@ -153,7 +153,7 @@ def test_bf16_autocast_keeps_the_sensitive_parts_fp32():
 
 
 def test_tool_session_logs_the_precision(tmp_path, restore_switches, fake_deterministic):
-    from lib.engine.launch import tool_session
+    from lib.cli import tool_session
 
     cfg = tiny_cfg(str(tmp_path), **{"MODEL.PRECISION": "tf32", "MODEL.DETERMINISTIC": True})
     cfg.freeze()

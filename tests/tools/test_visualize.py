@@ -13,10 +13,10 @@ from sklearn.metrics import adjusted_rand_score
 from torch.utils.tensorboard import SummaryWriter
 
 from lib.analysis.layout import GAP_PX, ROW_LABEL_PX, figure_pixel_size, save_figure
+from lib.cli import parse_tool_args
 from lib.config import load_cfg
 from lib.data import make_dataset
 from lib.engine.checkpoint import Checkpointer
-from lib.engine.launch import parse_tool_args
 from lib.model import build_model
 from tests.tools.tools_helpers import PYTHON, REPO, load_tool, subprocess_env, write_config
 
