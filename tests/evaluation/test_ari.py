@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from lib.evaluation import adjusted_rand_index, mean_ari
+from lib.evaluation.ari import adjusted_rand_index, mean_ari
 
 
 def _sklearn(true: np.ndarray, pred: np.ndarray, ignore_background: bool) -> float:

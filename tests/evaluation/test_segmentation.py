@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from lib.evaluation import (
+from lib.evaluation.segmentation import (
     contingency_table,
     foreground_mse,
     hungarian_miou,
