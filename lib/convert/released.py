@@ -36,37 +36,20 @@ from typing import Any
 
 import numpy as np
 
+from lib.spec import (
+    COORD_CHANNELS,
+    FACTOR_SCOPE,
+    PAPER_ARCHS,
+    REFINEMENT_INPUTS,
+    ReleasedArch,
+    layer_variables,
+    released_layers,
+    used_inputs,
+)
+
 # Sonnet 1.35 snt.LSTM's default forget_bias, which the released code keeps: a constant of the
 # released model, whatever our MODEL.REFINEMENT.LSTM_FORGET_BIAS (which only sets our init).
 RELEASED_LSTM_FORGET_BIAS = 1.0
-
-# Channels of each image-sized refinement input in the released code (coordinates: 2 linear or
-# 8 cosine); the vector inputs' sizes depend on Z.
-RELEASED_IMAGE_INPUT_CHANNELS = {
-    "capacity": 1,
-    "components": 3,
-    "counterfactual": 1,
-    "dcomponents": 3,
-    "dmask": 1,
-    "image": 3,
-    "log_prob": 1,
-    "mask": 1,
-    "posterior": 1,
-    "pred_mask": 1,
-}
-RELEASED_COORD_CHANNELS = {"linear": 2, "cosine": 8}
-# Released DEFAULT_PREPROCESSING with each LayerNorm's channel count (dzp: 2Z).
-RELEASED_NORMALISED_CHANNELS = {"counterfactual": 1, "dcomponents": 3, "dmask": 1, "log_prob": 1}
-LEGACY_INPUTS = ("capacity", "flat_capacity")
-
-INIT_NAME = "model/iodine/initial_sample_distribution"
-NORM_SCOPE = "model/iodine/preprocess/layer_norm_{}"
-ENCODER_CONV = "encoder_net/cnn/conv_net_2d/conv_2d_{}"
-ENCODER_LINEAR = "encoder_net/cnn/mlp/linear_{}"
-LSTM_SCOPE = "recurrent_net/lstm/lstm"
-HEAD_SCOPE = "refinement_head/residual_head/linear"
-DECODER_CONV = "pixel_decoder/broadcast_conv/conv_net_2d/conv_2d_{}"
-FACTOR_SCOPE = "factor_evaluator/repres_content"
 
 # Saved state that is not a model parameter: optimiser slots, step counter, the factor
 # regressor's running statistics.
@@ -75,117 +58,6 @@ _IGNORED = re.compile(r"(.*/Adam(_1)?|beta[12]_power|global_step|.*_mean_var/.*)
 
 class ConversionError(ValueError):
     """A checkpoint does not match the configuration (the message lists every mismatch)."""
-
-
-@dataclass(frozen=True)
-class Factor:
-    """One factor of the released factor regressor: name, size, "scalar"/"angle"/"categorical"."""
-
-    name: str
-    size: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class ReleasedArch:
-    """The shape-determining hyper-parameters of a released IODINE model.
-
-    Attributes:
-        latent_dim: Z, size of z_k (lambda has 2Z entries).
-        image_inputs: names of the image-sized refinement inputs (coordinates included).
-        vector_inputs: names among dzp, flat_capacity, zp.
-        coord_type: "linear" or "cosine" (refinement coordinates).
-        refine_conv_channels, refine_kernel_size: the refinement conv stack.
-        mlp_sizes: refinement MLP sizes.
-        lstm_size: LSTM hidden size, 0 for none.
-        decoder_conv_channels, decoder_kernel_size, decoder_output_kernel_size: the decoder.
-        legacy_constant: the decoder appends the constant 5.0 to z.
-        factors: the factor regressor's mapping (empty: not known / not checked).
-    """
-
-    latent_dim: int
-    image_inputs: tuple[str, ...]
-    vector_inputs: tuple[str, ...]
-    coord_type: str
-    refine_conv_channels: tuple[int, ...]
-    refine_kernel_size: int
-    mlp_sizes: tuple[int, ...]
-    lstm_size: int
-    decoder_conv_channels: tuple[int, ...]
-    decoder_kernel_size: int
-    decoder_output_kernel_size: int
-    legacy_constant: bool = True
-    factors: tuple[Factor, ...] = ()
-
-    def without_factors(self) -> ReleasedArch:
-        """The same architecture with no factor regressor."""
-        return ReleasedArch(**{**self.__dict__, "factors": ()})
-
-
-_ALL_IMAGE_INPUTS = tuple(sorted([*RELEASED_IMAGE_INPUT_CHANNELS, "coordinates"]))
-_ALL_VECTOR_INPUTS = ("dzp", "flat_capacity", "zp")
-
-# The three paper configurations of the release (configurations.py).
-PAPER_ARCHS: dict[str, ReleasedArch] = {
-    "clevr6": ReleasedArch(
-        latent_dim=64,
-        image_inputs=_ALL_IMAGE_INPUTS,
-        vector_inputs=_ALL_VECTOR_INPUTS,
-        coord_type="linear",
-        refine_conv_channels=(64, 64, 64, 64),
-        refine_kernel_size=3,
-        mlp_sizes=(256, 256),
-        lstm_size=256,
-        decoder_conv_channels=(64, 64, 64, 64),
-        decoder_kernel_size=3,
-        decoder_output_kernel_size=3,
-        factors=(
-            Factor("color", 9, "categorical"),
-            Factor("shape", 4, "categorical"),
-            Factor("size", 3, "categorical"),
-            Factor("position", 3, "scalar"),
-        ),
-    ),
-    "multi_dsprites": ReleasedArch(
-        latent_dim=16,
-        image_inputs=_ALL_IMAGE_INPUTS,
-        vector_inputs=_ALL_VECTOR_INPUTS,
-        coord_type="cosine",
-        refine_conv_channels=(32, 32, 32),
-        refine_kernel_size=5,
-        mlp_sizes=(128,),
-        lstm_size=128,
-        decoder_conv_channels=(32, 32, 32, 32),
-        decoder_kernel_size=5,
-        decoder_output_kernel_size=5,
-        factors=(
-            Factor("color", 3, "scalar"),
-            Factor("shape", 4, "categorical"),
-            Factor("scale", 1, "scalar"),
-            Factor("x", 1, "scalar"),
-            Factor("y", 1, "scalar"),
-            Factor("orientation", 2, "angle"),
-        ),
-    ),
-    "tetrominoes": ReleasedArch(
-        latent_dim=32,
-        image_inputs=_ALL_IMAGE_INPUTS,
-        vector_inputs=_ALL_VECTOR_INPUTS,
-        coord_type="cosine",
-        refine_conv_channels=(32, 32, 32),
-        refine_kernel_size=5,
-        mlp_sizes=(128,),
-        lstm_size=0,
-        decoder_conv_channels=(32, 32, 32, 32),
-        decoder_kernel_size=5,
-        decoder_output_kernel_size=5,
-        factors=(
-            Factor("position", 2, "scalar"),
-            Factor("color", 3, "scalar"),
-            Factor("shape", 20, "categorical"),
-        ),
-    ),
-}
 
 
 def arch_from_cfg(cfg: Any) -> ReleasedArch:
@@ -206,16 +78,13 @@ def arch_from_cfg(cfg: Any) -> ReleasedArch:
         raise ConversionError(
             f"MODEL.REFINEMENT.POOL {r.POOL!r}: the released models pool by average ('avg')"
         )
-    if r.COORD_TYPE not in RELEASED_COORD_CHANNELS:
+    if r.COORD_TYPE not in COORD_CHANNELS:
         raise ConversionError(f"MODEL.REFINEMENT.COORD_TYPE {r.COORD_TYPE!r} is not released")
-    image_inputs, vector_inputs = tuple(r.IMAGE_INPUTS), tuple(r.VECTOR_INPUTS)
-    if not m.LEGACY_CONSTANTS:
-        image_inputs = tuple(n for n in image_inputs if n not in LEGACY_INPUTS)
-        vector_inputs = tuple(n for n in vector_inputs if n not in LEGACY_INPUTS)
+    image_inputs, vector_inputs = used_inputs(r.IMAGE_INPUTS, r.VECTOR_INPUTS, m.LEGACY_CONSTANTS)
     return ReleasedArch(
         latent_dim=m.LATENT_DIM,
-        image_inputs=tuple(sorted(image_inputs)),
-        vector_inputs=tuple(sorted(vector_inputs)),
+        image_inputs=image_inputs,
+        vector_inputs=vector_inputs,
         coord_type=r.COORD_TYPE,
         refine_conv_channels=tuple(r.CONV_CHANNELS),
         refine_kernel_size=r.KERNEL_SIZE,
@@ -242,27 +111,18 @@ def is_ignored(name: str) -> bool:
     return _IGNORED.fullmatch(name) is not None
 
 
-def _refinement_in_channels(arch: ReleasedArch) -> int:
-    channels = dict(RELEASED_IMAGE_INPUT_CHANNELS)
-    channels["coordinates"] = RELEASED_COORD_CHANNELS[arch.coord_type]
-    unknown = sorted(set(arch.image_inputs) - set(channels))
-    if unknown:
-        raise ConversionError(f"refinement inputs with no released counterpart: {unknown}")
-    return sum(channels[n] for n in arch.image_inputs)
-
-
-def _vector_size(arch: ReleasedArch) -> int:
-    sizes = {"dzp": 2 * arch.latent_dim, "flat_capacity": 1, "zp": 2 * arch.latent_dim}
-    unknown = sorted(set(arch.vector_inputs) - set(sizes))
-    if unknown:
-        raise ConversionError(f"vector inputs with no released counterpart: {unknown}")
-    return sum(sizes[n] for n in arch.vector_inputs)
-
-
-def _normalised(arch: ReleasedArch) -> dict[str, int]:
-    channels = dict(RELEASED_NORMALISED_CHANNELS, dzp=2 * arch.latent_dim)
-    used = set(arch.image_inputs) | set(arch.vector_inputs)
-    return {n: c for n, c in sorted(channels.items()) if n in used}
+def _layers(arch: ReleasedArch):
+    """``released_layers(arch)``, refusing inputs that the release does not have."""
+    for names, vector, what in (
+        (arch.image_inputs, False, "refinement inputs"),
+        (arch.vector_inputs, True, "vector inputs"),
+    ):
+        unknown = sorted(
+            n for n in names if n not in REFINEMENT_INPUTS or REFINEMENT_INPUTS[n].vector != vector
+        )
+        if unknown:
+            raise ConversionError(f"{what} with no released counterpart: {unknown}")
+    return released_layers(arch)
 
 
 def model_variables(arch: ReleasedArch) -> dict[str, tuple[int, ...]]:
@@ -274,35 +134,9 @@ def model_variables(arch: ReleasedArch) -> dict[str, tuple[int, ...]]:
     Returns:
         Dict sorted by name.
     """
-    z2 = 2 * arch.latent_dim
-    table: dict[str, tuple[int, ...]] = {INIT_NAME: (z2,)}
-    for name, channels in _normalised(arch).items():
-        table[NORM_SCOPE.format(name) + "/gamma"] = (channels,)
-        table[NORM_SCOPE.format(name) + "/beta"] = (channels,)
-    k, cin = arch.refine_kernel_size, _refinement_in_channels(arch)
-    for i, cout in enumerate(arch.refine_conv_channels):
-        table[ENCODER_CONV.format(i) + "/w"] = (k, k, cin, cout)
-        table[ENCODER_CONV.format(i) + "/b"] = (cout,)
-        cin = cout
-    for i, size in enumerate(arch.mlp_sizes):
-        table[ENCODER_LINEAR.format(i) + "/w"] = (cin, size)
-        table[ENCODER_LINEAR.format(i) + "/b"] = (size,)
-        cin = size
-    cin += _vector_size(arch)
-    if arch.lstm_size > 0:
-        hidden = arch.lstm_size
-        table[LSTM_SCOPE + "/w_gates"] = (cin + hidden, 4 * hidden)
-        table[LSTM_SCOPE + "/b_gates"] = (4 * hidden,)
-        cin = hidden
-    table[HEAD_SCOPE + "/w"] = (cin, z2)
-    table[HEAD_SCOPE + "/b"] = (z2,)
-    cin = arch.latent_dim + int(arch.legacy_constant) + 2
-    kernels = [arch.decoder_kernel_size] * len(arch.decoder_conv_channels)
-    outs = [*arch.decoder_conv_channels, 4]
-    for i, (k, cout) in enumerate(zip([*kernels, arch.decoder_output_kernel_size], outs)):
-        table[DECODER_CONV.format(i) + "/w"] = (k, k, cin, cout)
-        table[DECODER_CONV.format(i) + "/b"] = (cout,)
-        cin = cout
+    table: dict[str, tuple[int, ...]] = {}
+    for layer in _layers(arch):
+        table.update(layer_variables(layer))
     return dict(sorted(table.items()))
 
 
@@ -320,7 +154,7 @@ def factor_variables(arch: ReleasedArch) -> dict[str, tuple[int, ...]]:
         FACTOR_SCOPE + "/predict_latents/b": (total,),
     }
     for f in arch.factors:
-        if f.kind in ("scalar", "angle"):
+        if f.type in ("scalar", "angle"):
             for stat in ("M2", "mean", "total"):
                 table[f"{FACTOR_SCOPE}/{f.name}_mean_var/{stat}"] = (f.size,)
     return dict(sorted(table.items()))
@@ -408,35 +242,26 @@ def parameter_rules(
     Returns:
         One rule per parameter of our model, covering every name of ``model_variables(arch)``.
     """
-    rules = [ParamRule("init_posterior", (INIT_NAME,), _copy)]
-    for name in _normalised(arch):
-        scope = NORM_SCOPE.format(name)
-        rules.append(ParamRule(f"input_norms.{name}.weight", (scope + "/gamma",), _copy))
-        rules.append(ParamRule(f"input_norms.{name}.bias", (scope + "/beta",), _copy))
-    for i in range(len(arch.refine_conv_channels)):
-        scope = ENCODER_CONV.format(i)
-        rules.append(ParamRule(f"refinement.convs.{i}.weight", (scope + "/w",), conv_to_torch))
-        rules.append(ParamRule(f"refinement.convs.{i}.bias", (scope + "/b",), _copy))
-    for i in range(len(arch.mlp_sizes)):
-        scope = ENCODER_LINEAR.format(i)
-        rules.append(ParamRule(f"refinement.mlp.{i}.weight", (scope + "/w",), linear_to_torch))
-        rules.append(ParamRule(f"refinement.mlp.{i}.bias", (scope + "/b",), _copy))
-    if arch.lstm_size > 0:
-        sources = (LSTM_SCOPE + "/w_gates", LSTM_SCOPE + "/b_gates")
-        for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+    rules = []
+    for layer in _layers(arch):
+        s, ours = layer.scope, layer.ours
+        if layer.kind == "init":
+            rules.append(ParamRule(ours, (s,), _copy))
+        elif layer.kind == "norm":
+            rules.append(ParamRule(f"{ours}.weight", (s + "/gamma",), _copy))
+            rules.append(ParamRule(f"{ours}.bias", (s + "/beta",), _copy))
+        elif layer.kind == "lstm":
+            sources = (s + "/w_gates", s + "/b_gates")
+            for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
 
-            def pick(w, b, part=part):
-                return lstm_to_torch(w, b, forget_bias)[part]
+                def pick(w, b, part=part):
+                    return lstm_to_torch(w, b, forget_bias)[part]
 
-            rules.append(ParamRule(f"refinement.lstm.{part}", sources, pick))
-    rules.append(ParamRule("refinement.head.weight", (HEAD_SCOPE + "/w",), linear_to_torch))
-    rules.append(ParamRule("refinement.head.bias", (HEAD_SCOPE + "/b",), _copy))
-    n_hidden = len(arch.decoder_conv_channels)
-    for i in range(n_hidden + 1):
-        scope = DECODER_CONV.format(i)
-        ours = f"decoder.hidden.{i}" if i < n_hidden else "decoder.output"
-        rules.append(ParamRule(f"{ours}.weight", (scope + "/w",), conv_to_torch))
-        rules.append(ParamRule(f"{ours}.bias", (scope + "/b",), _copy))
+                rules.append(ParamRule(f"{ours}.{part}", sources, pick))
+        else:
+            to_torch = conv_to_torch if layer.kind == "conv" else linear_to_torch
+            rules.append(ParamRule(f"{ours}.weight", (s + "/w",), to_torch))
+            rules.append(ParamRule(f"{ours}.bias", (s + "/b",), _copy))
     return rules
 
 

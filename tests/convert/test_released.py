@@ -191,4 +191,4 @@ def test_name_table_factors_equal_the_data_layer_mappings():
 
     for config, arch in PAPER_ARCHS.items():
         expected = FACTOR_MAPPINGS[FACTOR_FAMILY[config]]
-        assert [(f.name, f.size, f.kind) for f in arch.factors] == [tuple(f) for f in expected]
+        assert [(f.name, f.size, f.type) for f in arch.factors] == [tuple(f) for f in expected]
