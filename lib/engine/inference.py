@@ -25,10 +25,14 @@ from torch import nn
 from lib.data import dataset_provenance
 from lib.engine.checkpoint import unwrap_model
 from lib.evaluation.ari import adjusted_rand_index
+from lib.evaluation.segmentation import foreground_mse, segmentation_scores
 from lib.model.factor_regressor import FactorMetrics
 from lib.utils import comm
 
-NO_MASK_REASON = "dataset has no ground-truth masks: ARI not computed"
+NO_MASK_REASON = "dataset has no ground-truth masks: ARI and the other mask metrics not computed"
+# Metrics over the true masks, in metrics.json's order; each is a mean over the images where it
+# is defined (lib/evaluation: fg_ari, sc, msc, mbo, miou and fg_mse need a foreground pixel).
+MASK_METRICS = ("fg_ari", "ari", "sc", "msc", "mbo", "miou", "count_acc", "fg_mse")
 # The keys metrics.json always has at the top level (values of the first test dataset).
 METRIC_KEYS = (
     "fg_ari",
@@ -38,7 +42,12 @@ METRIC_KEYS = (
     "fg_ari_per_iter",
     "ari_per_iter",
     "mse_per_iter",
+    *MASK_METRICS[2:],
+    *(f"{key}_per_iter" for key in MASK_METRICS[2:]),
 )
+# Elements of the largest one-hot tensor (images x steps x pixels x slots) the metrics build at
+# once; more steps are split into chunks (2**26 float32 = 256 MiB).
+_MAX_ONE_HOT = 2**26
 
 
 def sanitize_name(name: str) -> str:
@@ -49,13 +58,25 @@ def sanitize_name(name: str) -> str:
 
 
 class _Accumulator:
-    """Sums of per-image scores (and counts of defined ones) for each of the T+1 steps."""
+    """Sums of per-image scores (and counts of defined ones) for each of the T+1 steps.
 
-    def __init__(self, steps: int) -> None:
-        # Rows: fg ARI sum, fg ARI count, ARI sum, ARI count, MSE sum; columns: steps.
-        self.sums = torch.zeros(5, steps, dtype=torch.float64, device="cpu")
+    The sums stay on the metrics' device (the masks' device) until ``metrics`` reads them once;
+    only the Hungarian matching of ``miou`` goes through the host, once per batch and chunk of
+    steps.
+    """
+
+    def __init__(self, steps: int, device: torch.device | str = "cpu") -> None:
+        # Rows: the MSE sum, then a (sum, count of defined images) pair per MASK_METRICS key;
+        # columns: steps.
+        self.sums = torch.zeros(
+            1 + 2 * len(MASK_METRICS), steps, dtype=torch.float64, device=device
+        )
         self.num_images = 0
         self.num_with_masks = 0
+
+    @staticmethod
+    def _row(key: str) -> int:
+        return 1 + 2 * MASK_METRICS.index(key)
 
     def add(self, masks: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labels):
         """Add one batch.
@@ -66,20 +87,43 @@ class _Accumulator:
             images: (B, 3, H, W) inputs.
             labels: (B, H, W) int64 true label maps, or None.
         """
-        mse = ((recon.float() - images.float()[:, None]) ** 2).mean(dim=(2, 3, 4))  # (B, T+1)
-        self.sums[4] += mse.double().sum(dim=0).cpu()
+        images = images.to(recon.device)
+        if self.sums.device != recon.device:
+            self.sums = self.sums.to(recon.device)
+        with torch.autocast(device_type=recon.device.type, enabled=False):
+            mse = ((recon.float() - images.float()[:, None]) ** 2).mean(dim=(2, 3, 4))
+        self.sums[0] += mse.double().sum(dim=0)  # (T+1,)
         self.num_images += images.shape[0]
         if labels is None:
             return
         self.num_with_masks += images.shape[0]
         labels = labels.to(masks.device)
-        for t in range(masks.shape[1]):
-            pred = masks[:, t].argmax(dim=1)  # (B, H, W) slot index per pixel
-            for row, ignore_background in ((0, True), (2, False)):
-                scores = adjusted_rand_index(labels, pred, ignore_background).cpu()
-                defined = ~torch.isnan(scores)
-                self.sums[row, t] += scores[defined].sum()
-                self.sums[row + 1, t] += defined.sum()
+        batch, steps, num_slots = masks.shape[:3]
+        scores = {"fg_mse": foreground_mse(images, recon, labels)}  # (B, T+1)
+        pred = masks.argmax(dim=2)  # (B, T+1, H, W) slot index per pixel, every step at once
+        pixels = labels[0].numel()
+        chunk = max(1, min(steps, _MAX_ONE_HOT // max(1, batch * pixels * num_slots)))
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, steps, chunk):
+            stop = min(steps, start + chunk)
+            # (B, n, H, W) -> (B * n, H, W): every step of every image is one "image".
+            step_pred = pred[:, start:stop].reshape(-1, *labels.shape[1:])
+            step_true = labels[:, None].expand(batch, stop - start, *labels.shape[1:])
+            step_true = step_true.reshape(step_pred.shape)
+            part = {
+                "fg_ari": adjusted_rand_index(step_true, step_pred, ignore_background=True),
+                "ari": adjusted_rand_index(step_true, step_pred, ignore_background=False),
+            }
+            part.update(segmentation_scores(step_true, step_pred, True, num_slots=num_slots))
+            for key, value in part.items():
+                parts.setdefault(key, []).append(value.reshape(batch, stop - start))
+        scores.update({key: torch.cat(value, dim=1) for key, value in parts.items()})
+        for key in MASK_METRICS:
+            value = scores[key].to(self.sums.device, torch.float64)
+            defined = ~torch.isnan(value)
+            row = self._row(key)
+            self.sums[row] += torch.where(defined, value, torch.zeros_like(value)).sum(dim=0)
+            self.sums[row + 1] += defined.sum(dim=0)
 
     def reduce(self) -> None:
         """Sum the accumulators over every rank (collective: all ranks must call it)."""
@@ -91,25 +135,35 @@ class _Accumulator:
         self.num_images, self.num_with_masks = (int(c) for c in counts.tolist())
 
     def metrics(self, has_masks: bool) -> dict[str, Any]:
-        """Means over images as the metrics.json entry of one dataset."""
+        """Means over images as the metrics.json entry of one dataset (one host read)."""
+        sums = self.sums.cpu().tolist()
 
-        def mean(row: int) -> list[float | None]:
-            total, count = self.sums[row], self.sums[row + 1]
-            return [(s / c).item() if c > 0 else None for s, c in zip(total, count)]
+        def mean(key: str) -> list[float | None]:
+            row = self._row(key)
+            return [s / c if c > 0 else None for s, c in zip(sums[row], sums[row + 1])]
 
-        mse = (self.sums[4] / max(self.num_images, 1)).tolist()
+        mse = [s / max(self.num_images, 1) for s in sums[0]]
         if self.num_images == 0:
             mse = [None] * len(mse)
         out: dict[str, Any] = {"num_images": self.num_images, "mse": mse[-1], "mse_per_iter": mse}
+        steps = len(mse)
+        per_key = {key: mean(key) if has_masks else [None] * steps for key in MASK_METRICS}
+        out.update(
+            fg_ari=per_key["fg_ari"][-1],
+            ari=per_key["ari"][-1],
+            fg_ari_per_iter=per_key["fg_ari"],
+            ari_per_iter=per_key["ari"],
+        )
         if has_masks:
-            fg, ari = mean(0), mean(2)
-            out.update(fg_ari=fg[-1], ari=ari[-1], fg_ari_per_iter=fg, ari_per_iter=ari)
-            # Images without foreground have no fg ARI (see lib/evaluation/ari.py).
-            out["fg_ari_num_images"] = int(self.sums[1, -1].item())
+            # Images without foreground have no fg ARI (see lib/evaluation/ari.py), nor sc,
+            # msc, mbo, miou or fg_mse: all of these average over these images.
+            out["fg_ari_num_images"] = int(sums[self._row("fg_ari") + 1][-1])
         else:
-            steps = [None] * len(mse)
-            out.update(fg_ari=None, ari=None, fg_ari_per_iter=steps, ari_per_iter=list(steps))
             out["reason"] = NO_MASK_REASON
+        for key in MASK_METRICS[2:]:
+            out[key] = per_key[key][-1]
+        for key in MASK_METRICS[2:]:
+            out[f"{key}_per_iter"] = per_key[key]
         return out
 
 
@@ -190,7 +244,7 @@ def do_evaluate(
     logger: logging.Logger | None = None,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate a model on datasets: foreground ARI, ARI and MSE, at every refinement step.
+    """Evaluate a model on datasets: ARI, MSE and the other segmentation metrics, every step.
 
     The model runs in eval mode (its seeded sampling noise makes the result deterministic and
     independent of the batch composition) and is put back in its previous mode afterwards.
@@ -215,7 +269,13 @@ def do_evaluate(
         ``{name: metrics}`` with, per dataset: ``fg_ari``, ``ari``, ``mse`` (final step; ARI
         values None without masks), ``fg_ari_per_iter``, ``ari_per_iter``, ``mse_per_iter``
         (T+1 values each), ``num_images`` (distinct images), ``fg_ari_num_images`` (images
-        with foreground) or ``reason`` (why ARI is missing), and ``provenance``
+        with foreground) or ``reason`` (why ARI is missing), then ``sc``, ``msc``, ``mbo``,
+        ``miou``, ``count_acc``, ``fg_mse`` (final step; None without masks) and their
+        ``<key>_per_iter`` lists (``lib.evaluation.segmentation``: foreground SC / mSC / mBO,
+        ClevrTex's Hungarian mIoU with the background matched then left out, object-count
+        accuracy with the background counted on both sides, MSE over foreground pixels; means
+        over the images where each is defined, i.e. the ``fg_ari_num_images`` images with
+        foreground for all but ``count_acc``, which covers every image), and ``provenance``
         (``lib.data.dataset_provenance``; one dict, or a list for a concatenation) when the
         loader has a ``dataset``. When the model has a factor regressor and the dataset
         stores factors: ``factors`` {name: R^2 (scalar, angle; the set's own variance, exact)
@@ -259,7 +319,7 @@ def do_evaluate(
                 if "factor_loss" in out:
                     factor_acc.add(out)
                 if accumulator is None:
-                    accumulator = _Accumulator(out["masks"].shape[1])
+                    accumulator = _Accumulator(out["masks"].shape[1], out["masks"].device)
                 accumulator.add(out["masks"], out["recon"], images, masks if has_masks else None)
                 if predictions_dir is not None:
                     if out["masks"].shape[2] > 256:
@@ -300,7 +360,8 @@ def do_evaluate(
 
 
 def format_metrics(results: dict[str, dict[str, Any]]) -> str:
-    """Human-readable lines of ``do_evaluate`` results (percentages for ARI)."""
+    """Human-readable lines of ``do_evaluate`` results (percentages for ARI and the other
+    segmentation scores)."""
 
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.2f}"
@@ -317,6 +378,13 @@ def format_metrics(results: dict[str, dict[str, Any]]) -> str:
         else:
             line += "  fg_ari per step: " + " ".join(pct(v) for v in m["fg_ari_per_iter"])
         lines.append(line)
+        if not m.get("reason") and "sc" in m:
+            fg_mse = "n/a" if m["fg_mse"] is None else f"{m['fg_mse']:.5f}"
+            lines.append(
+                "  "
+                + "  ".join(f"{k} {pct(m[k])}" for k in ("sc", "msc", "mbo", "miou", "count_acc"))
+                + f"  fg_mse {fg_mse}"
+            )
         if m.get("factors"):
             kinds = m.get("factor_types", {})
             parts = [

@@ -9,13 +9,23 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
 
-from lib.engine.inference import do_evaluate, metrics_document, sanitize_name
+from lib.engine.inference import (
+    METRIC_KEYS,
+    do_evaluate,
+    format_metrics,
+    metrics_document,
+    sanitize_name,
+)
 from lib.model import build_model
 from lib.utils import comm
 from tests.engine.engine_helpers import StandIn, join_or_kill, labelled_images, tiny_cfg
 
 CPU = torch.device("cpu")
+NEW_KEYS = ("sc", "msc", "mbo", "miou", "count_acc", "fg_mse")
 
 
 def _data(num: int = 6, size: int = 8, seed: int = 0):
@@ -63,6 +73,10 @@ def test_without_masks_every_key_is_present():
     assert result["fg_ari_per_iter"] == [None] * 3 and result["ari_per_iter"] == [None] * 3
     assert result["mse"] == 0.0 and result["num_images"] == 6
     assert "masks" in result["reason"]
+    for key in NEW_KEYS:
+        assert result[key] is None and result[f"{key}_per_iter"] == [None] * 3
+    doc = metrics_document({"nomask": result}, "w.pth", None, num_slots=4, num_iters=2)
+    assert set(METRIC_KEYS) <= set(doc) and all(doc[k] is None for k in NEW_KEYS)
 
 
 def test_predictions_in_dataset_order_and_folder_cleared(tmp_path):
@@ -95,6 +109,113 @@ def test_real_model_is_batch_independent():
     for key in ("fg_ari", "ari", "mse"):
         assert one[key] == pytest.approx(two[key], abs=1e-4)
     assert model.training
+
+
+class _Recorder(nn.Module):
+    """The wrapped model, keeping every forward's masks and reconstructions."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.outputs = []
+
+    def forward(self, images, **kwargs):
+        out = self.inner(images, **kwargs)
+        self.outputs.append((out["masks"].clone(), out["recon"].clone()))
+        return out
+
+
+def _reference_scores(true: np.ndarray, pred: np.ndarray) -> dict:
+    """One image's scores by plain numpy / scipy / scikit-learn, from the papers' definitions.
+
+    true: (H, W) labels, 0 = background; pred: (H, W) argmax slot. None = undefined.
+    """
+    t, p = true.ravel(), pred.ravel()
+    fg = t > 0
+    segments = [t == g for g in np.unique(t)]  # every non-empty true segment, background first
+    slots = [p == k for k in np.unique(p)]  # every slot that wins a pixel
+    iou = np.array([[(g & k).sum() / (g | k).sum() for k in slots] for g in segments])
+    out = {"ari": adjusted_rand_score(t, p), "count_acc": float(len(segments) == len(slots))}
+    if not fg.any():
+        return {**out, **dict.fromkeys(("fg_ari", "sc", "msc", "mbo", "miou"))}
+    has_bg = bool((t == 0).any())
+    objects = slice(1 if has_bg else 0, None)
+    best = iou.max(axis=1)[objects]
+    sizes = np.array([g.sum() for g in segments])[objects]
+    rows, cols = linear_sum_assignment(-iou)  # ClevrTex: match everything, background included
+    matched = np.zeros(len(segments))
+    matched[rows] = iou[rows, cols]
+    # ClevrTex mIoU_fg: matched IoUs of the true objects over the pairs less the background's.
+    pairs = max(len(segments), len(slots)) - int(has_bg)
+    return {
+        **out,
+        "fg_ari": adjusted_rand_score(t[fg], p[fg]),
+        "sc": float((sizes * best).sum() / sizes.sum()),
+        "msc": float(best.mean()),
+        "mbo": float(best.mean()),
+        "miou": float(matched[objects].sum() / pairs),
+    }
+
+
+def _mean_defined(values):
+    defined = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(defined)) if defined else None
+
+
+def test_new_metrics_match_a_per_image_reference():
+    # The real (untrained) model: masks that neither match the labels nor are degenerate.
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = _Recorder(build_model(cfg))
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(7, 3, 16, 16, generator=gen)
+    labels = torch.randint(0, 4, (7, 16, 16), generator=gen)
+    labels[2] = 0  # no foreground: left out of every mean but ari and count_acc
+    labels[4, :8] = 1  # large objects, so some slots cover one well
+    labels[4, 8:] = 2  # and no background pixel
+    batches = _batches(images, labels, 3)
+    result = do_evaluate(model, [("toy", batches)], CPU, num_iters=3)["toy"]
+    masks = torch.cat([m for m, _ in model.outputs])  # (7, T+1, K, H, W)
+    recon = torch.cat([r for _, r in model.outputs])
+    steps = masks.shape[1]
+    assert steps == 4
+    reference = {key: [] for key in ("fg_ari", "ari", *NEW_KEYS)}
+    for t in range(steps):
+        per_image = []
+        for i in range(len(images)):
+            pred = masks[i, t].argmax(dim=0).numpy()
+            scores = _reference_scores(labels[i].numpy(), pred)
+            fg = (labels[i] > 0).numpy()
+            squared = ((recon[i, t] - images[i]) ** 2).numpy()  # (3, H, W)
+            scores["fg_mse"] = float(squared[:, fg].mean()) if fg.any() else None
+            per_image.append(scores)
+        for key in reference:
+            reference[key].append(_mean_defined([s[key] for s in per_image]))
+    assert reference["count_acc"][-1] is not None
+    for key in ("fg_ari", "ari", *NEW_KEYS):
+        # fg_mse: float32 squares summed in a different order; the rest are exact counts.
+        tol = 1e-6 if key == "fg_mse" else 1e-9
+        assert result[f"{key}_per_iter"] == pytest.approx(reference[key], abs=tol), key
+        assert result[key] == result[f"{key}_per_iter"][-1]
+    assert result["fg_ari_num_images"] == 6
+    # Not trivially equal keys: the untrained model is far from a perfect segmentation.
+    assert 0 < result["miou"] < 1 and result["sc"] != result["msc"]
+    assert result["msc"] == result["mbo"]
+    line = format_metrics({"toy": result})
+    assert "miou" in line and "count_acc" in line and "fg_mse" in line
+    doc = metrics_document({"toy": result}, "w.pth", 1, num_slots=3, num_iters=3)
+    assert list(doc)[: len(METRIC_KEYS)] == list(METRIC_KEYS)
+    assert all(doc[k] == result[k] for k in METRIC_KEYS)
+
+
+def test_perfect_segmentation_new_metrics():
+    images, labels = _data()
+    labels[0] = 0
+    images = labelled_images(labels)
+    result = do_evaluate(StandIn(num_slots=4), [("toy", _batches(images, labels, 4))], CPU)["toy"]
+    for key in ("sc", "msc", "mbo", "miou", "count_acc"):
+        assert result[key] == pytest.approx(1.0) and len(result[f"{key}_per_iter"]) == 3
+    assert result["fg_mse"] == 0.0
 
 
 def _free_port() -> int:
@@ -140,8 +261,11 @@ def test_two_processes_match_one(tmp_path):
     results = dict(queue.get() for _ in range(2))
     for rank in (0, 1):
         assert results[rank]["toy"]["num_images"] == 7
-        for key in ("fg_ari", "ari", "mse"):
+        for key in ("fg_ari", "ari", "mse", *NEW_KEYS):
             assert results[rank]["toy"][key] == pytest.approx(single["toy"][key], abs=1e-12)
+            per_iter = f"{key}_per_iter"
+            assert results[rank]["toy"][per_iter] == pytest.approx(single["toy"][per_iter])
+    assert 0 < single["toy"]["miou"] < 1  # a non-trivial segmentation (label 3 shares slot 0)
     one = sorted(os.listdir(tmp_path / "one" / "toy"))
     assert one == sorted(os.listdir(tmp_path / "two" / "toy")) and len(one) == 7
     for name in one:
@@ -159,6 +283,8 @@ def test_metrics_document_turns_non_finite_values_into_null():
         "fg_ari_per_iter": [0.1, float("nan")],
         "ari_per_iter": [0.0, 0.0],
         "mse_per_iter": [1.0, 1.0],
+        **{key: 0.5 for key in NEW_KEYS},
+        **{f"{key}_per_iter": [0.5, 0.5] for key in NEW_KEYS},
     }
     doc = metrics_document({"d": result}, "w.pth", 3, num_slots=4, num_iters=1)
     text = json.dumps(doc, allow_nan=False)  # would raise on any NaN left

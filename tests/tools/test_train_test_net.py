@@ -28,6 +28,8 @@ METRIC_KEYS = {
     "ari_per_iter",
     "mse_per_iter",
 }
+NEW_KEYS = ("sc", "msc", "mbo", "miou", "count_acc", "fg_mse")
+METRIC_KEYS |= set(NEW_KEYS) | {f"{key}_per_iter" for key in NEW_KEYS}
 
 
 def _weights(path):
@@ -95,6 +97,7 @@ def test_train_resume_evaluate(tmp_path, data_root, capsys):
         "eval/tetrominoes_synth_test/ari",
         "eval/tetrominoes_synth_test/mse",
     }
+    expected |= {f"eval/tetrominoes_synth_test/{key}" for key in NEW_KEYS}
     expected |= {f"loss/{kind}_t{t}" for kind in ("nll", "kl") for t in range(3)}
     assert expected <= scalars, expected - scalars
     assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4, 5, 6]
@@ -148,6 +151,10 @@ def test_train_resume_evaluate(tmp_path, data_root, capsys):
     assert metrics["ari"] == pytest.approx(np.mean(scores), abs=1e-6)
     assert metrics["fg_ari"] == pytest.approx(np.mean(fg_scores), abs=1e-6)
     assert metrics["fg_ari_num_images"] == len(fg_scores)
+    for key in NEW_KEYS:
+        assert len(metrics[f"{key}_per_iter"]) == 3
+        assert metrics[key] == metrics[f"{key}_per_iter"][-1] and metrics[key] >= 0
+        assert key == "fg_mse" or metrics[key] <= 1
 
     # More slots and steps at test time; the predictions folder is rewritten.
     opts = ["TEST.NUM_SLOTS", "5", "TEST.NUM_ITERS", "3", "TEST.SAVE_PREDICTIONS", "True"]
@@ -185,3 +192,5 @@ def test_dataset_without_masks_reports_null_ari(tmp_path, data_root):
     assert metrics["fg_ari"] is None and metrics["ari"] is None and metrics["num_images"] == 3
     assert metrics["fg_ari_per_iter"] == [None, None, None] and len(metrics["mse_per_iter"]) == 3
     assert "masks" in metrics["reason"]
+    for key in NEW_KEYS:
+        assert metrics[key] is None and metrics[f"{key}_per_iter"] == [None, None, None]
