@@ -269,10 +269,11 @@ def evaluate_heldout(
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "num_images":
             writer.add_scalar(f"{tag}/{key}", value, iteration)
-        elif key == "fg_ari_per_iter":
+        elif key.endswith("_per_iter") and isinstance(value, list):
+            # One curve per refinement step and metric: <key>_t0 .. <key>_tT.
             for t, per_step in enumerate(value):
-                if per_step is not None:
-                    writer.add_scalar(f"{tag}/fg_ari_t{t}", per_step, iteration)
+                if isinstance(per_step, (int, float)):
+                    writer.add_scalar(f"{tag}/{key[: -len('_per_iter')]}_t{t}", per_step, iteration)
     if heldout:
         # Pictures of the first held-out images, in eval mode (seeded noise).
         images = heldout[0][0][: cfg.LOG.NUM_IMAGES].to(device)

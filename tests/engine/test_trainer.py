@@ -257,8 +257,13 @@ def test_real_model_with_heldout_evaluation(tmp_path):
     assert len(summary["last_eval"]["fg_ari_per_iter"]) == 3
     # The tags name the held-out dataset.
     assert [s for s, _ in writer.scalars["eval/toy/fg_ari"]] == [2, 4]
-    assert {"eval/toy/ari", "eval/toy/mse", "eval/toy/fg_ari_t0", "loss/kl_t1"} <= set(
-        writer.scalars
-    )
+    assert {
+        "eval/toy/ari",
+        "eval/toy/mse",
+        "eval/toy/fg_ari_t0",
+        "eval/toy/msc_t0",
+        "eval/toy/miou_t0",
+        "loss/kl_t1",
+    } <= set(writer.scalars)
     assert writer.images["eval_images/toy/slots"] == [2, 4]
     assert model.training
