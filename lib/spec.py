@@ -127,7 +127,8 @@ class Factor(NamedTuple):
     """One factor of a mapping: its name, its size after preprocessing and its type.
 
     ``scalar``: the target as stored, ``size`` values; ``angle``: radians -> (cos, sin), size 2;
-    ``categorical``: an integer label -> one-hot of ``size`` classes.
+    ``categorical``: an integer label -> one-hot of ``size`` classes (a label outside
+    ``[0, size)`` gives an all-zero target, as TensorFlow's ``one_hot`` does).
     """
 
     name: str

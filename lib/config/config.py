@@ -7,23 +7,25 @@ from collections.abc import Sequence
 
 from yacs.config import CfgNode
 
+from lib import spec
 from lib.config.defaults import _C
 
+# The model's switches take their allowed values from lib.spec, which the model checks too.
 _CHOICES = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
     "MODEL.PRECISION": ("fp32", "tf32", "bf16"),
-    "MODEL.IODINE.LIKELIHOOD": ("logistic", "gaussian"),
-    "MODEL.IODINE.LOSS_WEIGHTS": ("linspace", "uniform", "last"),
-    "MODEL.IODINE.INIT": ("released", "pytorch"),
-    "MODEL.IODINE.GRAD_INPUT_REDUCTION": ("sum", "mean"),
-    "MODEL.REFINEMENT.COORD_TYPE": ("linear", "cosine"),
-    "MODEL.REFINEMENT.LSTM_INIT": ("sonnet", "zero_bias"),
-    "MODEL.REFINEMENT.PADDING": ("tf_same", "symmetric"),
-    "MODEL.REFINEMENT.POOL": ("avg", "flatten"),
+    "MODEL.IODINE.LIKELIHOOD": spec.LIKELIHOODS,
+    "MODEL.IODINE.LOSS_WEIGHTS": spec.LOSS_WEIGHTS,
+    "MODEL.IODINE.INIT": spec.INITS,
+    "MODEL.IODINE.GRAD_INPUT_REDUCTION": spec.GRAD_INPUT_REDUCTIONS,
+    "MODEL.REFINEMENT.COORD_TYPE": spec.COORD_TYPES,
+    "MODEL.REFINEMENT.LSTM_INIT": spec.LSTM_INITS,
+    "MODEL.REFINEMENT.PADDING": spec.PADDINGS,
+    "MODEL.REFINEMENT.POOL": spec.POOLS,
     "INPUT.RESIZE": ("tf1", "bilinear", "nearest"),
 }
-_IMAGE_INPUTS = set(_C.MODEL.REFINEMENT.IMAGE_INPUTS)
-_VECTOR_INPUTS = set(_C.MODEL.REFINEMENT.VECTOR_INPUTS)
+_IMAGE_INPUTS = set(spec.IMAGE_INPUTS)
+_VECTOR_INPUTS = set(spec.VECTOR_INPUTS)
 _POSITIVE = (
     "MODEL.IODINE.NUM_SLOTS",
     "MODEL.IODINE.NUM_ITERS",
@@ -102,14 +104,26 @@ def validate_cfg(cfg: CfgNode) -> None:
             raise ValueError(f"config key {key} names no dataset")
 
 
+def dataset_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A ``DATASETS.TRAIN`` / ``DATASETS.TEST`` value as a tuple of dataset names.
+
+    Args:
+        value: a bare name (one dataset) or a sequence of names.
+
+    Returns:
+        The names as a tuple.
+    """
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _is_literal(value: str) -> bool:
+    # A YAML or command-line value written as a tuple or list literal, for yacs to evaluate.
+    return value.lstrip().startswith(("(", "["))
+
+
 def _as_tuple(cfg: CfgNode) -> None:
-    # A bare string is a one-element tuple of dataset names.
     for key in ("TRAIN", "TEST"):
-        value = cfg.DATASETS[key]
-        if isinstance(value, str):
-            cfg.DATASETS[key] = (value,)
-        else:
-            cfg.DATASETS[key] = tuple(value)
+        cfg.DATASETS[key] = dataset_names(cfg.DATASETS[key])
 
 
 def _synth_suffix(names: Sequence[str], stem: str) -> str:
@@ -150,8 +164,8 @@ def load_cfg(
         # A bare string for DATASETS.TRAIN/TEST would fail yacs' check against the tuple default.
         for key in ("TRAIN", "TEST"):
             value = loaded.get("DATASETS", {}).get(key)
-            if isinstance(value, str) and not value.lstrip().startswith(("(", "[")):
-                loaded.DATASETS[key] = (value,)
+            if isinstance(value, str) and not _is_literal(value):
+                loaded.DATASETS[key] = dataset_names(value)
         try:
             cfg.merge_from_other_cfg(loaded)
         except (KeyError, ValueError) as exc:
@@ -161,8 +175,8 @@ def load_cfg(
         raise ValueError(f"overrides must come in KEY VALUE pairs, got {opts}")
     fixed = []
     for key, value in zip(opts[0::2], opts[1::2]):
-        if key in ("DATASETS.TRAIN", "DATASETS.TEST") and not value.lstrip().startswith(("(", "[")):
-            value = repr((value,))
+        if key in ("DATASETS.TRAIN", "DATASETS.TEST") and not _is_literal(value):
+            value = repr(dataset_names(value))
         fixed += [key, value]
     try:
         cfg.merge_from_list(fixed)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lib.spec import FACTOR_MAPPINGS, Factor
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -77,30 +79,8 @@ SYNTH_OF = {
     name: f"{name}_synth" for name in ("tetrominoes", "multi_dsprites", "clevr6", "clevr10")
 }
 
-# The released factor regressor's mapping per dataset family (configurations.py): (name, size,
-# type) in output-column order. The names are the released ones; ``released_factors`` makes them
-# from what a prepared folder stores.
-FACTOR_MAPPINGS: dict[str, tuple[tuple[str, int, str], ...]] = {
-    "clevr": (
-        ("color", 9, "categorical"),
-        ("shape", 4, "categorical"),
-        ("size", 3, "categorical"),
-        ("position", 3, "scalar"),
-    ),
-    "multi_dsprites": (
-        ("color", 3, "scalar"),
-        ("shape", 4, "categorical"),
-        ("scale", 1, "scalar"),
-        ("x", 1, "scalar"),
-        ("y", 1, "scalar"),
-        ("orientation", 2, "angle"),
-    ),
-    "tetrominoes": (
-        ("position", 2, "scalar"),
-        ("color", 3, "scalar"),
-        ("shape", 20, "categorical"),
-    ),
-}
+# The released factor regressor's mapping per dataset family is ``lib.spec.FACTOR_MAPPINGS``
+# (re-exported here); ``released_factors`` makes its inputs from what a prepared folder stores.
 # Built-in dataset -> its family in FACTOR_MAPPINGS; absent: no regressor (sprites: its
 # generator's factors have no released mapping).
 FACTOR_FAMILY = {
@@ -115,7 +95,7 @@ FACTOR_FAMILY = {
 }
 
 
-def factor_mapping(name: str) -> tuple[tuple[str, int, str], ...] | None:
+def factor_mapping(name: str) -> tuple[Factor, ...] | None:
     """The released factor mapping of a dataset name, or None when it has none.
 
     Args:

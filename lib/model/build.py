@@ -1,13 +1,26 @@
-"""``build_model(cfg)``: the only place that reads the config for the model."""
+"""``build_model(cfg)``: the only place that reads the config for the model.
+
+It builds the parts (decoder, refinement network, factor regressor), initialises them and
+hands them to ``IODINE`` (detectron2's ``from_config`` style: the modules take explicit
+arguments, this file maps config keys onto them).
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from yacs.config import CfgNode
 
+from lib import spec
+from lib.config.config import dataset_names
 from lib.data.format import factor_mapping
+from lib.model.compile import compile_model
+from lib.model.decoder import SpatialBroadcastDecoder
 from lib.model.factor_regressor import Factor, FactorRegressor
-from lib.model.iodine import IODINE
+from lib.model.iodine import IODINE, released_initial_posterior
+from lib.model.layers import released_init_
+from lib.model.refinement import RefinementNetwork
+from lib.model.refinement_inputs import refinement_channels
 
 FACTOR_SWITCH = {"auto": None, "true": True, "on": True, "false": False, "off": False}
 
@@ -59,8 +72,7 @@ def factor_regressor_mapping(cfg: CfgNode) -> tuple[Factor, ...] | None:
     switch = FACTOR_SWITCH[key]
     if switch is False:
         return None
-    names = cfg.DATASETS.TRAIN
-    names = (names,) if isinstance(names, str) else tuple(names)
+    names = dataset_names(cfg.DATASETS.TRAIN)
     mappings = {factor_mapping(n) for n in names}
     if len(mappings) == 1 and None not in mappings:
         return tuple(Factor(*m) for m in mappings.pop())
@@ -72,6 +84,73 @@ def factor_regressor_mapping(cfg: CfgNode) -> tuple[Factor, ...] | None:
     return None
 
 
+def _used_inputs(cfg: CfgNode) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    r = cfg.MODEL.REFINEMENT
+    return spec.used_inputs(r.IMAGE_INPUTS, r.VECTOR_INPUTS, cfg.MODEL.IODINE.LEGACY_CONSTANTS)
+
+
+def build_decoder(cfg: CfgNode) -> SpatialBroadcastDecoder:
+    """The spatial broadcast decoder of ``MODEL.DECODER`` (PyTorch's default init)."""
+    d = cfg.MODEL.DECODER
+    return SpatialBroadcastDecoder(
+        cfg.MODEL.IODINE.LATENT_DIM,
+        conv_channels=tuple(d.CONV_CHANNELS),
+        kernel_size=d.KERNEL_SIZE,
+        output_kernel_size=d.OUTPUT_KERNEL_SIZE,
+        legacy_constant=cfg.MODEL.IODINE.LEGACY_CONSTANTS,
+        factorized_first_layer=d.FACTORIZED_FIRST_LAYER,
+    )
+
+
+def build_refinement(cfg: CfgNode) -> RefinementNetwork:
+    """The refinement network of ``MODEL.REFINEMENT`` (PyTorch's default init); its input
+    channels follow from the inputs used (``lib.model.refinement_inputs``)."""
+    r, latent_dim = cfg.MODEL.REFINEMENT, cfg.MODEL.IODINE.LATENT_DIM
+    in_channels, vector_dim = refinement_channels(*_used_inputs(cfg), r.COORD_TYPE, latent_dim)
+    return RefinementNetwork(
+        in_channels,
+        vector_dim,
+        2 * latent_dim,
+        conv_channels=tuple(r.CONV_CHANNELS),
+        kernel_size=r.KERNEL_SIZE,
+        stride=r.STRIDE,
+        padding=r.PADDING,
+        mlp_sizes=tuple(r.MLP_SIZES),
+        lstm_size=r.LSTM_SIZE,
+        pool=r.POOL,
+        image_size=cfg.INPUT.IMAGE_SIZE,
+    )
+
+
+def initialise_(cfg: CfgNode, decoder: nn.Module, refinement: nn.Module) -> None:
+    """``MODEL.IODINE.INIT`` and ``MODEL.DECODER.BLOB_INIT_GAIN`` applied in place.
+
+    Raises:
+        ValueError: an unknown INIT.
+    """
+    init, r = cfg.MODEL.IODINE.INIT, cfg.MODEL.REFINEMENT
+    if init == "released":
+        lstm = {"lstm_init": r.LSTM_INIT, "lstm_forget_bias": r.LSTM_FORGET_BIAS}
+        released_init_(decoder, **lstm)
+        released_init_(refinement, **lstm)
+    elif init != "pytorch":
+        raise ValueError(f"init must be one of {spec.INITS}, got {init!r}")
+    if cfg.MODEL.DECODER.BLOB_INIT_GAIN > 0:
+        decoder.blob_init_(cfg.MODEL.DECODER.BLOB_INIT_GAIN)
+
+
+def build_factor_regressor(cfg: CfgNode) -> FactorRegressor | None:
+    """The factor regressor when ``factor_regressor_mapping`` gives a mapping, else None."""
+    mapping = factor_regressor_mapping(cfg)
+    if mapping is None:
+        return None
+    return FactorRegressor(
+        latent_dim=cfg.MODEL.IODINE.LATENT_DIM,
+        mapping=mapping,
+        loss_weight=cfg.MODEL.FACTOR_REGRESSOR.LOSS_WEIGHT,
+    )
+
+
 def build_model(cfg: CfgNode) -> IODINE:
     """Build IODINE from ``cfg.MODEL`` (architecture, likelihood, prior, switches).
 
@@ -80,54 +159,40 @@ def build_model(cfg: CfgNode) -> IODINE:
 
     Returns:
         The model on the CPU, in training mode; ``MODEL.CHANNELS_LAST`` and ``MODEL.COMPILE``
-        applied; ``model.factor_regressor`` set when ``factor_regressor_mapping`` gives one.
+        applied; its ``factor_regressor`` set when ``factor_regressor_mapping`` gives one.
     """
-    m, r, d = cfg.MODEL.IODINE, cfg.MODEL.REFINEMENT, cfg.MODEL.DECODER
+    m, r = cfg.MODEL.IODINE, cfg.MODEL.REFINEMENT
+    # The draws from torch's generator keep this order (decoder, refinement, initial lambda,
+    # released init, factor regressor), so a seed gives the weights it always gave.
+    decoder = build_decoder(cfg)
+    refinement = build_refinement(cfg)
+    init_lambda = released_initial_posterior(m.LATENT_DIM, m.INIT_POSTERIOR_SCALE)
+    initialise_(cfg, decoder, refinement)
+    image_inputs, vector_inputs = _used_inputs(cfg)
     model = IODINE(
+        decoder=decoder,
+        refinement=refinement,
+        factor_regressor=build_factor_regressor(cfg),
+        initial_posterior=init_lambda,
         num_slots=m.NUM_SLOTS,
         num_iters=m.NUM_ITERS,
         latent_dim=m.LATENT_DIM,
-        image_inputs=tuple(r.IMAGE_INPUTS),
-        vector_inputs=tuple(r.VECTOR_INPUTS),
+        image_inputs=image_inputs,
+        vector_inputs=vector_inputs,
         coord_type=r.COORD_TYPE,
-        refine_conv_channels=tuple(r.CONV_CHANNELS),
-        refine_kernel_size=r.KERNEL_SIZE,
-        refine_stride=r.STRIDE,
-        refine_padding=r.PADDING,
-        refine_mlp_sizes=tuple(r.MLP_SIZES),
-        refine_lstm_size=r.LSTM_SIZE,
-        refine_pool=r.POOL,
-        refine_lstm_init=r.LSTM_INIT,
-        refine_lstm_forget_bias=r.LSTM_FORGET_BIAS,
-        image_size=cfg.INPUT.IMAGE_SIZE,
-        decoder_conv_channels=tuple(d.CONV_CHANNELS),
-        decoder_kernel_size=d.KERNEL_SIZE,
-        decoder_output_kernel_size=d.OUTPUT_KERNEL_SIZE,
-        decoder_factorized_first_layer=d.FACTORIZED_FIRST_LAYER,
-        decoder_blob_init_gain=d.BLOB_INIT_GAIN,
         likelihood=m.LIKELIHOOD,
         pixel_scale=m.PIXEL_SCALE,
         prior_scale=m.PRIOR_SCALE,
         loss_weights=m.LOSS_WEIGHTS,
         eval_sample=m.EVAL_SAMPLE,
         eval_seed=m.EVAL_SEED,
-        init=m.INIT,
-        init_posterior_scale=m.INIT_POSTERIOR_SCALE,
-        legacy_constants=m.LEGACY_CONSTANTS,
         grad_input_reduction=m.GRAD_INPUT_REDUCTION,
         eval_grad_divisor=eval_grad_divisor(cfg),
     )
-    mapping = factor_regressor_mapping(cfg)
-    if mapping is not None:
-        model.factor_regressor = FactorRegressor(
-            latent_dim=m.LATENT_DIM,
-            mapping=mapping,
-            loss_weight=cfg.MODEL.FACTOR_REGRESSOR.LOSS_WEIGHT,
-        )
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     if cfg.MODEL.COMPILE:
-        model.compile_("step")
+        compile_model(model, "step")
     return model
 
 

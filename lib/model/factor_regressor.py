@@ -15,26 +15,24 @@ M = sum of the factor sizes in mapping order, H x W pixels.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FACTOR_TYPES = ("scalar", "angle", "categorical")
+from lib.spec import FACTOR_TYPES, Factor
 
-
-class Factor(NamedTuple):
-    """One factor of the mapping: its name, its size after preprocessing and its type.
-
-    ``scalar``: the target as stored, ``size`` values; ``angle``: radians -> (cos, sin), size 2;
-    ``categorical``: an integer label -> one-hot of ``size`` classes (a label outside
-    ``[0, size)`` gives an all-zero target, as TensorFlow's ``one_hot`` does).
-    """
-
-    name: str
-    size: int
-    type: str
+# The one Factor type (name, size, type) and its types are facts of the release (lib.spec).
+__all__ = [
+    "FACTOR_TYPES",
+    "Factor",
+    "FactorMetrics",
+    "FactorRegressor",
+    "add_factor_loss",
+    "factor_score",
+    "match_objects",
+    "preprocess_factor",
+]
 
 
 def preprocess_factor(factor: Factor, value: torch.Tensor) -> torch.Tensor:
@@ -181,6 +179,46 @@ class FactorRegressor(nn.Module):
             "predictions": {n: p.detach() for n, p in preds.items()},
             "targets": targets,
         }
+
+
+def add_factor_loss(
+    regressor: FactorRegressor,
+    out: dict,
+    labels: torch.Tensor | None,
+    factors: Mapping[str, torch.Tensor] | None,
+    keep_chain: bool,
+) -> None:
+    """Run the factor regressor on IODINE's final z and masks; add its loss to ``out``.
+
+    Args:
+        regressor: the model's factor regressor.
+        out: IODINE's outputs (``z`` and ``masks`` (B, T+1, K, ...), ``loss``), updated in
+            place with ``loss`` and the ``factor_*`` entries (see ``IODINE.forward``).
+        labels: (B, H, W) int64 true label maps (entity l = label l), or None.
+        factors: ``{name: (B, L, ...)}`` plus ``visibility`` (B, L), or None.
+        keep_chain: whether a backward pass follows.
+    """
+    if factors is None or labels is None:
+        if keep_chain:
+            # Not fed this batch: a zero term gives its parameters a (zero) gradient, as
+            # DistributedDataParallel needs every parameter to take part in backward.
+            unused = sum(p.sum() for p in regressor.parameters())
+            out["loss"] = out["loss"] + 0.0 * unused
+        return
+    visibility = factors["visibility"].to(labels.device)
+    entities = torch.arange(visibility.shape[1], device=labels.device)
+    true_masks = (labels[:, None] == entities[None, :, None, None]).float()  # (B, L, H, W)
+    with torch.enable_grad() if keep_chain else torch.no_grad():
+        res = regressor(out["z"][:, -1], out["masks"][:, -1], true_masks, factors, visibility)
+    out["loss"] = out["loss"] + regressor.loss_weight * res["loss"]
+    out["factor_loss"] = res["loss"].detach()
+    out["factor_scores"] = res["scores"]
+    out["factor_assignment"] = res["assignment"]
+    out["factor_targets"] = res["targets"]
+    out["factor_matched"] = {
+        name: torch.einsum("blk,bks->bls", res["assignment"], pred)
+        for name, pred in res["predictions"].items()
+    }
 
 
 def factor_score(

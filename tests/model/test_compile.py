@@ -10,6 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lib.model import build_model
+from lib.model.compile import compile_model
 from tests.model.conftest import tiny_cfg
 
 
@@ -26,7 +27,7 @@ def _pair(channels_last: bool, mode: str):
     eager = build_model(cfg).double()
     compiled = build_model(cfg).double()
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile_(mode, backend="aot_eager")
+    compile_model(compiled, mode, backend="aot_eager")
     return eager, compiled
 
 
@@ -84,7 +85,7 @@ def test_compiled_modules_equal_eager(channels_last):
 def test_compile_mode_is_checked():
     eager, _ = _pair(False, "none")
     with pytest.raises(ValueError, match="compile mode"):
-        eager.compile_("everything")
+        compile_model(eager, "everything")
 
 
 class _ConvBackwardMasks(TorchDispatchMode):

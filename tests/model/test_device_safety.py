@@ -60,7 +60,7 @@ ALLOWED = {
     "lib/model/iodine.py:step_weights": "converted to a Python list at once (.tolist())",
     "lib/model/iodine.py:_noise": "eval noise drawn on the CPU generator, then moved with .to()",
     # Parameters are made on the CPU (build_model returns a CPU model) and moved by .to().
-    "lib/model/iodine.py:__init__": "nn.Parameter init_posterior, moved with the module",
+    "lib/model/iodine.py:released_initial_posterior": "init_posterior, moved with the module",
     "lib/model/layers.py:__init__": "SlotLayerNorm's nn.Parameters, moved with the module",
 }
 
