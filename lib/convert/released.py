@@ -41,6 +41,7 @@ from lib.spec import (
     FACTOR_SCOPE,
     PAPER_ARCHS,
     REFINEMENT_INPUTS,
+    Factor,  # noqa: F401  (re-exported: the one Factor type, lib.spec's)
     ReleasedArch,
     layer_variables,
     released_layers,

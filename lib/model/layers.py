@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.spec import LSTM_INITS, PADDINGS
+
 
 class Conv2dSame(nn.Conv2d):
     """A 2-D convolution with TensorFlow's or symmetric ``SAME`` padding.
@@ -30,8 +32,8 @@ class Conv2dSame(nn.Conv2d):
         stride: int = 1,
         padding: str = "tf_same",
     ) -> None:
-        if padding not in ("tf_same", "symmetric"):
-            raise ValueError(f"padding must be 'tf_same' or 'symmetric', got {padding!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         symmetric = padding == "symmetric" or (stride == 1 and kernel_size % 2 == 1)
         super().__init__(
             in_channels,
@@ -91,9 +93,6 @@ def cosine_coordinates(height: int, width: int, freqs: int = 3, device=None) -> 
     basis = x_basis[None, :, :, None] * y_basis[:, None, None, :]  # (H, W, Fx, Fy)
     basis = basis.reshape(height, width, freqs * freqs)[..., 1:]
     return basis.permute(2, 0, 1).contiguous()
-
-
-LSTM_INITS = ("sonnet", "zero_bias")
 
 
 def _trunc_normal_(tensor: torch.Tensor, std: float) -> None:

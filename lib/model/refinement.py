@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.model.layers import Conv2dSame, autocast_enabled
+from lib.spec import POOLS
 
 
 class RefinementNetwork(nn.Module):
@@ -42,8 +43,8 @@ class RefinementNetwork(nn.Module):
         image_size: int | None = None,
     ) -> None:
         super().__init__()
-        if pool not in ("avg", "flatten"):
-            raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if pool == "flatten" and not image_size:
             raise ValueError("pool='flatten' needs image_size")
         convs, ch, side = [], in_channels, image_size

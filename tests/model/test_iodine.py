@@ -326,3 +326,41 @@ def test_cuda_matches_cpu(images):
     cpu = model(images)
     gpu = model.cuda()(images.cuda())
     torch.testing.assert_close(gpu["masks"].cpu(), cpu["masks"], atol=1e-3, rtol=1e-3)
+
+
+def test_iodine_built_directly_from_its_parts(images):
+    from lib.model.decoder import SpatialBroadcastDecoder
+    from lib.model.factor_regressor import FactorRegressor
+    from lib.model.iodine import IODINE, released_initial_posterior
+    from lib.model.refinement import RefinementNetwork
+    from lib.spec import FACTOR_MAPPINGS
+
+    torch.manual_seed(0)
+    d = 4
+    model = IODINE(
+        decoder=SpatialBroadcastDecoder(d, (8,)),
+        refinement=RefinementNetwork(18, 4 * d + 1, 2 * d, (8,), 3, mlp_sizes=(8,), lstm_size=8),
+        factor_regressor=FactorRegressor(latent_dim=d, mapping=FACTOR_MAPPINGS["clevr"]),
+        num_slots=3,
+        num_iters=2,
+        latent_dim=d,
+    )
+    # The factor regressor is a constructor argument, registered last.
+    assert list(model.state_dict())[-2:] == [
+        "factor_regressor.predict_latents.weight",
+        "factor_regressor.predict_latents.bias",
+    ]
+    assert model.image_inputs[0] == "capacity" and len(model.image_inputs) == 11
+    limit = math.sqrt(6.0 / (4 * d))  # Glorot-uniform on a [2D] variable
+    assert model.init_posterior.abs().max() <= limit
+    out = model(images)
+    assert out["masks"].shape == (4, 3, 3, 16, 16) and out["loss"].requires_grad
+    out["loss"].backward()  # no labels: the regressor still takes part (a zero gradient)
+    assert torch.equal(
+        model.factor_regressor.predict_latents.weight.grad, torch.zeros(9 + 4 + 3 + 3, d)
+    )
+    raw = released_initial_posterior(d, 0.5)[d:]
+    torch.testing.assert_close(F.softplus(raw).sqrt(), torch.full((d,), 0.5))
+    for key, bad in [("likelihood", "laplace"), ("coord_type", "polar"), ("loss_weights", "x")]:
+        with pytest.raises(ValueError, match=key):
+            IODINE(decoder=model.decoder, refinement=model.refinement, **{key: bad})
