@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from lib.config import get_cfg
+from lib.model import build_model
 from lib.model.iodine import IODINE
 
 K, D, T = 3, 6, 2
@@ -21,13 +23,12 @@ def _one_thread():
 def tiny_model() -> IODINE:
     """A seeded IODINE model in eval mode: K=3 slots, D=6 latents, T=2 steps, 8-channel convs."""
     torch.manual_seed(0)
-    model = IODINE(
-        num_slots=K,
-        num_iters=T,
-        latent_dim=D,
-        refine_conv_channels=(8, 8),
-        refine_mlp_sizes=(16,),
-        refine_lstm_size=16,
-        decoder_conv_channels=(8, 8),
-    )
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["MODEL.IODINE.NUM_SLOTS", K, "MODEL.IODINE.NUM_ITERS", T, "MODEL.IODINE.LATENT_DIM", D,
+         "MODEL.REFINEMENT.CONV_CHANNELS", (8, 8), "MODEL.REFINEMENT.MLP_SIZES", (16,),
+         "MODEL.REFINEMENT.LSTM_SIZE", 16, "MODEL.DECODER.CONV_CHANNELS", (8, 8),
+         "MODEL.FACTOR_REGRESSOR.ENABLED", "off"]
+    )  # fmt: skip
+    model = build_model(cfg)
     return model.eval()
