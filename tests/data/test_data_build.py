@@ -37,12 +37,6 @@ def test_missing_folder_is_an_error_naming_the_command(tmp_path):
     assert not os.path.exists(tmp_path / "root")
 
 
-def test_folder_without_meta_is_error(tmp_path):
-    os.makedirs(tmp_path / "tetrominoes_synth")
-    with pytest.raises(FileNotFoundError, match="no meta.json"):
-        make_dataset("tetrominoes_synth", data_cfg(tmp_path), False)
-
-
 def test_split_follows_meta_not_config(tmp_path, caplog):
     path = generate_dataset(
         "tetrominoes_synth", str(tmp_path), num_examples=5, seed=0, test_size=2, progress=False
@@ -87,14 +81,6 @@ def test_bad_num_test_is_error(tmp_path, num_test):
     json.dump(meta, open(os.path.join(path, "meta.json"), "w"))
     with pytest.raises(ValueError, match="num_test"):
         make_dataset("tetrominoes_synth_test", data_cfg(tmp_path), False)
-
-
-def test_empty_split_is_error(tmp_path):
-    generate_dataset("tetrominoes_synth", str(tmp_path), num_examples=3, seed=0, test_size=0)
-    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=35)
-    assert len(make_dataset("tetrominoes_synth_train", cfg, True)) == 3
-    with pytest.raises(ValueError, match=r"split 'test' of .*tetrominoes_synth is empty"):
-        make_dataset("tetrominoes_synth_test", cfg, False)
 
 
 def test_bad_format_version(tmp_path):
