@@ -1,4 +1,5 @@
-"""folder:<path> datasets: with and without masks, crops, and every bad-input error."""
+"""lib.data.datasets.folder.FolderDataset (``folder:<path>``), imported directly: PNG/JPEG files
+written here with PIL, read back exactly; with and without masks, crops, every bad-input error."""
 
 import logging
 import os
@@ -10,6 +11,7 @@ from PIL import Image
 
 from lib.data import make_dataset
 from lib.data.datasets.base import to_model_input
+from lib.data.datasets.folder import FolderDataset
 from tests.data.conftest import data_cfg
 
 
@@ -42,7 +44,7 @@ def _u8(image):
 def test_folder_with_masks_sorted_exact(tmp_path, mode):
     names = ["b.png", "a.png", "10.png", "2.png"]
     arrays = _write(tmp_path, names, mask_mode=mode)
-    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=16), False)
+    ds = FolderDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=16), False, str(tmp_path))
     assert [os.path.basename(f) for f in ds.files] == ["10.png", "2.png", "a.png", "b.png"]
     assert ds.has_masks and ds.provenance["source"] == "folder" and len(ds) == 4
     for i, name in enumerate(sorted(names)):
@@ -54,11 +56,11 @@ def test_folder_with_masks_sorted_exact(tmp_path, mode):
 
 def test_non_square_is_centre_cropped(tmp_path):
     arrays = _write(tmp_path, ["x.png"], size=(10, 24))
-    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=10), False)
+    ds = FolderDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=10), False, str(tmp_path))
     image, mask = ds[0]
     np.testing.assert_array_equal(_u8(image), arrays["x.png"][0][:, 7:17])
     np.testing.assert_array_equal(mask.numpy(), arrays["x.png"][1][:, 7:17])
-    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=20), False)
+    ds = FolderDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=20), False, str(tmp_path))
     image, mask = ds[0]
     assert image.shape == (3, 20, 20) and mask.shape == (20, 20)
     # Nearest-neighbour upsampling by 2: every source label repeated in 2x2 blocks.
@@ -70,15 +72,13 @@ def test_nearest_resize_samples_image_and_labels_alike(tmp_path, size):
     arrays = _write(tmp_path, ["x.png"], size=(32, 32))
     image_u8, label = arrays["x.png"]
     cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=size, INPUT__RESIZE="nearest")
-    image, mask = make_dataset(f"folder:{tmp_path}", cfg, False)[0]
+    image, mask = FolderDataset(cfg, False, str(tmp_path))[0]
     # Pixel centres: output pixel i samples source row floor((i + 0.5) * 32 / size).
     src = [int((i + 0.5) * 32 / size) for i in range(size)]
     np.testing.assert_array_equal(mask.numpy(), label[np.ix_(src, src)])
     np.testing.assert_array_equal(_u8(image), image_u8[np.ix_(src, src)])
     # The default antialiased bilinear blends neighbours: most pixels match no source pixel.
-    image, _ = make_dataset(
-        f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=size), False
-    )[0]
+    image, _ = FolderDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=size), False, str(tmp_path))[0]
     exact = (_u8(image) == image_u8[np.ix_(src, src)]).all(axis=2)
     assert exact.mean() < 0.5
 
@@ -91,7 +91,7 @@ def test_unknown_resize_is_config_error():
 def test_folder_without_masks(tmp_path, caplog):
     _write(tmp_path, ["a.png", "b.png"], masks=False)
     with caplog.at_level(logging.WARNING):
-        ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=16), True)
+        ds = FolderDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=16), True, str(tmp_path))
     assert "ARI will not be computed" in caplog.text
     image, mask = ds[1]
     assert image.shape == (3, 16, 16) and mask is None
@@ -104,7 +104,7 @@ def test_rgba_and_grey_images_become_rgb(tmp_path):
         tmp_path / "images" / "a.png"
     )
     Image.fromarray(np.full((8, 8), 100, np.uint8), mode="L").save(tmp_path / "images" / "b.png")
-    ds = make_dataset(f"folder:{tmp_path}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=8), False)
+    ds = FolderDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=8), False, str(tmp_path))
     assert ds[0][0].shape == (3, 8, 8) and (_u8(ds[1][0]) == 100).all()
 
 
@@ -114,13 +114,13 @@ def _cfg(tmp_path, **kw):
 
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        make_dataset(f"folder:{tmp_path / 'nope'}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path / "nope"))
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="images"):
-        make_dataset(f"folder:{tmp_path / 'empty'}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path / "empty"))
     os.makedirs(tmp_path / "empty" / "images")
     with pytest.raises(FileNotFoundError, match=r"no \*\.png"):
-        make_dataset(f"folder:{tmp_path / 'empty'}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path / "empty"))
 
 
 def test_truncated_png(tmp_path):
@@ -128,7 +128,7 @@ def test_truncated_png(tmp_path):
     path = tmp_path / "images" / "b.png"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    ds = FolderDataset(_cfg(tmp_path), True, str(tmp_path))
     ds[0]
     with pytest.raises(ValueError, match=r"b\.png: cannot decode the image, truncated"):
         ds[1]
@@ -139,31 +139,31 @@ def test_not_a_png(tmp_path):
     (tmp_path / "images" / "junk.png").write_bytes(b"not an image")
     (tmp_path / "masks" / "junk.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"junk\.png: cannot read the image header"):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
 
 
 def test_mask_size_mismatch(tmp_path):
     _write(tmp_path, ["a.png"])
     Image.fromarray(np.zeros((16, 15), np.uint8)).save(tmp_path / "masks" / "a.png")
     with pytest.raises(ValueError, match=r"masks/a\.png: mask is 15x16 \(WxH\) but its image"):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
 
 
 def test_mask_wrong_mode(tmp_path):
     _write(tmp_path, ["a.png"])
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "masks" / "a.png")
     with pytest.raises(ValueError, match=r"a\.png: mask has PIL mode 'RGB'"):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
     Image.fromarray(np.zeros((16, 16), np.uint16)).save(tmp_path / "masks" / "a.png")
     with pytest.raises(ValueError, match=r"mask has PIL mode 'I;16"):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
 
 
 def test_missing_mask_file(tmp_path):
     _write(tmp_path, ["a.png", "b.png"])
     os.remove(tmp_path / "masks" / "b.png")
     with pytest.raises(FileNotFoundError, match=r"b\.png has no mask"):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
 
 
 def test_too_many_objects(tmp_path):
@@ -171,8 +171,8 @@ def test_too_many_objects(tmp_path):
     label = np.zeros((16, 16), np.uint8)
     label[0, :4] = [1, 2, 3, 7]
     Image.fromarray(label).save(tmp_path / "masks" / "a.png")
-    assert make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)[0][1].max() == 7  # no limit
-    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path, DATASETS__MAX_OBJECTS=3), True)
+    assert FolderDataset(_cfg(tmp_path), True, str(tmp_path))[0][1].max() == 7  # no limit
+    ds = FolderDataset(_cfg(tmp_path, DATASETS__MAX_OBJECTS=3), True, str(tmp_path))
     with pytest.raises(ValueError, match=r"a\.png: label map has 4 objects.*MAX_OBJECTS = 3"):
         ds[0]
 
@@ -185,7 +185,7 @@ def test_flat_layout_without_images_folder(tmp_path):
         arrays[name] = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
         Image.fromarray(arrays[name]).save(tmp_path / name, format="PNG")
     (tmp_path / "notes.txt").write_text("not an image")
-    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    ds = FolderDataset(_cfg(tmp_path), True, str(tmp_path))
     assert [os.path.basename(f) for f in ds.files] == ["a.png", "b.png", "c.PNG"]
     assert ds.layout == ds.provenance["layout"] == "flat" and not ds.has_masks
     for i, name in enumerate(["a.png", "b.png", "c.PNG"]):
@@ -207,7 +207,7 @@ def test_jpeg_matches_pil_decode_and_mixed_extensions_sort_by_name(tmp_path, lay
         stem = os.path.splitext(name)[0]
         labels[stem] = rng.integers(0, 3, size=(16, 16), dtype=np.uint8)
         Image.fromarray(labels[stem], mode="L").save(tmp_path / "masks" / f"{stem}.png")
-    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+    ds = FolderDataset(_cfg(tmp_path), True, str(tmp_path))
     order = ["a.png", "a2.JPG", "b.jpg", "c.jpeg"]
     assert [os.path.basename(f) for f in ds.files] == order
     assert ds.layout == layout and ds.has_masks
@@ -224,11 +224,35 @@ def test_empty_folder_is_clear_error(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"no \*\.png, \*\.jpg or \*\.jpeg image in .*no images/"
     ):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
 
 
 def test_two_images_of_one_stem_with_masks_is_error(tmp_path):
     _write(tmp_path, ["a.png"])
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
     with pytest.raises(ValueError, match=r"\['a'\] exist with several extensions"):
-        make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), True)
+        FolderDataset(_cfg(tmp_path), True, str(tmp_path))
+
+
+def test_registry_builds_a_folder_dataset(tmp_path):
+    _write(tmp_path, ["a.png"])
+    ds = make_dataset(f"folder:{tmp_path}", _cfg(tmp_path), False)
+    assert isinstance(ds, FolderDataset) and ds.root == str(tmp_path)
+
+
+def test_provenance_and_stored_size_arrays(tmp_path):
+    arrays = _write(tmp_path, ["b.png", "a.png"], size=(6, 10))
+    ds = FolderDataset(_cfg(tmp_path), False, str(tmp_path))
+    assert ds.provenance == {
+        "source": "folder",
+        "path": os.path.abspath(tmp_path),
+        "layout": "images",
+        "num_examples": 2,
+        "has_masks": True,
+    }
+    assert ds.mask_files == [str(tmp_path / "masks" / "a.png"), str(tmp_path / "masks" / "b.png")]
+    # load_arrays: the file as stored (uint8, no crop, no resize).
+    image, mask = ds.load_arrays(1)
+    assert image.dtype == np.uint8 and mask.dtype == np.uint8
+    np.testing.assert_array_equal(image, arrays["b.png"][0])
+    np.testing.assert_array_equal(mask, arrays["b.png"][1])
