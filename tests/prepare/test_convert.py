@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lib.data import make_dataset
-from lib.prepare import DatasetWriter, convert_official, tfrecords
+from lib.prepare import convert_official, tfrecords
 from lib.prepare.generators import tetrominoes as tet
 from tests.data.conftest import data_cfg
 from tests.prepare.conftest import (
@@ -182,15 +182,6 @@ def test_failure_midway_leaves_nothing(tmp_path):
     with pytest.raises(tfrecords.TFRecordError, match=r"bad.tfrecords record 3"):
         convert_official("multi_dsprites", src, str(root), progress=False)
     assert _leftovers(root) == []
-
-
-def test_interrupt_removes_partial_output(tmp_path):
-    image = np.zeros((4, 4, 3), np.uint8)
-    with pytest.raises(KeyboardInterrupt):
-        with DatasetWriter(str(tmp_path), "x") as writer:
-            writer.add(image, image[..., 0], {"f": np.zeros(2, np.float32)})
-            raise KeyboardInterrupt
-    assert _leftovers(tmp_path) == []
 
 
 def test_existing_folder_needs_overwrite(tmp_path, tetrominoes_mini):
