@@ -34,11 +34,12 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
-from lib.data.format import BUILTIN_DATASETS
+from lib.data.format import BUILTIN_DATASETS, BuiltinSpec
 from lib.errors import DatasetError, MissingDatasetError
 from lib.prepare import tfrecords
 from lib.prepare.lock import dataset_lock
@@ -120,6 +121,33 @@ def _payloads(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
             yield path, index, payload
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one conversion reads and how it splits it (the checked arguments of
+    ``convert_official``)."""
+
+    dataset: str
+    spec: BuiltinSpec
+    fmt_name: str
+    tfrecords_path: str
+    files: tuple[str, ...]
+    frames: tuple[int, ...]
+    test_size: int
+    max_examples: int | None
+    train_records: int
+
+
+@dataclass
+class _Counts:
+    """Running counts of one conversion: examples written per part, records read and
+    rejected by the object filter."""
+
+    num_train: int = 0
+    num_test: int = 0
+    records_read: int = 0
+    rejected: int = 0
+
+
 def convert_official(
     dataset: str,
     tfrecords_path: str,
@@ -159,15 +187,67 @@ def convert_official(
         tfrecords.TFRecordError: a corrupt file or a file of another dataset (nothing written).
         ValueError: CLEVR file with no record after ``train_records`` (no test scenes).
     """
+    spec, fmt_name = _official_spec(dataset)
+    frames = _checked_frames(fmt_name, cater_frames)
+    job = _Job(
+        dataset=dataset,
+        spec=spec,
+        fmt_name=fmt_name,
+        tfrecords_path=tfrecords_path,
+        files=tuple(source_files(tfrecords_path)),
+        frames=frames,
+        test_size=test_size,
+        max_examples=max_examples,
+        train_records=train_records,
+    )
+    started = time.time()
+    # Under the lock and inside the writer: any error leaves no folder (the writer removes
+    # its temporary one), and no other process prepares the same dataset meanwhile.
+    with dataset_lock(root, dataset), DatasetWriter(root, dataset, overwrite) as writer:
+        counts = _write_records(job, writer, progress)
+        _finish_split(job, counts, writer.count)
+        path = writer.commit(_official_meta(job, counts, started))
+    logger.info("wrote %s: %d train + %d test examples", path, counts.num_train, counts.num_test)
+    return path
+
+
+def _official_spec(dataset: str) -> tuple[BuiltinSpec, str]:
+    """The spec of a built-in dataset that is converted from an official file.
+
+    Args:
+        dataset: a key of ``BUILTIN_DATASETS``.
+
+    Returns:
+        ``(spec, official format name)``.
+
+    Raises:
+        KeyError: an unknown dataset.
+        DatasetError: a dataset that is only generated (no official file).
+    """
     if dataset not in BUILTIN_DATASETS:
         raise KeyError(f"unknown built-in dataset {dataset!r}; known: {list(BUILTIN_DATASETS)}")
     spec = BUILTIN_DATASETS[dataset]
-    fmt_name = spec.official_format
-    if fmt_name is None:
+    if spec.official_format is None:
         raise DatasetError(
             f"dataset {dataset!r} has no official file to convert; generate it instead "
             f"(tools/prepare_data.py --dataset {dataset})"
         )
+    return spec, spec.official_format
+
+
+def _checked_frames(fmt_name: str, cater_frames: Sequence[int]) -> tuple[int, ...]:
+    """``cater_frames`` as a tuple of ints, checked when the file is CATER's.
+
+    Args:
+        fmt_name: the official format name.
+        cater_frames: the frames of each video taken as examples.
+
+    Returns:
+        The frames (ignored for formats other than ``cater_with_masks``).
+
+    Raises:
+        DatasetError: CATER with no frames, repeated frames or frames outside the video.
+    """
     frames = tuple(int(t) for t in cater_frames)
     if fmt_name == "cater_with_masks" and (
         not frames
@@ -178,82 +258,126 @@ def convert_official(
             f"cater_frames must be distinct frames in 0..{tfrecords.CATER_FRAMES_PER_VIDEO - 1}, "
             f"got {cater_frames}"
         )
-    files = source_files(tfrecords_path)
-    started = time.time()
-    num_train = num_test = records_read = rejected = 0
-    total = train_records if spec.split_by_records else max_examples
-    with dataset_lock(root, dataset), DatasetWriter(root, dataset, overwrite) as writer:
-        bar = tqdm(total=total, desc=f"convert {dataset}", unit="rec", disable=not progress)
-        with contextlib.closing(bar):
-            for path, index, payload in _payloads(files):
-                if spec.split_by_records:
-                    in_train = records_read < train_records
-                    if not in_train and num_test >= test_size:
-                        break
+    return frames
+
+
+def _write_records(job: _Job, writer: DatasetWriter, progress: bool) -> _Counts:
+    """Read the records in order and write the examples of those kept.
+
+    CLEVR (``split_by_records``): the first ``train_records`` records are the training part
+    (at most ``max_examples`` scenes kept), then reading stops after ``test_size`` test scenes.
+    Other datasets: the first ``max_examples`` records, all counted as training here (the
+    test part is cut from the end by ``_finish_split``).
+
+    Args:
+        job: the conversion.
+        writer: the open dataset writer.
+        progress: show a tqdm bar of records read.
+
+    Returns:
+        The counts (``num_train``/``num_test`` as written, before ``_finish_split``).
+    """
+    spec, counts = job.spec, _Counts()
+    total = job.train_records if spec.split_by_records else job.max_examples
+    bar = tqdm(total=total, desc=f"convert {job.dataset}", unit="rec", disable=not progress)
+    with contextlib.closing(bar):
+        for path, index, payload in _payloads(job.files):
+            if spec.split_by_records:
+                in_train = counts.records_read < job.train_records
+                if not in_train and counts.num_test >= job.test_size:
+                    break
+            else:
+                in_train = True
+                if job.max_examples is not None and counts.records_read >= job.max_examples:
+                    break
+            where = f"{path} record {index}"
+            counts.records_read += 1
+            bar.update(1)
+            if spec.split_by_records and in_train and job.max_examples is not None:
+                if counts.num_train >= job.max_examples:
+                    continue  # enough training scenes: skip to the test records unparsed
+            record = tfrecords.parse_official(payload, job.fmt_name, where)
+            if spec.max_visible is not None:
+                if float(record["visibility"].sum()) > spec.max_visible:
+                    counts.rejected += 1
+                    continue
+            for image, label, factors in _official_examples(record, job.fmt_name, job.frames):
+                writer.add(image, label, factors)
+                if in_train:
+                    counts.num_train += 1
                 else:
-                    in_train = True
-                    if max_examples is not None and records_read >= max_examples:
-                        break
-                where = f"{path} record {index}"
-                records_read += 1
-                bar.update(1)
-                if spec.split_by_records and in_train and max_examples is not None:
-                    if num_train >= max_examples:
-                        continue  # enough training scenes: skip to the test records unparsed
-                record = tfrecords.parse_official(payload, fmt_name, where)
-                if spec.max_visible is not None:
-                    if float(record["visibility"].sum()) > spec.max_visible:
-                        rejected += 1
-                        continue
-                for image, label, factors in _official_examples(record, fmt_name, frames):
-                    writer.add(image, label, factors)
-                    if in_train:
-                        num_train += 1
-                    else:
-                        num_test += 1
-        if spec.split_by_records:
-            if num_test == 0:
-                raise DatasetError(
-                    f"{tfrecords_path}: no scene for the test split after the first "
-                    f"{train_records} records (the file has {records_read}); lower train_records "
-                    "(--train-records, DATASETS.CLEVR_TRAIN_RECORDS)"
-                )
-            if num_test < test_size:
-                logger.warning(
-                    "%s: only %d test scenes after record %d (wanted %d)",
-                    tfrecords_path,
-                    num_test,
-                    train_records,
-                    test_size,
-                )
-        else:
-            per_record = len(frames) if fmt_name == "cater_with_masks" else 1
-            # Whole records (CATER: whole videos) in the test part.
-            num_test = min(math.ceil(test_size / per_record) * per_record, writer.count)
-            num_train = writer.count - num_test
-        filter_text = None
-        if spec.max_visible is not None:
-            filter_text = f"sum(visibility) <= {spec.max_visible:g}"
-        meta = {
-            "dataset": dataset,
-            "source": "official",
-            "official_format": fmt_name,
-            "source_file": os.path.abspath(tfrecords_path),
-            "source_file_bytes": sum(os.path.getsize(f) for f in files),
-            "records_read": records_read,
-            "records_rejected_by_filter": rejected,
-            "filter": filter_text,
-            "train_records": train_records if spec.split_by_records else None,
-            "max_examples": max_examples,
-            "num_train": num_train,
-            "num_test": num_test,
-            "crop": list(spec.crop) if spec.crop else None,
-            "label_map": LABEL_MAP_TEXT.get(fmt_name, DEFAULT_LABEL_MAP_TEXT),
-            **({"source_files": [os.path.abspath(f) for f in files]} if len(files) > 1 else {}),
-            **({"frames_per_video": list(frames)} if fmt_name == "cater_with_masks" else {}),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seconds": round(time.time() - started, 1),
-        }
-        path = writer.commit(meta)
-    logger.info("wrote %s: %d train + %d test examples", path, num_train, num_test)
-    return path
+                    counts.num_test += 1
+    return counts
+
+
+def _finish_split(job: _Job, counts: _Counts, written: int) -> None:
+    """Settle ``counts.num_train`` and ``counts.num_test`` once every record is written.
+
+    CLEVR: the parts are as read; no test scene is an error, fewer than asked a warning.
+    Others: the test part is the last ``test_size`` examples rounded up to whole records
+    (CATER: whole videos, so no video has frames on both sides of the split).
+
+    Args:
+        job: the conversion.
+        counts: the counts from ``_write_records``, updated in place.
+        written: examples written in all.
+
+    Raises:
+        DatasetError: CLEVR with no scene after the first ``train_records`` records.
+    """
+    if job.spec.split_by_records:
+        if counts.num_test == 0:
+            raise DatasetError(
+                f"{job.tfrecords_path}: no scene for the test split after the first "
+                f"{job.train_records} records (the file has {counts.records_read}); lower "
+                "train_records (--train-records, DATASETS.CLEVR_TRAIN_RECORDS)"
+            )
+        if counts.num_test < job.test_size:
+            logger.warning(
+                "%s: only %d test scenes after record %d (wanted %d)",
+                job.tfrecords_path,
+                counts.num_test,
+                job.train_records,
+                job.test_size,
+            )
+        return
+    per_record = len(job.frames) if job.fmt_name == "cater_with_masks" else 1
+    counts.num_test = min(math.ceil(job.test_size / per_record) * per_record, written)
+    counts.num_train = written - counts.num_test
+
+
+def _official_meta(job: _Job, counts: _Counts, started: float) -> dict:
+    """The provenance recorded in ``meta.json`` (the writer adds the counts and shapes).
+
+    Args:
+        job: the conversion.
+        counts: the final counts.
+        started: ``time.time()`` when the conversion started.
+
+    Returns:
+        The meta dict, keys in the order they are written.
+    """
+    spec, fmt_name, files = job.spec, job.fmt_name, job.files
+    filter_text = None
+    if spec.max_visible is not None:
+        filter_text = f"sum(visibility) <= {spec.max_visible:g}"
+    return {
+        "dataset": job.dataset,
+        "source": "official",
+        "official_format": fmt_name,
+        "source_file": os.path.abspath(job.tfrecords_path),
+        "source_file_bytes": sum(os.path.getsize(f) for f in files),
+        "records_read": counts.records_read,
+        "records_rejected_by_filter": counts.rejected,
+        "filter": filter_text,
+        "train_records": job.train_records if spec.split_by_records else None,
+        "max_examples": job.max_examples,
+        "num_train": counts.num_train,
+        "num_test": counts.num_test,
+        "crop": list(spec.crop) if spec.crop else None,
+        "label_map": LABEL_MAP_TEXT.get(fmt_name, DEFAULT_LABEL_MAP_TEXT),
+        **({"source_files": [os.path.abspath(f) for f in files]} if len(files) > 1 else {}),
+        **({"frames_per_video": list(job.frames)} if fmt_name == "cater_with_masks" else {}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 1),
+    }
