@@ -23,10 +23,43 @@ from lib.data.format import (
     released_factors,
 )
 from lib.errors import DatasetError, MissingDatasetError
+from lib.spec import Factor
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("all", "train", "test")
+
+
+def _require_prepared(path: str, dataset: str, root: str) -> None:
+    """Check that a prepared folder and its ``meta.json`` exist.
+
+    Args:
+        path: the dataset folder, ``<root>/<dataset>``.
+        dataset: built-in dataset name (for the command that prepares it).
+        root: ``DATASETS.ROOT``.
+
+    Raises:
+        MissingDatasetError: no folder (the message says how to convert or generate it), or
+            a folder without ``meta.json`` (not written by ``tools/prepare_data.py``, or
+            incomplete).
+    """
+    if not os.path.isdir(path):
+        raise MissingDatasetError(
+            f"dataset folder {path} does not exist; "
+            + (
+                f"convert the official file with `{prepare_command(dataset, root)} "
+                "--tfrecords FILE` (see data/README.md)"
+                if BUILTIN_DATASETS[dataset].official_format
+                else f"generate it with `{prepare_command(dataset, root)}`; the tools "
+                "(train_net.py, test_net.py, ...) generate it themselves"
+            )
+        )
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+        raise MissingDatasetError(
+            f"{path} exists but has no meta.json: it was not written by "
+            "tools/prepare_data.py (or is incomplete); remove it and prepare the dataset "
+            f"again (`{prepare_command(dataset, root)} --overwrite`)"
+        )
 
 
 class PreparedDataset(Dataset):
@@ -81,44 +114,11 @@ class PreparedDataset(Dataset):
             raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
         root = str(cfg.DATASETS.ROOT)
         self.path = dataset_dir(root, dataset)
-        if not os.path.isdir(self.path):
-            raise MissingDatasetError(
-                f"dataset folder {self.path} does not exist; "
-                + (
-                    f"convert the official file with `{prepare_command(dataset, root)} "
-                    "--tfrecords FILE` (see data/README.md)"
-                    if BUILTIN_DATASETS[dataset].official_format
-                    else f"generate it with `{prepare_command(dataset, root)}`; the tools "
-                    "(train_net.py, test_net.py, ...) generate it themselves"
-                )
-            )
-        if not os.path.isfile(os.path.join(self.path, "meta.json")):
-            raise MissingDatasetError(
-                f"{self.path} exists but has no meta.json: it was not written by "
-                "tools/prepare_data.py (or is incomplete); remove it and prepare the dataset "
-                f"again (`{prepare_command(dataset, root)} --overwrite`)"
-            )
+        _require_prepared(self.path, dataset, root)
         self.meta = load_meta(self.path)
-        self.size = int(cfg.INPUT.IMAGE_SIZE)
-        self.resize = str(cfg.INPUT.RESIZE)
-        self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
-        self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
-        h, w = self.meta["image_shape"][:2]
-        r0, r1, _, _ = self.crop if self.crop is not None else square_crop_box(h, w)
-        # Frames already at the model size: items can travel as uint8 (``return_uint8``).
-        self.native_size = r1 - r0 == self.size
+        self._init_frames(cfg)
         n = int(self.meta["num_examples"])
-        test_size = recorded_test_size(self.meta, self.path) if split != "all" else 0
-        self.start, self.stop = {
-            "all": (0, n),
-            "train": (0, n - test_size),
-            "test": (n - test_size, n),
-        }[split]
-        if self.stop <= self.start:
-            raise DatasetError(
-                f"split {split!r} of {self.path} is empty: the prepared set has {n} examples, "
-                f"{test_size} of them in the test split (meta.json num_test)"
-            )
+        self.start, self.stop = self._split_range(split, n)
         self.has_masks = True
         self.provenance = dict(self.meta)
         self.provenance.update(
@@ -134,16 +134,7 @@ class PreparedDataset(Dataset):
             self.meta.get("source_file") or self.meta.get("generator") or self.meta["source"],
         )
         self.dataset = dataset
-        self.factor_mapping = factor_mapping(dataset)
-        if self.factor_mapping is not None and not self.meta.get("factors"):
-            logger.info("%s stores no factors: no factor regressor for it", self.path)
-            self.factor_mapping = None
-        elif self.factor_mapping is None and self.meta.get("factors"):
-            logger.info(
-                "%s: its factors (%s) have no released regressor mapping; not used",
-                self.path,
-                ", ".join(sorted(self.meta["factors"])),
-            )
+        self.factor_mapping = self._usable_factor_mapping(dataset)
         # The item format, fixed for the dataset's life (loader workers copy it at start).
         self.return_factors = bool(return_factors) and self.factor_mapping is not None
         self.return_uint8 = bool(return_uint8) and self.native_size
@@ -155,6 +146,73 @@ class PreparedDataset(Dataset):
                 raise DatasetError(
                     f"{self.path}/{name}.npy has {array.shape[0]} examples, meta.json says {n}"
                 )
+
+    # -- construction ---------------------------------------------------------------------
+
+    def _init_frames(self, cfg) -> None:
+        """Set the item geometry: model size, resize method, object limit, crop, and whether
+        the (cropped) stored frames are already at the model size.
+
+        Args:
+            cfg: the config (``INPUT.IMAGE_SIZE``, ``INPUT.RESIZE``, ``DATASETS.MAX_OBJECTS``).
+        """
+        self.size = int(cfg.INPUT.IMAGE_SIZE)
+        self.resize = str(cfg.INPUT.RESIZE)
+        self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
+        self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
+        h, w = self.meta["image_shape"][:2]
+        r0, r1, _, _ = self.crop if self.crop is not None else square_crop_box(h, w)
+        # Frames already at the model size: items can travel as uint8 (``return_uint8``).
+        self.native_size = r1 - r0 == self.size
+
+    def _split_range(self, split: str, n: int) -> tuple[int, int]:
+        """The stored indices [start, stop) of a split: the test split is the last
+        ``num_test`` examples recorded in ``meta.json``, train the others.
+
+        Args:
+            split: ``"all"``, ``"train"`` or ``"test"``.
+            n: examples in the folder.
+
+        Returns:
+            ``(start, stop)``.
+
+        Raises:
+            DatasetError: the split is empty.
+        """
+        test_size = recorded_test_size(self.meta, self.path) if split != "all" else 0
+        start, stop = {
+            "all": (0, n),
+            "train": (0, n - test_size),
+            "test": (n - test_size, n),
+        }[split]
+        if stop <= start:
+            raise DatasetError(
+                f"split {split!r} of {self.path} is empty: the prepared set has {n} examples, "
+                f"{test_size} of them in the test split (meta.json num_test)"
+            )
+        return start, stop
+
+    def _usable_factor_mapping(self, dataset: str) -> tuple[Factor, ...] | None:
+        """The released factor mapping of ``dataset`` when its folder stores factors.
+
+        Args:
+            dataset: built-in dataset name.
+
+        Returns:
+            The mapping ``((name, size, type), ...)``, or None (no mapping, or no factors
+            stored; either is logged, as the factor regressor is then skipped).
+        """
+        mapping = factor_mapping(dataset)
+        if mapping is not None and not self.meta.get("factors"):
+            logger.info("%s stores no factors: no factor regressor for it", self.path)
+            return None
+        if mapping is None and self.meta.get("factors"):
+            logger.info(
+                "%s: its factors (%s) have no released regressor mapping; not used",
+                self.path,
+                ", ".join(sorted(self.meta["factors"])),
+            )
+        return mapping
 
     def _open(self) -> None:
         # Memory-mapped: opening is instant and each worker maps the same page cache.
