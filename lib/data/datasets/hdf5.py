@@ -136,6 +136,118 @@ def _check_image_array(array, key: str, path: str) -> None:
         raise Hdf5FormatError(f"{path}: key {key!r} has dtype {array.dtype}, expected uint8")
 
 
+def _ocl_frames(handle, path: str) -> tuple[int, int, int]:
+    """Check the ``image`` and ``mask`` arrays of an object-centric library file.
+
+    Args:
+        handle: the open ``h5py.File``.
+        path: the file, for the messages.
+
+    Returns:
+        ``(N, H, W)`` of the frames.
+
+    Raises:
+        Hdf5FormatError: a missing key, images not (N, H, W, 3), or a mask that is not one
+            integer label map per image.
+    """
+    image = _array(handle, "image", path)
+    mask = _array(handle, "mask", path)
+    _check_image_array(image, "image", path)
+    n, h, w = image.shape[:3]
+    if (
+        tuple(mask.shape[:3]) != (n, h, w)
+        or mask.ndim not in (3, 4)
+        or (mask.ndim == 4 and mask.shape[3] != 1)
+    ):
+        raise Hdf5FormatError(
+            f"{path}: key 'mask' has shape {tuple(mask.shape)}, expected ({n}, {h}, {w}, 1) "
+            f"or ({n}, {h}, {w}): one label map per image"
+        )
+    if mask.dtype.kind not in "ui":
+        raise Hdf5FormatError(
+            f"{path}: key 'mask' has dtype {mask.dtype}, expected an integer label map"
+        )
+    return n, h, w
+
+
+def _ocl_variant_keep(
+    handle, path: str, name: str, n: int, variant: str
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The examples a variant of ``OCL_VARIANTS`` keeps, and its split sizes.
+
+    Args:
+        handle: the open ``h5py.File``.
+        path: the file, for the messages.
+        name: ``<name>`` of ``<name>-full.hdf5`` (a different one than the variant's only
+            warns: a renamed file is still usable).
+        n: examples in the file.
+        variant: the variant name.
+
+    Returns:
+        ``(keep, sizes)``: bool (n,) ``num_actual_objects <= max``, and the variant's
+        (train, val, test) sizes.
+
+    Raises:
+        Hdf5FormatError: an unknown variant, or ``num_actual_objects`` missing or not (n,) /
+            (n, 1).
+    """
+    if variant not in OCL_VARIANTS:
+        raise Hdf5FormatError(f"{path}: unknown variant {variant!r}; known: {sorted(OCL_VARIANTS)}")
+    base, max_objects, variant_sizes = OCL_VARIANTS[variant]
+    if name != base:
+        logger.warning(
+            "%s: variant %r is defined on %s-full.hdf5, this file is named %r",
+            path,
+            variant,
+            base,
+            name,
+        )
+    count = _array(handle, "num_actual_objects", path)
+    if count.shape not in ((n,), (n, 1)):
+        raise Hdf5FormatError(
+            f"{path}: key 'num_actual_objects' has shape {tuple(count.shape)}, "
+            f"expected ({n}, 1) or ({n},)"
+        )
+    return np.asarray(count[()]).reshape(n) <= max_objects, variant_sizes
+
+
+def _ocl_split_sizes(
+    path: str, name: str, sizes: tuple[int, int, int] | None, available: int
+) -> tuple[int, int, int]:
+    """The (train, val, test) sizes of an object-centric library file, checked.
+
+    Args:
+        path: the file, for the messages.
+        name: ``<name>`` of ``<name>-full.hdf5``, for the library's defaults.
+        sizes: given sizes, or None for ``OCL_SPLIT_SIZES[name]``.
+        available: examples left after a variant's filter.
+
+    Returns:
+        Three ints.
+
+    Raises:
+        Hdf5FormatError: no default for ``name``, not three counts >= 0, or more examples
+            than ``available``.
+    """
+    if sizes is None:
+        sizes = OCL_SPLIT_SIZES.get(name)
+    if sizes is None:
+        raise Hdf5FormatError(
+            f"{path}: no default split sizes for {name!r} (known: {sorted(OCL_SPLIT_SIZES)}"
+            "); give them in the name, hdf5:<file>:sizes=TRAIN,VAL,TEST, or read it all "
+            "with hdf5:<file>:all"
+        )
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) != 3 or min(sizes) < 0:
+        raise Hdf5FormatError(f"{path}: sizes must be three counts >= 0, got {sizes}")
+    if sum(sizes) > available:
+        raise Hdf5FormatError(
+            f"{path}: the train/val/test sizes {sizes} need {sum(sizes)} examples but only "
+            f"{available} are available"
+        )
+    return sizes
+
+
 def _as_uint8(image: np.ndarray, where: str) -> np.ndarray:
     """uint8 (H, W, 3) from stored values 0..255 (EfficientMORL may store other dtypes)."""
     if image.dtype == np.uint8:
@@ -258,25 +370,23 @@ class Hdf5Dataset(Dataset):
         stem = os.path.splitext(os.path.basename(self.path))[0]
         return os.path.join(os.path.dirname(self.path), f"{stem.split('-')[0]}-metadata.npy")
 
-    def _init_ocl(self, handle, variant: str | None, sizes) -> str:
+    def _init_ocl(self, handle, variant: str | None, sizes: tuple[int, int, int] | None) -> str:
+        """Check an object-centric library file and select the split's examples.
+
+        Args:
+            handle: the open ``h5py.File``.
+            variant: ``clevr6`` or None (see ``OCL_VARIANTS``).
+            sizes: (train, val, test) sizes, or None for the variant's or the library's.
+
+        Returns:
+            The split rule, in words, for the provenance.
+
+        Raises:
+            Hdf5FormatError: bad ``image``/``mask`` arrays, an unknown variant, no or bad
+                split sizes, or sizes larger than the (filtered) file.
+        """
         path = self.path
-        image = _array(handle, "image", path)
-        mask = _array(handle, "mask", path)
-        _check_image_array(image, "image", path)
-        n, h, w = image.shape[:3]
-        if (
-            tuple(mask.shape[:3]) != (n, h, w)
-            or mask.ndim not in (3, 4)
-            or (mask.ndim == 4 and mask.shape[3] != 1)
-        ):
-            raise Hdf5FormatError(
-                f"{path}: key 'mask' has shape {tuple(mask.shape)}, expected ({n}, {h}, {w}, 1) "
-                f"or ({n}, {h}, {w}): one label map per image"
-            )
-        if mask.dtype.kind not in "ui":
-            raise Hdf5FormatError(
-                f"{path}: key 'mask' has dtype {mask.dtype}, expected an integer label map"
-            )
+        n, h, w = _ocl_frames(handle, path)
         self._image_key, self._mask_key = "image", "mask"
         self._frame = (h, w)
         self._file_examples = n
@@ -291,51 +401,19 @@ class Hdf5Dataset(Dataset):
             and handle[k].shape[0] == n
         )
         name = os.path.splitext(os.path.basename(path))[0].split("-")[0]
-        keep = np.ones(n, dtype=bool)
         rule = f"consecutive train/val/test runs of {os.path.basename(path)}"
+        keep = np.ones(n, dtype=bool)
         if variant is not None:
-            if variant not in OCL_VARIANTS:
-                raise Hdf5FormatError(
-                    f"{path}: unknown variant {variant!r}; known: {sorted(OCL_VARIANTS)}"
-                )
-            base, max_objects, variant_sizes = OCL_VARIANTS[variant]
-            if name != base:
-                logger.warning(
-                    "%s: variant %r is defined on %s-full.hdf5, this file is named %r",
-                    path,
-                    variant,
-                    base,
-                    name,
-                )
-            count = _array(handle, "num_actual_objects", path)
-            if count.shape not in ((n,), (n, 1)):
-                raise Hdf5FormatError(
-                    f"{path}: key 'num_actual_objects' has shape {tuple(count.shape)}, "
-                    f"expected ({n}, 1) or ({n},)"
-                )
-            keep = np.asarray(count[()]).reshape(n) <= max_objects
+            keep, variant_sizes = _ocl_variant_keep(handle, path, name, n, variant)
             sizes = sizes if sizes is not None else variant_sizes
+            max_objects = OCL_VARIANTS[variant][1]
             rule += f" after num_actual_objects <= {max_objects} ({int(keep.sum())} of {n} kept)"
         positions = np.flatnonzero(keep).astype(np.int64)
         if self.split == "all":
             self.indices = positions
             return rule + "; all of them"
-        if sizes is None:
-            sizes = OCL_SPLIT_SIZES.get(name)
-        if sizes is None:
-            raise Hdf5FormatError(
-                f"{path}: no default split sizes for {name!r} (known: {sorted(OCL_SPLIT_SIZES)}"
-                "); give them in the name, hdf5:<file>:sizes=TRAIN,VAL,TEST, or read it all "
-                "with hdf5:<file>:all"
-            )
-        sizes = tuple(int(s) for s in sizes)
-        if len(sizes) != 3 or min(sizes) < 0:
-            raise Hdf5FormatError(f"{path}: sizes must be three counts >= 0, got {sizes}")
-        if sum(sizes) > len(positions):
-            raise Hdf5FormatError(
-                f"{path}: the train/val/test sizes {sizes} need {sum(sizes)} examples but only "
-                f"{len(positions)} are available"
-            )
+        sizes = _ocl_split_sizes(path, name, sizes, len(positions))
+        # Consecutive runs, train first, as the library's make_dataloaders takes them.
         start = {"train": 0, "val": sizes[0], "test": sizes[0] + sizes[1]}[self.split]
         stop = start + sizes[EMORL_SPLITS.index(self.split)]
         self.indices = positions[start:stop]
