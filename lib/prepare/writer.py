@@ -137,16 +137,19 @@ class DatasetWriter:
         os.makedirs(os.path.join(self.tmp, "factors"))
         return self
 
-    def _append(self, key: str, rel: str, rows: np.ndarray, dtype, where: str) -> None:
-        if key not in self.arrays:
-            self.arrays[key] = _NpyAppender(os.path.join(self.tmp, rel), dtype, rows.shape[1:])
-        appender = self.arrays[key]
-        if rows.shape[1:] != appender.row_shape:
+    def _check_rows(self, key: str, rows: np.ndarray, where: str) -> None:
+        """Raise unless ``rows`` have the row shape of the examples written to ``key``."""
+        appender = self.arrays.get(key)
+        if appender is not None and rows.shape[1:] != appender.row_shape:
             raise ValueError(
                 f"{where}: {key} has shape {rows.shape[1:]}, but earlier examples have "
                 f"{appender.row_shape} (every example needs the same shapes)"
             )
-        appender.append(rows)
+
+    def _append(self, key: str, rel: str, rows: np.ndarray, dtype) -> None:
+        if key not in self.arrays:
+            self.arrays[key] = _NpyAppender(os.path.join(self.tmp, rel), dtype, rows.shape[1:])
+        self.arrays[key].append(rows)
 
     def add_many(
         self, images: np.ndarray, masks: np.ndarray, factors: dict[str, np.ndarray]
@@ -180,12 +183,20 @@ class DatasetWriter:
         for name, value in factors.items():
             if len(value) != n:
                 raise ValueError(f"{where}: factor {name!r} has {len(value)} rows for {n} images")
-        self._append("images", "images.npy", images, np.uint8, where)
-        self._append("masks", "masks.npy", masks, np.uint8, where)
+        columns = [
+            ("images", "images.npy", images, np.uint8),
+            ("masks", "masks.npy", masks, np.uint8),
+        ]
         for name, value in factors.items():
             value = np.asarray(value)
             rel = os.path.join("factors", f"{name}.npy")
-            self._append(f"factors/{name}", rel, value, storage_dtype(value), where)
+            columns.append((f"factors/{name}", rel, value, storage_dtype(value)))
+        # Every shape is checked before any row is written, so a rejected call leaves the
+        # files as they were (all arrays keep one row per example counted).
+        for key, _, rows, _ in columns:
+            self._check_rows(key, rows, where)
+        for key, rel, rows, dtype in columns:
+            self._append(key, rel, rows, dtype)
         self.count += n
 
     def add(self, image: np.ndarray, mask: np.ndarray, factors: dict[str, np.ndarray]) -> None:

@@ -184,3 +184,19 @@ def test_remove_stale_temps_removes_only_this_datasets_temporaries(tmp_path):
     removed = remove_stale_temps(str(tmp_path), "x")
     assert removed == [str(tmp_path / ".x.tmp-abc"), str(tmp_path / ".x.old-def")]
     assert _listing(tmp_path) == [".x2.tmp-ghi", ".y.tmp-jkl", "x"]
+
+
+def test_a_rejected_example_writes_no_row(tmp_path):
+    # The factor's shape is wrong, and images and masks are fine: none of the three may
+    # get the example's rows, or the files would disagree with meta.json.
+    image, mask = _example(0)
+    with DatasetWriter(str(tmp_path), "x") as writer:
+        writer.add(image, mask, {"f": np.zeros(2, np.float32)})
+        with pytest.raises(ValueError, match=r"example 1: factors/f has shape \(3,\)"):
+            writer.add(image, mask, {"f": np.zeros(3)})
+        writer.add(image, mask, {"f": np.ones(2)})
+        path = writer.commit({"source": "test"})
+    assert json.load(open(os.path.join(path, "meta.json")))["num_examples"] == 2
+    np.testing.assert_array_equal(np.load(os.path.join(path, "images.npy")), [image, image])
+    np.testing.assert_array_equal(np.load(os.path.join(path, "masks.npy")), [mask, mask])
+    assert np.load(os.path.join(path, "factors", "f.npy")).tolist() == [[0, 0], [1, 1]]
