@@ -176,49 +176,67 @@ def render_panels(
     for i, text in enumerate(spec.title_lines):
         y = height - GAP_PX / 2 - (i + 0.5) * title_line
         fig.text(0.5, y / height, text, ha="center", va="center", fontsize=TITLE_FONT_PT)
-    left = spec.left
     for r, (row, (top, label_h, image_h)) in enumerate(zip(rows, spec.rows)):
         image_top = top + label_h
         if row_labels:
-            y = height - image_top - image_h / 2
-            # Bold text is about 10% wider than the regular text _wrap assumes.
-            for_label = "\n".join(
-                _wrap(row_labels[r], int((left - 2 * GAP_PX) / 1.1), PANEL_FONT_PT, dpi)
-            )
-            fig.text(
-                GAP_PX / width,
-                y / height,
-                for_label,
-                ha="left",
-                va="center",
-                fontsize=PANEL_FONT_PT,
-                fontweight="bold",
-            )
+            _draw_row_label(fig, row_labels[r], height - image_top - image_h / 2, spec, dpi)
         for c, panel in enumerate(row):
-            if panel is None:
-                continue
-            x0 = left + GAP_PX + c * (cell_px + GAP_PX)
-            ax = fig.add_axes(
-                (
-                    x0 / width,
-                    (height - image_top - image_h) / height,
-                    cell_px / width,
-                    image_h / height,
-                )
-            )
-            ax.imshow(_as_rgb_array(panel.image), interpolation="nearest", vmin=0.0, vmax=1.0)
-            ax.set_axis_off()
-            label = "\n".join(_wrap(panel.label, cell_px, PANEL_FONT_PT, dpi))
-            fig.text(
-                (x0 + cell_px / 2) / width,
-                (height - image_top + 1) / height,
-                label,
-                ha="center",
-                va="bottom",
-                fontsize=PANEL_FONT_PT,
-                linespacing=1.1,
-            )
+            if panel is not None:
+                x0 = spec.left + GAP_PX + c * (cell_px + GAP_PX)
+                _draw_panel(fig, panel, (x0, image_top), (cell_px, image_h), spec.size, dpi)
     return fig
+
+
+def _draw_row_label(fig: Figure, text: str, y: float, spec: _GridLayout, dpi: int) -> None:
+    """A row's bold label in the left column, centred at ``y`` pixels from the bottom."""
+    width, height = spec.size
+    # Bold text is about 10% wider than the regular text _wrap assumes.
+    for_label = "\n".join(_wrap(text, int((spec.left - 2 * GAP_PX) / 1.1), PANEL_FONT_PT, dpi))
+    fig.text(
+        GAP_PX / width,
+        y / height,
+        for_label,
+        ha="left",
+        va="center",
+        fontsize=PANEL_FONT_PT,
+        fontweight="bold",
+    )
+
+
+def _draw_panel(
+    fig: Figure,
+    panel: Panel,
+    top_left: tuple[int, int],
+    box: tuple[int, int],
+    size: tuple[int, int],
+    dpi: int,
+) -> None:
+    """One picture with its label above it.
+
+    Args:
+        fig: the figure.
+        panel: the picture and label.
+        top_left: ``(x, y)`` of the picture's top-left corner, in pixels from the top left.
+        box: ``(width, height)`` of the picture in pixels.
+        size: ``(width, height)`` of the figure in pixels.
+        dpi: figure resolution (for the label's wrapping).
+    """
+    (x0, image_top), (cell_px, image_h), (width, height) = top_left, box, size
+    ax = fig.add_axes(
+        (x0 / width, (height - image_top - image_h) / height, cell_px / width, image_h / height)
+    )
+    ax.imshow(_as_rgb_array(panel.image), interpolation="nearest", vmin=0.0, vmax=1.0)
+    ax.set_axis_off()
+    label = "\n".join(_wrap(panel.label, cell_px, PANEL_FONT_PT, dpi))
+    fig.text(
+        (x0 + cell_px / 2) / width,
+        (height - image_top + 1) / height,
+        label,
+        ha="center",
+        va="bottom",
+        fontsize=PANEL_FONT_PT,
+        linespacing=1.1,
+    )
 
 
 def figure_pixel_size(fig: Figure) -> tuple[int, int]:

@@ -80,6 +80,32 @@ def _width(columns):
     return ROW_LABEL_PX + columns * STEP + GAP_PX
 
 
+def test_parser_options():
+    # Each subcommand's options, as tools/README.md lists them (--help texts are checked by eye).
+    common = {"config_file", "out", "dpi", "cell_size", "opts", "command"}
+    model_data = {"weights", "dataset", "index"}
+    expected = {
+        "decomposition": common | model_data | {"background", "num_images", "steps"},
+        "refinement": common | model_data,
+        "traversal": common | model_data | {"background", "slot", "dims", "range",
+                                             "range_unit", "steps_per_dim", "show_component"},
+        "generalisation": common | model_data | {"background", "num_images", "num_slots",
+                                                  "full_eval"},
+        "curves": common | {"logdir"},
+        "dataset": common | {"dataset", "index", "num_images", "pairs_per_row"},
+    }  # fmt: skip
+    parser = visualize.build_parser()
+    for command, dests in expected.items():
+        args = parse_tool_args(parser, [command, "--config-file", "c.yaml", "SEED", "3"])
+        assert set(vars(args)) == dests, command
+        assert args.command == command and args.opts == ["SEED", "3"]
+    args = parse_tool_args(parser, ["traversal", "--range-unit", "prior", "--range", "1.5"])
+    assert (args.range_unit, args.range, args.slot, args.dims, args.steps_per_dim) == (
+        "prior", 1.5, -1, 5, 7,
+    )  # fmt: skip
+    assert set(visualize.COMMAND_FUNCTIONS) == set(expected)
+
+
 @pytest.mark.slow
 def test_decomposition(run):
     texts, (width, height) = _draw(run, _argv(run, "decomposition", "--num-images", "2"))
