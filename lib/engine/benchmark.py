@@ -189,6 +189,193 @@ def _measure_mode(
     return result
 
 
+def _check_args(
+    cfg: CfgNode, batch_size: int, steps: int, warmup: int, mode: str, profile_steps: int
+) -> tuple[tuple[str, ...], int, int]:
+    """Validate ``run_benchmark``'s arguments and fill in their defaults.
+
+    Returns:
+        ``(modes, batch, profile_steps)``: the modes to run in order, the images per step and
+        the instrumented steps per mode.
+
+    Raises:
+        ConfigError: a bad argument.
+    """
+    if steps < 1 or warmup < 0 or profile_steps < 0:
+        raise ConfigError("need steps >= 1, warmup >= 0 and profile_steps >= 0")
+    if mode not in (*MODES, "both"):
+        raise ConfigError(f"mode must be train, infer or both, got {mode!r}")
+    modes = MODES if mode == "both" else (mode,)
+    batch = batch_size or cfg.SOLVER.IMS_PER_BATCH
+    if batch < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch}")
+    return modes, batch, profile_steps or min(steps, 3)
+
+
+class _StepRunner:
+    """The model, its optimiser, one fixed random batch and the ways to run steps on them.
+
+    Built in the order a training run builds them (seed, model, optimiser, precision), so the
+    model's initial weights and the images depend only on SEED.
+
+    Args:
+        cfg: the config (shape, SOLVER, MODEL.PRECISION, the speed switches).
+        device: where the model runs.
+        batch: images per step.
+
+    Attributes:
+        images: (batch, 3, S, S) float in [0, 1] on ``device``, S = INPUT.IMAGE_SIZE; every
+            step uses them.
+        precision: ``setup_precision``'s result (``"precision"``: the one in effect).
+    """
+
+    def __init__(self, cfg: CfgNode, device: torch.device, batch: int) -> None:
+        size = cfg.INPUT.IMAGE_SIZE
+        self.device = device
+        seed_all(cfg.SEED)
+        self.model = build_model(cfg).to(device)
+        optimizer = make_optimizer(cfg, self.model)
+        clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
+        self.precision = setup_precision(cfg, device)
+        self.autocast = autocast_factory(self.precision["precision"], device)
+        gen = torch.Generator().manual_seed(cfg.SEED)
+        # Drawn on the CPU generator and copied, so the batch is the same on every device.
+        self.images = torch.rand(batch, 3, size, size, generator=gen, device="cpu").to(device)
+        # The training loop itself (``Trainer``), fed the same batch forever, without a
+        # scheduler, timed by a hook.
+        self.trainer = Trainer(
+            self.model, optimizer, itertools.repeat((self.images, None)), None, device, 0, 0,
+            (), 1, clip, self.autocast, compile_step_mode(cfg), cfg.SOLVER.COMPILE_BACKEND,
+        )  # fmt: skip
+
+    def timed(self, mode: str) -> Callable[[int, profiling.PhaseTimer | None], list[float]]:
+        """``run(n, timer) -> wall times`` of n steps of ``mode``, each synchronised around
+        (``_measure_mode``'s ``run``)."""
+        return self._timed_train if mode == "train" else self._timed_infer
+
+    def _timed_train(self, n: int, timer: profiling.PhaseTimer | None) -> list[float]:
+        clock = StepTimer(self.device, profiling.synchronize)
+        self.trainer.hooks = [clock]
+        self.trainer.phase = timer.phase if timer is not None else None
+        self._train(n)
+        return clock.times
+
+    def _timed_infer(self, n: int, timer: profiling.PhaseTimer | None) -> list[float]:
+        self.model.eval()
+        times = []
+        for _ in range(n):
+            profiling.synchronize(self.device)
+            start = time.perf_counter()
+            _infer_step(self.model, self.images, self.autocast)
+            profiling.synchronize(self.device)
+            times.append(time.perf_counter() - start)
+        return times
+
+    def back_to_back(self, mode: str) -> Callable[[int], None]:
+        """``run(n)``: n steps of ``mode`` with no hook and no synchronisation in between, as a
+        training run queues them: the profile's idle time is then the launch gaps, not the
+        benchmark's syncs."""
+        return self._back_to_back_train if mode == "train" else self._back_to_back_infer
+
+    def _back_to_back_train(self, n: int) -> None:
+        self.trainer.hooks, self.trainer.phase = [], None
+        self._train(n)
+
+    def _back_to_back_infer(self, n: int) -> None:
+        self.model.eval()
+        for _ in range(n):
+            _infer_step(self.model, self.images, self.autocast)
+
+    def _train(self, n: int) -> None:
+        # The trainer carries on from its last iteration.
+        trainer = self.trainer
+        trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + n
+        trainer.train()
+
+
+def _add_flops(
+    res: dict[str, Any], cfg: CfgNode, mode: str, batch: int, device: torch.device
+) -> None:
+    """Add ``flops_per_image``, ``flops_per_image_by_part`` (None when the count has no
+    phases), ``flop_count_device`` and ``gflops_per_s`` (at the median step time) to ``res``,
+    ``_measure_mode``'s result for ``mode``."""
+    flops = _count_mode_flops(cfg, mode, batch, cfg.INPUT.IMAGE_SIZE, device)
+    res["flops_per_image"] = flops["total"] / batch
+    res["flops_per_image_by_part"] = (
+        {n: v / batch for n, v in flops["phases"].items()} if flops["phases"] else None
+    )
+    res["flop_count_device"] = flops["device"]
+    res["gflops_per_s"] = flops["total"] / res["step_time_s"]["median"] / 1e9
+
+
+def _kernel_profile(
+    runner: _StepRunner, mode: str, res: dict[str, Any], batch: int, profile_steps: int
+) -> dict[str, Any]:
+    """``torch.profiler`` over ``profile_steps`` back-to-back steps of ``mode``, plus ``peak``:
+    the counted FLOP rate (``res``'s FLOPs and median step time) as a fraction of the device's
+    peak at the precision in effect."""
+    device = runner.device
+    prof = kernel_profile.profile_kernels(runner.back_to_back(mode), profile_steps, device)
+    prof["peak"] = kernel_profile.achieved_fraction(
+        res["flops_per_image"], batch, res["step_time_s"]["median"],
+        profiling.device_name(device), runner.precision["precision"],
+    )  # fmt: skip
+    return prof
+
+
+def _env(device: torch.device, load_before: Any) -> dict[str, Any]:
+    """The result's ``env``: date, device, versions, threads and the load average before
+    (``load_before``) and now."""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": profiling.device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": profiling.load_average(),
+    }
+
+
+def _setup(
+    cfg: CfgNode, counts: dict[str, int], profile: bool, precision: dict[str, Any]
+) -> dict[str, Any]:
+    """The result's ``setup``: ``counts`` (batch_size, steps, warmup, profile_steps), the
+    model's shape and the speed switches."""
+    d, r, m = cfg.MODEL.DECODER, cfg.MODEL.REFINEMENT, cfg.MODEL.IODINE
+    return {
+        **counts,
+        "image_size": cfg.INPUT.IMAGE_SIZE,
+        "num_slots": m.NUM_SLOTS,
+        "num_iters": m.NUM_ITERS,
+        "latent_dim": m.LATENT_DIM,
+        "decoder": {
+            "conv_channels": list(d.CONV_CHANNELS),
+            "kernel_size": d.KERNEL_SIZE,
+            "output_kernel_size": d.OUTPUT_KERNEL_SIZE,
+            "factorized_first_layer": d.FACTORIZED_FIRST_LAYER,
+        },
+        "refinement": {
+            "conv_channels": list(r.CONV_CHANNELS),
+            "kernel_size": r.KERNEL_SIZE,
+            "mlp_sizes": list(r.MLP_SIZES),
+            "lstm_size": r.LSTM_SIZE,
+            "coord_type": r.COORD_TYPE,
+        },
+        "channels_last": cfg.MODEL.CHANNELS_LAST,
+        "compile": cfg.MODEL.COMPILE,
+        "compile_step": cfg.SOLVER.COMPILE_STEP,
+        "compile_mode": cfg.SOLVER.COMPILE_MODE if cfg.SOLVER.COMPILE_STEP else None,
+        "compile_backend": cfg.SOLVER.COMPILE_BACKEND if cfg.SOLVER.COMPILE_STEP else None,
+        "profile": profile,
+        "amp_active": precision["precision"] == "bf16",
+        "precision": precision,
+    }
+
+
 def run_benchmark(
     cfg: CfgNode,
     batch_size: int = 0,
@@ -226,138 +413,30 @@ def run_benchmark(
         RunError: MODEL.DEVICE is "cuda" without CUDA, or bf16 without native support.
     """
     log = log or (lambda _: None)
-    if steps < 1 or warmup < 0 or profile_steps < 0:
-        raise ConfigError("need steps >= 1, warmup >= 0 and profile_steps >= 0")
-    if mode not in (*MODES, "both"):
-        raise ConfigError(f"mode must be train, infer or both, got {mode!r}")
-    modes = MODES if mode == "both" else (mode,)
-    batch = batch_size or cfg.SOLVER.IMS_PER_BATCH
-    if batch < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch}")
-    profile_steps = profile_steps or min(steps, 3)
+    modes, batch, profile_steps = _check_args(cfg, batch_size, steps, warmup, mode, profile_steps)
     device = resolve_device(cfg.MODEL.DEVICE)
-    size = cfg.INPUT.IMAGE_SIZE
     load_before = profiling.load_average()
-
-    seed_all(cfg.SEED)
-    model = build_model(cfg).to(device)
-    optimizer = make_optimizer(cfg, model)
-    clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
-    precision = setup_precision(cfg, device)
-    autocast = autocast_factory(precision["precision"], device)
-    gen = torch.Generator().manual_seed(cfg.SEED)
-    images = torch.rand(batch, 3, size, size, generator=gen, device="cpu").to(device)
+    runner = _StepRunner(cfg, device, batch)
 
     results: dict[str, Any] = {}
-    # The training loop itself (``Trainer``), fed the same batch forever, without a
-    # scheduler, timed by a hook.
-    trainer = Trainer(
-        model, optimizer, itertools.repeat((images, None)), None, device, 0, 0, (), 1, clip,
-        autocast, compile_step_mode(cfg), cfg.SOLVER.COMPILE_BACKEND,
-    )  # fmt: skip
-
-    def run_train(n: int, timer: profiling.PhaseTimer | None) -> list[float]:
-        clock = StepTimer(device, profiling.synchronize)
-        trainer.hooks = [clock]
-        trainer.phase = timer.phase if timer is not None else None
-        trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + n
-        trainer.train()
-        return clock.times
-
-    def run_infer(n: int, timer: profiling.PhaseTimer | None) -> list[float]:
-        model.eval()
-        times = []
-        for _ in range(n):
-            profiling.synchronize(device)
-            start = time.perf_counter()
-            _infer_step(model, images, autocast)
-            profiling.synchronize(device)
-            times.append(time.perf_counter() - start)
-        return times
-
-    def back_to_back(name: str) -> Callable[[int], None]:
-        # n steps with no hook and no synchronisation in between, as a training run queues
-        # them: the profile's idle time is then the launch gaps, not the benchmark's syncs.
-        def steps_train(n: int) -> None:
-            trainer.hooks, trainer.phase = [], None
-            trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + n
-            trainer.train()
-
-        def steps_infer(n: int) -> None:
-            model.eval()
-            for _ in range(n):
-                _infer_step(model, images, autocast)
-
-        return steps_train if name == "train" else steps_infer
-
     for name in modes:
-        seed_all(cfg.SEED)
-        run = run_train if name == "train" else run_infer
-        res = _measure_mode(name, run, model, device, batch, steps, warmup, profile_steps, log)
+        seed_all(cfg.SEED)  # each mode draws the same noise, whichever runs first
+        res = _measure_mode(
+            name, runner.timed(name), runner.model, device, batch, steps, warmup, profile_steps,
+            log,
+        )  # fmt: skip
         log(f"{name}: counting FLOPs")
-        flops = _count_mode_flops(cfg, name, batch, size, device)
-        res["flops_per_image"] = flops["total"] / batch
-        res["flops_per_image_by_part"] = (
-            {n: v / batch for n, v in flops["phases"].items()} if flops["phases"] else None
-        )
-        res["flop_count_device"] = flops["device"]
-        res["gflops_per_s"] = flops["total"] / res["step_time_s"]["median"] / 1e9
+        _add_flops(res, cfg, name, batch, device)
         if profile:
             log(f"{name}: {profile_steps} profiled step(s) (torch.profiler)")
-            prof = kernel_profile.profile_kernels(back_to_back(name), profile_steps, device)
-            prof["peak"] = kernel_profile.achieved_fraction(
-                res["flops_per_image"], batch, res["step_time_s"]["median"],
-                profiling.device_name(device), precision["precision"],
-            )  # fmt: skip
-            res["kernel_profile"] = prof
+            res["kernel_profile"] = _kernel_profile(runner, name, res, batch, profile_steps)
         results[name] = res
-    model.train()
+    runner.model.train()
 
-    d, r, m = cfg.MODEL.DECODER, cfg.MODEL.REFINEMENT, cfg.MODEL.IODINE
+    counts = {"batch_size": batch, "steps": steps, "warmup": warmup, "profile_steps": profile_steps}
     return {
-        "env": {
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "device": device.type,
-            "device_name": profiling.device_name(device),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": profiling.load_average(),
-        },
-        "setup": {
-            "batch_size": batch,
-            "steps": steps,
-            "warmup": warmup,
-            "profile_steps": profile_steps,
-            "image_size": size,
-            "num_slots": m.NUM_SLOTS,
-            "num_iters": m.NUM_ITERS,
-            "latent_dim": m.LATENT_DIM,
-            "decoder": {
-                "conv_channels": list(d.CONV_CHANNELS),
-                "kernel_size": d.KERNEL_SIZE,
-                "output_kernel_size": d.OUTPUT_KERNEL_SIZE,
-                "factorized_first_layer": d.FACTORIZED_FIRST_LAYER,
-            },
-            "refinement": {
-                "conv_channels": list(r.CONV_CHANNELS),
-                "kernel_size": r.KERNEL_SIZE,
-                "mlp_sizes": list(r.MLP_SIZES),
-                "lstm_size": r.LSTM_SIZE,
-                "coord_type": r.COORD_TYPE,
-            },
-            "channels_last": cfg.MODEL.CHANNELS_LAST,
-            "compile": cfg.MODEL.COMPILE,
-            "compile_step": cfg.SOLVER.COMPILE_STEP,
-            "compile_mode": cfg.SOLVER.COMPILE_MODE if cfg.SOLVER.COMPILE_STEP else None,
-            "compile_backend": cfg.SOLVER.COMPILE_BACKEND if cfg.SOLVER.COMPILE_STEP else None,
-            "profile": profile,
-            "amp_active": precision["precision"] == "bf16",
-            "precision": precision,
-        },
+        "env": _env(device, load_before),
+        "setup": _setup(cfg, counts, profile, runner.precision),
         "config": cfg.dump(),
         **results,
     }

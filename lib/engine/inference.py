@@ -234,6 +234,123 @@ class _FactorAccumulator:
         }
 
 
+def _with_progress(loader: Iterable, name: str, progress: bool) -> Iterable:
+    """``loader``, wrapped in a tqdm bar on rank 0 when ``progress``."""
+    if progress and comm.is_main_process():
+        from tqdm import tqdm
+
+        return tqdm(loader, desc=f"eval {name}", leave=False, dynamic_ncols=True)
+    return loader
+
+
+class _DatasetRun:
+    """One dataset's evaluation on this rank: ``add`` each batch, then ``metrics`` once.
+
+    Args:
+        net: the unwrapped model, in eval mode.
+        loader: the dataset's loader (its ``dataset``, if any, gives the provenance and
+            whether the factor regressor is scored).
+        device: where the model runs.
+        num_slots, num_iters: K and T of the forward pass (None or 0 = as trained).
+        predictions_dir: when set, keep each image's final argmax slot map.
+
+    Attributes:
+        predictions: (H, W) uint8 maps of this rank's images, in its shard's order.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loader: Iterable,
+        device: torch.device,
+        num_slots: int | None,
+        num_iters: int | None,
+        predictions_dir: str | None,
+    ) -> None:
+        self.net, self.loader, self.device = net, loader, device
+        self.num_slots, self.num_iters = num_slots or None, num_iters or None
+        self.keep_predictions = predictions_dir is not None
+        # Created on the first batch: the step count T+1 is the model output's.
+        self.accumulator: _Accumulator | None = None
+        # False once any batch lacks masks: the dataset then has no mask metrics at all.
+        self.has_masks = True
+        self.predictions: list[np.ndarray] = []
+        self.factor_acc: _FactorAccumulator | None = None
+        if _factor_dataset(loader, net) is not None:
+            self.factor_acc = _FactorAccumulator(net.factor_regressor.mapping)
+
+    def add(self, batch: Sequence) -> None:
+        """Run the model on one batch and add its scores.
+
+        Args:
+            batch: ``(images (B, 3, H, W), masks (B, H, W) int64 or None)``, possibly with
+                ``factors`` {name: (B, L, ...)} third.
+
+        Raises:
+            ValueError: predictions are kept and the model has more than 256 slots.
+        """
+        images, masks = batch[0], batch[1]
+        images = images.to(self.device, non_blocking=True)
+        if masks is None:
+            self.has_masks = False
+        extra = {}
+        if self.factor_acc is not None and len(batch) > 2 and masks is not None:
+            factors = {k: v.to(self.device) for k, v in batch[2].items()}
+            extra = {"labels": masks.to(self.device), "factors": factors}
+        # The model needs autograd inside its forward; no_grad (not inference_mode) only
+        # stops it from keeping the chain between steps.
+        with torch.no_grad():
+            out = self.net(images, num_slots=self.num_slots, num_iters=self.num_iters, **extra)
+        if "factor_loss" in out:
+            self.factor_acc.add(out)
+        if self.accumulator is None:
+            self.accumulator = _Accumulator(out["masks"].shape[1], out["masks"].device)
+        self.accumulator.add(out["masks"], out["recon"], images, masks if self.has_masks else None)
+        if self.keep_predictions:
+            if out["masks"].shape[2] > 256:
+                raise ValueError(
+                    f"cannot save {out['masks'].shape[2]} slots in 8-bit prediction PNGs"
+                )
+            pred = out["masks"][:, -1].argmax(dim=1).to(torch.uint8).cpu().numpy()
+            self.predictions.extend(list(pred))
+
+    def metrics(self) -> dict[str, Any]:
+        """The dataset's entry of ``do_evaluate``'s result, over every rank (collective)."""
+        accumulator = self.accumulator
+        # Every rank needs the step count to reduce, even one with an empty shard.
+        steps = comm.all_reduce_max(
+            torch.tensor([accumulator.sums.shape[1] if accumulator else 0], device="cpu")
+        )
+        if accumulator is None:
+            accumulator = _Accumulator(int(steps.item()))
+        has_masks = bool(
+            comm.all_reduce_max(torch.tensor([0 if self.has_masks else 1], device="cpu")) == 0
+        )
+        accumulator.reduce()
+        metrics = accumulator.metrics(has_masks)
+        dataset = getattr(self.loader, "dataset", None)
+        if dataset is not None:
+            # One dict for a single dataset (the usual case), a list for a concatenation.
+            provenance = dataset_provenance(dataset)
+            metrics["provenance"] = provenance[0] if len(provenance) == 1 else provenance
+        if self.factor_acc is not None:
+            metrics.update(self.factor_acc.result())
+        return metrics
+
+
+def _save_predictions(
+    local: list[np.ndarray], predictions_dir: str, name: str, logger: logging.Logger
+) -> None:
+    """Gather every rank's prediction maps and write them on rank 0 as
+    ``predictions_dir/<sanitised name>/000000.png``, ... (collective)."""
+    ordered = _gather_in_order(local)
+    if comm.is_main_process():
+        folder = os.path.join(predictions_dir, sanitize_name(name))
+        _write_predictions(folder, ordered)
+        logger.info("wrote %d predictions to %s", len(ordered), folder)
+    comm.synchronize()
+
+
 def do_evaluate(
     model: nn.Module,
     data_loaders: Sequence[tuple[str, Iterable]],
@@ -289,71 +406,12 @@ def do_evaluate(
     results: dict[str, dict[str, Any]] = {}
     try:
         for name, loader in data_loaders:
-            accumulator: _Accumulator | None = None
-            has_masks = True
-            predictions: list[np.ndarray] = []
-            batches = loader
-            factor_dataset = _factor_dataset(loader, net)
-            factor_acc = None
-            if factor_dataset is not None:
-                factor_acc = _FactorAccumulator(net.factor_regressor.mapping)
-            if progress and comm.is_main_process():
-                from tqdm import tqdm
-
-                batches = tqdm(loader, desc=f"eval {name}", leave=False, dynamic_ncols=True)
-            for batch in batches:
-                images, masks = batch[0], batch[1]
-                images = images.to(device, non_blocking=True)
-                if masks is None:
-                    has_masks = False
-                extra = {}
-                if factor_acc is not None and len(batch) > 2 and masks is not None:
-                    factors = {k: v.to(device) for k, v in batch[2].items()}
-                    extra = {"labels": masks.to(device), "factors": factors}
-                # The model needs autograd inside its forward; no_grad (not inference_mode)
-                # only stops it from keeping the chain between steps.
-                with torch.no_grad():
-                    out = net(
-                        images, num_slots=num_slots or None, num_iters=num_iters or None, **extra
-                    )
-                if "factor_loss" in out:
-                    factor_acc.add(out)
-                if accumulator is None:
-                    accumulator = _Accumulator(out["masks"].shape[1], out["masks"].device)
-                accumulator.add(out["masks"], out["recon"], images, masks if has_masks else None)
-                if predictions_dir is not None:
-                    if out["masks"].shape[2] > 256:
-                        raise ValueError(
-                            f"cannot save {out['masks'].shape[2]} slots in 8-bit prediction PNGs"
-                        )
-                    pred = out["masks"][:, -1].argmax(dim=1).to(torch.uint8).cpu().numpy()
-                    predictions.extend(list(pred))
-            # Every rank needs the step count to reduce, even one with an empty shard.
-            steps = comm.all_reduce_max(
-                torch.tensor([accumulator.sums.shape[1] if accumulator else 0], device="cpu")
-            )
-            if accumulator is None:
-                accumulator = _Accumulator(int(steps.item()))
-            has_masks = bool(
-                comm.all_reduce_max(torch.tensor([0 if has_masks else 1], device="cpu")) == 0
-            )
-            accumulator.reduce()
-            metrics = accumulator.metrics(has_masks)
-            dataset = getattr(loader, "dataset", None)
-            if dataset is not None:
-                # One dict for a single dataset (the usual case), a list for a concatenation.
-                provenance = dataset_provenance(dataset)
-                metrics["provenance"] = provenance[0] if len(provenance) == 1 else provenance
-            if factor_acc is not None:
-                metrics.update(factor_acc.result())
-            results[name] = metrics
+            run = _DatasetRun(net, loader, device, num_slots, num_iters, predictions_dir)
+            for batch in _with_progress(loader, name, progress):
+                run.add(batch)
+            results[name] = run.metrics()
             if predictions_dir is not None:
-                ordered = _gather_in_order(predictions)
-                if comm.is_main_process():
-                    folder = os.path.join(predictions_dir, sanitize_name(name))
-                    _write_predictions(folder, ordered)
-                    logger.info("wrote %d predictions to %s", len(ordered), folder)
-                comm.synchronize()
+                _save_predictions(run.predictions, predictions_dir, name, logger)
     finally:
         net.train(was_training)
     return results

@@ -641,6 +641,56 @@ class Trainer:
                 hook.after_train(self)
 
 
+def _training_hooks(
+    cfg: CfgNode,
+    checkpointer: Checkpointer,
+    device: torch.device,
+    heldout: Sequence[Batch] | None,
+    heldout_name: str,
+    writer: Any,
+    logger: logging.Logger,
+) -> list[HookBase]:
+    """The hooks of a training run, in the order they run after each step.
+
+    ``PeriodicStats`` comes first: past SOLVER.MAX_NONFINITE bad steps it raises before
+    ``PeriodicCheckpoint`` can write that iteration's checkpoint.
+
+    Args:
+        cfg: the run's config (LOG, SOLVER, TEST sections).
+        checkpointer: saves every SOLVER.CHECKPOINT_PERIOD iterations and at the end.
+        device: where the model runs.
+        heldout: this rank's share of the fixed evaluation batch, or None (no evaluation hook).
+        heldout_name: its dataset name (logs and TensorBoard tags).
+        writer: TensorBoard SummaryWriter on rank 0, None elsewhere.
+        logger: where to log.
+
+    Returns:
+        ``PeriodicStats``, ``ImageSummaries``, ``HeldoutEvaluation`` (with ``heldout``),
+        ``PeriodicCheckpoint`` and ``ProgressBar``.
+    """
+    # Recorded in each checkpoint: evaluation divides the gradient inputs by it.
+    batch = per_process_batch(cfg, comm.get_world_size())
+    hooks: list[HookBase] = [
+        PeriodicStats(
+            cfg.LOG.PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_NONFINITE, writer, logger
+        ),
+        ImageSummaries(writer, cfg.LOG.IMAGE_PERIOD, cfg.LOG.NUM_IMAGES),
+    ]
+    if heldout is not None:
+        hooks.append(
+            HeldoutEvaluation(
+                cfg, heldout, heldout_name, cfg.TEST.EVAL_PERIOD, device, writer, logger
+            )
+        )
+    hooks += [
+        PeriodicCheckpoint(
+            checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.dump(), {"per_process_batch": batch}
+        ),
+        ProgressBar(),
+    ]
+    return hooks
+
+
 def do_train(
     cfg: CfgNode,
     model: nn.Module,
@@ -656,7 +706,7 @@ def do_train(
     logger: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """Train from iteration ``start_iter`` to SOLVER.MAX_ITER: a ``Trainer`` with the hooks of
-    a training run.
+    a training run (``_training_hooks``).
 
     Collective in a distributed run: every rank calls it; rank 0 alone writes (its
     ``writer`` and ``checkpointer.save_to_disk``).
@@ -689,26 +739,7 @@ def do_train(
     """
     logger = logger or logging.getLogger(__name__)
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
-    # Recorded in each checkpoint: evaluation divides the gradient inputs by it.
-    batch = per_process_batch(cfg, comm.get_world_size())
-    hooks: list[HookBase] = [
-        PeriodicStats(
-            cfg.LOG.PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_NONFINITE, writer, logger
-        ),
-        ImageSummaries(writer, cfg.LOG.IMAGE_PERIOD, cfg.LOG.NUM_IMAGES),
-    ]
-    if heldout is not None:
-        hooks.append(
-            HeldoutEvaluation(
-                cfg, heldout, heldout_name, cfg.TEST.EVAL_PERIOD, device, writer, logger
-            )
-        )
-    hooks += [
-        PeriodicCheckpoint(
-            checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.dump(), {"per_process_batch": batch}
-        ),
-        ProgressBar(),
-    ]
+    hooks = _training_hooks(cfg, checkpointer, device, heldout, heldout_name, writer, logger)
     trainer = Trainer(
         model, optimizer, data_loader, scheduler, device, start_iter, cfg.SOLVER.MAX_ITER,
         hooks, cfg.SOLVER.ACCUMULATE_STEPS, clip,
