@@ -12,5 +12,6 @@ One job per module; import the module you need (nothing is re-exported here, so 
 * ``traversal_inputs``: the traversal figure's slot, dimensions, offsets and their unit,
 * ``traversal``: latent traversal of one slot and the choice of slot and dimensions,
 * ``scalars``: reading scalars from TensorBoard event files,
-* ``profiling``: phase timing, FLOP counting, memory and device helpers for the benchmark.
+* ``profiling``: phase timing, FLOP counting, memory and device helpers for the benchmark,
+* ``kernel_profile``: the benchmark's GPU kernel profile (time shares, kernels per step, peak).
 """
