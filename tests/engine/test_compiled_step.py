@@ -10,6 +10,7 @@ session (tools/gpu_profile.sh)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -38,8 +39,19 @@ def _batches(nan_at: tuple[int, ...] = (), count: int = 8):
     return batches
 
 
-def _run(iters: int, compile_backend: str | None, accumulate: int = 1, nan_at=()):
-    """Train the tiny model ``iters`` iterations; returns the trainer and its bad flags."""
+@dataclass
+class _Run:
+    """A finished run: its trainer, each iteration's bad flag and, after each chunk of
+    iterations, dynamo's count of the graphs it has compiled."""
+
+    trainer: Trainer
+    bad: list[float]
+    graphs: list[int]
+
+
+def _run(chunks: tuple[int, ...], compile_backend: str | None, accumulate: int = 1, nan_at=()):
+    """Train the tiny model ``sum(chunks)`` iterations, one ``trainer.train()`` per chunk (each
+    carries on where the last stopped, as a resumed benchmark does); returns a ``_Run``."""
     cfg = tiny_cfg(
         "",
         **{
@@ -55,7 +67,7 @@ def _run(iters: int, compile_backend: str | None, accumulate: int = 1, nan_at=()
     scheduler = make_lr_scheduler(cfg, optimizer)
     mode = None if compile_backend is None else "default"
     trainer = Trainer(
-        model, optimizer, itertools.cycle(_batches(nan_at)), scheduler, CPU, 0, iters, (),
+        model, optimizer, itertools.cycle(_batches(nan_at)), scheduler, CPU, 0, 0, (),
         accumulate, 5.0, compile_mode=mode, compile_backend=compile_backend or "inductor",
     )  # fmt: skip
     bad = []
@@ -77,10 +89,14 @@ def _run(iters: int, compile_backend: str | None, accumulate: int = 1, nan_at=()
 
     trainer.hooks = [Record()]
     torch.manual_seed(1)  # the same training noise for both runs
-    trainer.train()
+    graphs = []
+    for count in chunks:
+        trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + count
+        trainer.train()
+        graphs.append(counters["stats"]["unique_graphs"])
     flags = [float(b) for b in bad]
     undo_host_steps(optimizer, int(sum(flags)))
-    return trainer, flags
+    return _Run(trainer, flags, graphs)
 
 
 def _assert_same_state(eager: Trainer, compiled: Trainer) -> None:
@@ -92,23 +108,49 @@ def _assert_same_state(eager: Trainer, compiled: Trainer) -> None:
             torch.testing.assert_close(t[key], s[key], rtol=0, atol=1e-6, msg=f"{name} {key}")
 
 
-def _equivalence(backend: str, accumulate: int, nan_at=()) -> None:
-    iters = 4
-    eager, eager_bad = _run(iters, None, accumulate, nan_at)
+def _eager_and_compiled(
+    backend: str, accumulate: int, nan_at=(), chunks: tuple[int, ...] = (4,)
+) -> tuple[_Run, _Run]:
+    eager = _run(chunks, None, accumulate, nan_at)
     torch._dynamo.reset()  # compile afresh: no frames cached by another test
     counters.clear()
-    compiled, compiled_bad = _run(iters, backend, accumulate, nan_at)
-    assert counters["stats"]["unique_graphs"] > 0  # the region did run compiled
-    assert compiled_bad == eager_bad
-    assert sum(eager_bad) == len(nan_at)  # the NaN batches' steps were skipped
-    _assert_same_state(eager, compiled)
-    torch.testing.assert_close(compiled.step.values, eager.step.values, rtol=1e-5, atol=1e-5)
+    return eager, _run(chunks, backend, accumulate, nan_at)
 
 
-def test_compiled_step_equals_eager_with_a_skipped_step():
+def _assert_equivalent(eager: _Run, compiled: _Run, nan_at) -> None:
+    assert compiled.graphs[0] > 0  # the region did run compiled
+    assert compiled.bad == eager.bad
+    assert sum(eager.bad) == len(nan_at)  # the NaN batches' steps were skipped
+    _assert_same_state(eager.trainer, compiled.trainer)
+    torch.testing.assert_close(
+        compiled.trainer.step.values, eager.trainer.step.values, rtol=1e-5, atol=1e-5
+    )
+
+
+def _equivalence(backend: str, accumulate: int, nan_at=()) -> None:
+    _assert_equivalent(*_eager_and_compiled(backend, accumulate, nan_at), nan_at)
+
+
+SKIP_AT = (1,)
+
+
+@pytest.fixture(scope="module")
+def skipped_step_runs() -> tuple[_Run, _Run]:
+    """Eager and compiled ("eager" backend) runs with a NaN batch at iteration 2: 2 iterations,
+    then 3 more. One compilation serves two tests (it is most of their time)."""
+    # Module fixtures are set up before the function-scoped one-thread fixture.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _eager_and_compiled("eager", accumulate=1, nan_at=SKIP_AT, chunks=(2, 3))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_compiled_step_equals_eager_with_a_skipped_step(skipped_step_runs):
     # Iteration 2's batch holds a NaN pixel: its loss is NaN, the update is undone on the
     # device in both runs, and they go on identically.
-    _equivalence("eager", accumulate=1, nan_at=(1,))
+    _assert_equivalent(*skipped_step_runs, SKIP_AT)
 
 
 def test_compiled_step_equals_eager_with_accumulation():
@@ -121,17 +163,13 @@ def test_aot_compiled_step_equals_eager(accumulate):
     _equivalence("aot_eager", accumulate=accumulate, nan_at=(2,))
 
 
-def test_shapes_stay_static_no_recompile_after_the_first_steps():
+def test_shapes_stay_static_no_recompile_after_the_first_steps(skipped_step_runs):
     # Adam creates its state in the first update and the data-dependent pieces settle in the
-    # second: from then on no frame is compiled again, though the learning rate changes.
-    counters.clear()
-    torch._dynamo.reset()
-    trainer, _ = _run(2, "eager")
-    frames = counters["stats"]["unique_graphs"]
-    assert frames > 0
-    trainer.start_iter, trainer.max_iter = trainer.iter, trainer.iter + 3
-    trainer.train()
-    assert counters["stats"]["unique_graphs"] == frames
+    # second: from then on no frame is compiled again in the 3 further iterations of a second
+    # ``train()``, though the learning rate changes (and the skipped step's update is undone).
+    first, then = skipped_step_runs[1].graphs
+    assert first > 0
+    assert then == first
 
 
 def test_compile_keys():
