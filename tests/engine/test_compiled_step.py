@@ -153,6 +153,7 @@ def test_compiled_step_equals_eager_with_a_skipped_step(skipped_step_runs):
     _assert_equivalent(*skipped_step_runs, SKIP_AT)
 
 
+@pytest.mark.slow  # a fresh compile (~2.5 s); the skipped-step test keeps one in the fast tier
 def test_compiled_step_equals_eager_with_accumulation():
     _equivalence("eager", accumulate=2)
 

@@ -27,7 +27,10 @@ READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "
 COMPILED = {"SOLVER.COMPILE_STEP": True, "SOLVER.COMPILE_BACKEND": "eager"}
 
 
-@pytest.mark.parametrize("keys", [{}, COMPILED], ids=["eager", "compiled"])
+# The compiled variant pays a dynamo compile (~3 s): full suite only.
+@pytest.mark.parametrize(
+    "keys", [{}, pytest.param(COMPILED, marks=pytest.mark.slow)], ids=["eager", "compiled"]
+)
 def test_training_reads_the_device_once_per_log_period(tmp_path, monkeypatch, keys):
     # A CPU proxy for torch.cuda.set_sync_debug_mode: count the host reads made by the code
     # of the training loop (lib/, frames outside torch), with the real model. The model's

@@ -116,6 +116,7 @@ def test_channels_last_decoder_equals_plain_and_returns_contiguous_nchw(factoriz
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow  # a compile (~1 s)
 def test_compiled_channels_last_decoder_backward_equals_eager():
     # The crash of MODEL.COMPILE with MODEL.CHANNELS_LAST: a view error in the compiled backward.
     torch.manual_seed(0)

@@ -36,6 +36,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow  # end to end: two trainings, a resume and an evaluation
 def test_train_resume_evaluate(tmp_path, data_root, capsys):
     config = write_config(str(tmp_path), data_root)
     out = str(tmp_path / "run")
