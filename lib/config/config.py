@@ -23,6 +23,7 @@ _CHOICES = {
     "MODEL.REFINEMENT.PADDING": spec.PADDINGS,
     "MODEL.REFINEMENT.POOL": spec.POOLS,
     "INPUT.RESIZE": ("tf1", "bilinear", "nearest"),
+    "SOLVER.ADAM": ("tf1", "torch"),
 }
 _IMAGE_INPUTS = set(spec.IMAGE_INPUTS)
 _VECTOR_INPUTS = set(spec.VECTOR_INPUTS)

@@ -191,6 +191,9 @@ _C.SOLVER.BETA1 = 0.95
 _C.SOLVER.BETA2 = 0.999
 # Adam epsilon (TensorFlow default 1e-8).
 _C.SOLVER.EPS = 1e-8
+# Where EPS sits: "tf1" = lr_t m / (sqrt(v) + EPS), tf.train.AdamOptimizer (released); "torch" =
+# lr m_hat / (sqrt(v_hat) + EPS), torch.optim.Adam (effective EPS sqrt(1 - BETA2^t) times smaller).
+_C.SOLVER.ADAM = "tf1"
 # Exponential decay: lr = BASE_LR * DECAY_RATE ** (iteration / DECAY_STEPS) (released 0.1, 1e6).
 _C.SOLVER.DECAY_RATE = 0.1
 # Iterations over which the learning rate decays by DECAY_RATE.

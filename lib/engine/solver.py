@@ -2,22 +2,101 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable
+
+import torch
 from torch import nn
 from torch.optim import Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.optimizer import _get_value
 from yacs.config import CfgNode
 
 from lib.engine.checkpoint import unwrap_model
 
 
-def make_optimizer(cfg: CfgNode, model: nn.Module) -> Adam:
-    """Adam over every trainable parameter (released: beta1 0.95, TensorFlow's beta2 and eps).
+class TF1Adam(Optimizer):
+    """Adam as TensorFlow 1's ``tf.train.AdamOptimizer`` computes it (the released optimiser).
+
+    At step t (1-based), for every parameter p with gradient g::
+
+        lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+        m += (g - m) * (1 - beta1);  v += (g^2 - v) * (1 - beta2)
+        p -= lr_t * m / (sqrt(v) + eps)
+
+    ``torch.optim.Adam`` instead divides by ``sqrt(v / (1 - beta2^t)) + eps``: the same update
+    but for where epsilon sits. Here its effective size is ``eps / sqrt(1 - beta2^t)``, 31.6x
+    larger at step 1, which matters because clipping the global norm to 5 leaves many
+    gradient entries near epsilon. The state (``step``, ``exp_avg`` = m, ``exp_avg_sq`` = v)
+    has ``torch.optim.Adam``'s names and meaning, so either optimiser resumes the other's
+    checkpoints.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate.
+        betas: (beta1, beta2).
+        eps: epsilon, added to sqrt(v).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter that has a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if not state:
+                    # A host counter, as torch.optim.Adam keeps it (undo_host_steps edits it).
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+            # A host counter (no device sync), read as torch.optim.Adam reads it.
+            t = _get_value(states[0]["step"])
+            lr_t = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+            grads = [p.grad for p in params]
+            m = [s["exp_avg"] for s in states]
+            v = [s["exp_avg_sq"] for s in states]
+            torch._foreach_lerp_(m, grads, 1.0 - beta1)
+            torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1.0 - beta2)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_addcdiv_(params, m, denom, value=-lr_t)
+        return loss
+
+
+def make_optimizer(cfg: CfgNode, model: nn.Module) -> Optimizer:
+    """Adam over every trainable parameter (released: beta1 0.95, TensorFlow's beta2 and eps,
+    TensorFlow 1's epsilon placement, ``TF1Adam``; SOLVER.ADAM "torch": ``torch.optim.Adam``).
 
     With ``SOLVER.DECODER_LR_FACTOR`` != 1 the decoder's parameters form a second group at
     ``BASE_LR * factor``; the scheduler scales both groups alike. 1.0 (released) keeps one group.
 
     Args:
-        cfg: config (SOLVER.BASE_LR, DECODER_LR_FACTOR, BETA1, BETA2, EPS).
+        cfg: config (SOLVER.ADAM, BASE_LR, DECODER_LR_FACTOR, BETA1, BETA2, EPS).
         model: the model (possibly wrapped in DDP or torch.compile).
 
     Returns:
@@ -35,7 +114,8 @@ def make_optimizer(cfg: CfgNode, model: nn.Module) -> Adam:
                 "lr": cfg.SOLVER.BASE_LR * factor,
             },
         ]
-    return Adam(
+    adam = {"tf1": TF1Adam, "torch": Adam}[cfg.SOLVER.ADAM]
+    return adam(
         groups,
         lr=cfg.SOLVER.BASE_LR,
         betas=(cfg.SOLVER.BETA1, cfg.SOLVER.BETA2),

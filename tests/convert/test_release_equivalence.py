@@ -11,17 +11,19 @@ NLL and KL; per refinement step every refinement input; the losses (the factor r
 included); and the gradient of the total loss for every trainable variable (IODINE's and the
 factor regressor's).
 
-Tolerances come from float32 rounding, measured, not guessed: our model runs twice, in float32
-and in float64. ``|ours64 - TF|`` is TensorFlow's own float32 error (nothing in float32 can do
-better), ``|ours32 - ours64|`` ours. A faithful port has both differences to TF of the size of
-float32 rounding, so each quantity must satisfy ``max|ours - TF| <= max(ROUNDING_FACTOR *
-max(max|ours32 - ours64|, FLOOR_EPS * EPS32 * max|value|), SUM_FLOOR)`` for ours in float32
-and in float64. FLOOR_EPS: see below. SUM_FLOOR, for conv bias gradients only: TensorFlow sums
-a bias gradient over every position of the batch in float32 (1.4 million terms a channel in
-CLEVR6's first decoder layer, whose absolute sum is ~90 times the result), and that sum's
-rounding, sqrt(N) eps sum|terms|, is measured from the terms in our float64 run
-(``_track_conv_bias_terms``). A fidelity defect (another formula, order, constant or layout)
-shows as a float64 difference far above float32 rounding.
+Tolerances come from float32 rounding, measured or derived from the arithmetic, never fitted
+to one machine: our model runs twice, in float32 and float64. ``|ours32 - ours64|`` is how far
+float32 rounding carries through our arithmetic; TensorFlow's float32 run is one more float32
+run of the same arithmetic, plus its own reductions. So each element must satisfy ``|ours - TF|
+<= ROUNDING_FACTOR * max(max|ours32 - ours64|, FLOOR_EPS * EPS32 * max|value|) + sum_floor``
+for ours in float32 and in float64. FLOOR_EPS: see below. ``sum_floor``, for every gradient
+that TensorFlow computes as one float32 reduction over positions, slots, images or steps (conv
+kernels and biases, LayerNorm gains and offsets, linear layers, the LSTM): sqrt(N) eps32
+sum|terms| per element, with N and sum|terms| measured in our float64 run
+(``_track_reduction_terms``). A LayerNorm offset's gradient sums every pixel of every slot and
+image and step, whose terms nearly cancel: its float32 rounding is 1e-4 of the result, and
+which 1e-4 depends on the summation order (threads, vector width). A fidelity defect (another
+formula, order, constant or layout) shows as a float64 difference far above float32 rounding.
 
 ``python -m tests.convert.test_release_equivalence`` prints the table of worst differences.
 """
@@ -48,6 +50,7 @@ from lib.convert.released import RELEASED_LSTM_FORGET_BIAS, parameter_rules
 from lib.convert.tf_checkpoint import TFCheckpoint, TFCheckpointError
 from lib.data.format import factor_mapping
 from lib.model import build_model
+from lib.model.layers import SlotLayerNorm
 from lib.spec import PAPER_ARCHS, input_channels
 from tests.fixtures.equivalence.initial_values import initial_value
 
@@ -178,7 +181,7 @@ def _split(tensor: torch.Tensor, sizes: dict[str, int], dim: int) -> dict[str, t
 
 
 def run_ours(
-    config: str, dtype: torch.dtype, edit_state: Callable[[dict], None] | None = None
+    config: str, dtype: torch.dtype, plant: Callable[[torch.nn.Module], None] | None = None
 ) -> dict[str, np.ndarray]:
     """Our model on the fixture's batch and noise, every compared quantity in TF layout.
 
@@ -186,8 +189,7 @@ def run_ours(
         config: the paper configuration.
         dtype: torch.float32 or torch.float64 (IODINE's parameters and inputs; the factor
             regressor casts its inputs to float32 and stays float32).
-        edit_state: changes the converted state in place before it is loaded (to plant a
-            defect).
+        plant: changes the loaded model in place (to plant a defect).
 
     Returns:
         Quantity name (the fixture's keys) -> float64 array.
@@ -195,8 +197,6 @@ def run_ours(
     ref, meta, prefix = _fixture(config)
     cfg = _cfg(config)
     converted = convert_checkpoint(cfg, prefix)
-    if edit_state is not None:
-        edit_state(converted.state)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.load_state_dict(converted.state, strict=True)
@@ -204,6 +204,8 @@ def run_ours(
     model.to(dtype)
     if model.factor_regressor is not None:
         model.factor_regressor.float()  # its forward casts z to float32
+    if plant is not None:
+        plant(model)
     noise = torch.from_numpy(ref["noise"]).to(dtype)  # (T+1, B, K, D)
 
     def fixed_noise(b, k, num_iters, device, noise_dtype):
@@ -218,7 +220,12 @@ def run_ours(
         captured.append((args[0].detach(), args[1].detach()))
 
     hook = model.refinement.register_forward_pre_hook(capture)
-    bias_terms, tracking = _track_conv_bias_terms(model)
+    # The reductions' terms are measured in the float64 run, where they are exact enough.
+    track = dtype == torch.float64
+    if track:
+        sum_terms, tracking = _track_reduction_terms(model)
+    else:
+        sum_terms, tracking = {}, {"handles": [], "finish": lambda: None}
     images = torch.from_numpy(ref["image"]).permute(0, 3, 1, 2).to(dtype)  # (B, 3, H, W)
     labels = torch.from_numpy(ref["mask"]).argmax(dim=1)  # disjoint 0/1 entity masks
     factors = {
@@ -230,6 +237,7 @@ def run_ours(
         model.zero_grad(set_to_none=True)
         tracking["on"] = True  # the loss gradient only, not the gradient inputs' backward
         out["loss"].backward()
+        tracking["finish"]()
     finally:
         hook.remove()
         for handle in tracking["handles"]:
@@ -281,61 +289,188 @@ def run_ours(
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     for name, value in to_tf_layout(grads, config).items():
         res[f"grad/{name}"] = value
-    floors = {n: torch.full_like(grads[n], _sum_floor(*t)) for n, t in bias_terms.items()}
+    floors = {n: _sum_floor(*t) for n, t in sum_terms.items()}
     for name, value in to_tf_layout(floors, config).items():
         res[f"sum_floor/grad/{name}"] = value
     return res
 
 
-def _track_conv_bias_terms(model) -> tuple[dict[str, list], dict]:
-    """Hooks that collect, for each conv bias, the terms its gradient sums.
+def _track_reduction_terms(model) -> tuple[dict[str, list], dict]:
+    """Hooks that collect, for every parameter whose gradient is a sum over positions, slots,
+    images or steps, the absolute sum of the terms it adds up and their number.
 
-    A conv bias gradient is the sum of the output gradient over every position of the batch
-    (N = B*K*H*W terms a channel; 1.4 million for CLEVR6's decoder). The hooks add up, per
-    channel, the absolute values of those terms and count them (the decoder's factorised first
-    layer bypasses its conv's forward and is wrapped instead).
+    TensorFlow computes each such gradient as one float32 reduction: a conv's kernel and bias
+    gradients sum over every position of the batch (N = B*K*H*W, 1.4 million for CLEVR6's
+    decoder), a LayerNorm's gain and offset likewise, a linear layer's and the LSTM's over the
+    rows of every step. Its rounding is about sqrt(N) eps32 sum|terms|, which with cancellation
+    (terms summing to much less than their absolute sum) is far above eps32 times the result.
+    The terms are products of two factors (an output gradient and an input), so the sum of
+    their absolute values is the same reduction applied to the factors' absolute values:
+    ``conv2d_weight(|x|, |dy|)``, ``|dy|^T |x|``, ``sum |dy| |x_hat|``, ``sum |dy|``.
 
     Returns:
-        (terms, tracking): terms maps our bias name -> [sum |terms| (C,), N], filled while
-        ``tracking["on"]``; ``tracking["handles"]`` are to be removed after the backward.
+        (terms, tracking): terms maps our parameter name -> [sum |terms| (the parameter's
+        shape), N], filled while ``tracking["on"]``; call ``tracking["finish"]()`` after the
+        backward (the LSTM's terms need both of its outputs' gradients), then remove
+        ``tracking["handles"]``.
     """
     terms: dict[str, list] = {}
-    tracking: dict = {"on": False, "handles": []}
+    tracking: dict = {"on": False, "handles": [], "pending": []}
 
-    def add(name: str, grad: torch.Tensor) -> None:  # grad (N, C, H, W)
-        if tracking["on"]:
-            entry = terms.setdefault(name, [0.0, 0])
-            entry[0] = entry[0] + grad.detach().double().abs().sum(dim=(0, 2, 3))
-            entry[1] += grad.numel() // grad.shape[1]
+    def add(name: str, abs_sum: torch.Tensor, count: int) -> None:
+        entry = terms.setdefault(name, [0.0, 0])
+        entry[0] = entry[0] + abs_sum.detach().double()
+        entry[1] += count
 
-    def on_output(name: str, out: torch.Tensor) -> None:
-        out.register_hook(lambda g: add(name, g))
+    def on_output(out: torch.Tensor, fn) -> None:
+        if out.requires_grad:
+            out.register_hook(lambda g: fn(g.detach().double().abs()) if tracking["on"] else None)
 
+    def conv_hook(prefix: str, m: torch.nn.Conv2d):
+        def hook(_, args, out):
+            # The input itself (autograd keeps it anyway); |x| only when the gradient comes.
+            x_in = args[0].detach()
+
+            def grads(gy):  # gy (N, C, H, W)
+                x = x_in.double().abs()
+                if getattr(m, "_tf_pad", False):  # Conv2dSame pads before its convolution
+                    top, bottom = m._pad_amounts(x.shape[-2], m.kernel_size[0], m.stride[0])
+                    left, right = m._pad_amounts(x.shape[-1], m.kernel_size[1], m.stride[1])
+                    x = torch.nn.functional.pad(x, (left, right, top, bottom))
+                count = gy.numel() // gy.shape[1]
+                w = torch.nn.grad.conv2d_weight(
+                    x, m.weight.shape, gy, stride=m.stride, padding=m.padding
+                )
+                add(f"{prefix}.weight", w, count)
+                if m.bias is not None:
+                    add(f"{prefix}.bias", gy.sum(dim=(0, 2, 3)), count)
+
+            on_output(out, grads)
+
+        return hook
+
+    def linear_hook(prefix: str, m: torch.nn.Linear):
+        def hook(_, args, out):
+            x_in = args[0].detach()
+
+            def grads(gy):
+                x = x_in.double().abs().reshape(-1, m.in_features)
+                gy = gy.reshape(-1, m.out_features)
+                add(f"{prefix}.weight", gy.T @ x, x.shape[0])
+                if m.bias is not None:
+                    add(f"{prefix}.bias", gy.sum(dim=0), x.shape[0])
+
+            on_output(out, grads)
+
+        return hook
+
+    def norm_hook(prefix: str, m):
+        def hook(_, args, out):
+            x_in = args[0].detach()
+
+            def grads(gy):  # (N, C, ...)
+                x = x_in.double()
+                dims = tuple(range(1, x.dim()))
+                var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
+                x_hat = ((x - mean) * torch.rsqrt(var + m.eps)).abs()
+                reduce = (0, *range(2, x.dim()))
+                count = gy.numel() // gy.shape[1]
+                add(f"{prefix}.weight", (gy * x_hat).sum(dim=reduce), count)
+                add(f"{prefix}.bias", gy.sum(dim=reduce), count)
+
+            on_output(out, grads)
+
+        return hook
+
+    def lstm_hook(prefix: str, m: torch.nn.LSTMCell):
+        def hook(_, args, out):
+            x = args[0].detach().double()
+            h, c = (v.detach().double() for v in args[1])
+            call = {"x": x, "h": h, "c": c, "grads": [None, None]}
+            tracking["pending"].append((prefix, m, call))
+            for i, value in enumerate(out):
+                if value.requires_grad:
+                    value.register_hook(
+                        lambda g, i=i: (
+                            call["grads"].__setitem__(i, g.detach().double())
+                            if tracking["on"]
+                            else None
+                        )
+                    )
+
+        return hook
+
+    def finish() -> None:
+        # The LSTM gates' gradient from both outputs' gradients, recomputed in float64.
+        for prefix, m, call in tracking["pending"]:
+            gh, gc = call["grads"]
+            if gh is None and gc is None:
+                continue
+            x, h, c = call["x"], call["h"], call["c"]
+            with torch.enable_grad():
+                gates = (
+                    x @ m.weight_ih.double().T + m.bias_ih.double()
+                    + h @ m.weight_hh.double().T + m.bias_hh.double()
+                ).detach().requires_grad_(True)  # fmt: skip
+                i, f, g, o = gates.chunk(4, dim=1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(c_new)
+                outs = [(v, gv) for v, gv in ((h_new, gh), (c_new, gc)) if gv is not None]
+                (g_gates,) = torch.autograd.grad(
+                    [v for v, _ in outs], [gates], [gv for _, gv in outs]
+                )
+            g_gates = g_gates.abs()
+            add(f"{prefix}.weight_ih", g_gates.T @ x.abs(), x.shape[0])
+            add(f"{prefix}.weight_hh", g_gates.T @ h.abs(), x.shape[0])
+            add(f"{prefix}.bias_ih", g_gates.sum(dim=0), x.shape[0])
+        tracking["pending"].clear()
+
+    tracking["finish"] = finish
     for prefix, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d) and module.bias is not None:
-            hook = module.register_forward_hook(
-                lambda m, a, out, n=f"{prefix}.bias": on_output(n, out)
-            )
-            tracking["handles"].append(hook)
+        if isinstance(module, torch.nn.Conv2d):
+            make = conv_hook
+        elif isinstance(module, torch.nn.Linear):
+            make = linear_hook
+        elif isinstance(module, SlotLayerNorm):
+            make = norm_hook
+        elif isinstance(module, torch.nn.LSTMCell):
+            make = lstm_hook
+        else:
+            continue
+        tracking["handles"].append(module.register_forward_hook(make(prefix, module)))
     decoder = model.decoder
     if getattr(decoder, "factorized", False):
-        first = decoder._first_layer
+        # The factorised first layer bypasses its conv's forward: its terms are those of the
+        # plain conv of the broadcast input [z, coordinates], built only when the gradient comes.
+        first, conv = decoder._first_layer, decoder.hidden[0]
 
-        def first_layer(*args, **kwargs):
-            out = first(*args, **kwargs)
-            on_output("decoder.hidden.0.bias", out)
+        def first_layer(z, coords, *args, **kwargs):
+            out = first(z, coords, *args, **kwargs)
+            h, w = coords.shape[-2:]
+
+            def grads(gy):
+                x = torch.cat(
+                    [z.detach()[:, :, None, None].expand(-1, -1, h, w), coords.expand(len(z), -1, -1, -1)],
+                    dim=1,
+                ).double().abs()  # fmt: skip
+                count = gy.numel() // gy.shape[1]
+                pad = conv.kernel_size[0] // 2
+                weight = torch.nn.grad.conv2d_weight(x, conv.weight.shape, gy, padding=pad)
+                add("decoder.hidden.0.weight", weight, count)
+                add("decoder.hidden.0.bias", gy.sum(dim=(0, 2, 3)), count)
+
+            on_output(out, grads)
             return out
 
         decoder._first_layer = first_layer
     return terms, tracking
 
 
-def _sum_floor(abs_sums: torch.Tensor, count: int) -> float:
-    """The float32 rounding of a sum of ``count`` terms of absolute sum ``abs_sums`` (per
-    channel, the worst): sqrt(N) eps sum|terms|, the random-walk size of N roundings, each of
-    at most eps times the running sum. With cancellation (the terms sum to much less than
-    their absolute sum) it is far above a multiple of eps times the result."""
-    return math.sqrt(count) * EPS32 * float(abs_sums.max())
+def _sum_floor(abs_sums: torch.Tensor, count: int) -> torch.Tensor:
+    """The float32 rounding of sums of ``count`` terms of absolute sums ``abs_sums``:
+    sqrt(N) eps sum|terms|, the random-walk size of N roundings, each of at most eps times the
+    running sum (element by element)."""
+    return math.sqrt(count) * EPS32 * abs_sums
 
 
 # --- comparison --------------------------------------------------------------------------------
@@ -391,19 +526,25 @@ def differences(config: str, ours32: dict, ours64: dict) -> list[dict]:
         base = key
         if key.endswith((".sum", ".sumsq")):
             base, _, stat = key.rpartition(".")
+        floor = ours64.get(f"sum_floor/{base}")  # TF's reduction rounding, element by element
         if stat:
             theirs = ref[key].astype(np.float64)
-            power = 1 if stat == "sum" else 2
             shape = ref[f"{base}.shape"]
-            a32, a64 = (_per_step(o[base], shape) ** power for o in (ours32, ours64))
-            a32, a64 = a32.sum(axis=1), a64.sum(axis=1)
+            a32, a64 = (_per_step(o[base], shape) for o in (ours32, ours64))
+            if floor is not None:
+                # Rounding of each summed element (of its square: 2 |x| dx + dx^2) adds up.
+                floor = _per_step(floor, shape)
+                floor = floor if stat == "sum" else 2 * np.abs(a64) * floor + floor**2
+                floor = floor.sum(axis=1)
+            power = 1 if stat == "sum" else 2
+            a32, a64 = (a32**power).sum(axis=1), (a64**power).sum(axis=1)
         elif key in ref:
             theirs, a32, a64 = ref[key], ours32[key], ours64[key]
         else:
             theirs, idx, shape = ref[f"{key}.val"], ref[f"{key}.idx"], ref[f"{key}.shape"]
             a32, a64 = (_per_step(o[key], shape)[:, idx] for o in (ours32, ours64))
-        floor = ours64.get(f"sum_floor/{key}")
-        rows.append(_row(key, theirs, a32, a64, 0.0 if floor is None else float(floor.max())))
+            floor = None if floor is None else _per_step(floor, shape)[:, idx]
+        rows.append(_row(key, theirs, a32, a64, 0.0 if floor is None else floor))
     # Copies and constants among the inputs: against the TF tensors they copy (with a subset
     # reference, against our own output, which is compared with TF's above).
     for key, (base, copy) in COPIED_INPUTS.items():
@@ -421,24 +562,34 @@ def differences(config: str, ours32: dict, ours64: dict) -> list[dict]:
 
 
 def _row(
-    key: str, theirs: np.ndarray, a32: np.ndarray, a64: np.ndarray, sum_floor: float = 0.0
+    key: str,
+    theirs: np.ndarray,
+    a32: np.ndarray,
+    a64: np.ndarray,
+    sum_floor: np.ndarray | float = 0.0,
 ) -> dict:
+    """One quantity's row; ``sum_floor`` (broadcast to ``theirs``) is TensorFlow's own
+    reduction rounding of each element, added to the rounding tolerance element by element.
+    ``ratio`` is the worst difference over its element's tolerance (ok: <= 1)."""
     theirs, a32, a64 = (np.asarray(x, np.float64) for x in (theirs, a32, a64))
     if theirs.shape != a32.shape:
         raise AssertionError(f"{key}: TF shape {theirs.shape} vs ours {a32.shape}")
-    scale = float(np.max(np.abs(theirs))) if theirs.size else 0.0
-    d32 = float(np.max(np.abs(a32 - theirs))) if theirs.size else 0.0
-    d64 = float(np.max(np.abs(a64 - theirs))) if theirs.size else 0.0
-    rounding = float(np.max(np.abs(a32 - a64))) if theirs.size else 0.0
-    tol = max(ROUNDING_FACTOR * max(rounding, FLOOR_EPS * EPS32 * scale), sum_floor)
+    if not theirs.size:
+        return {"quantity": key, "scale": 0.0, "d32": 0.0, "d64": 0.0, "rounding": 0.0,
+                "tol": 0.0, "ratio": 0.0, "ok": True}  # fmt: skip
+    scale = float(np.max(np.abs(theirs)))
+    rounding = float(np.max(np.abs(a32 - a64)))
+    tol = ROUNDING_FACTOR * max(rounding, FLOOR_EPS * EPS32 * scale) + np.asarray(sum_floor)
+    ratio = max(float(np.max(np.abs(a - theirs) / tol)) for a in (a32, a64))
     return {
         "quantity": key,
         "scale": scale,
-        "d32": d32,
-        "d64": d64,
+        "d32": float(np.max(np.abs(a32 - theirs))),
+        "d64": float(np.max(np.abs(a64 - theirs))),
         "rounding": rounding,
-        "tol": tol,
-        "ok": d32 <= tol and d64 <= tol,
+        "tol": float(np.max(tol)),
+        "ratio": ratio,
+        "ok": ratio <= 1.0,
     }
 
 
@@ -522,20 +673,66 @@ def test_every_quantity_agrees_within_float32_rounding(config):
 
 
 @pytest.mark.slow
-def test_a_planted_defect_is_beyond_rounding():
-    """The tolerances are tight enough to see a classic porting slip: one decoder kernel
-    flipped left-right (convolution where TensorFlow correlates)."""
+def test_every_quantity_agrees_with_onednn_convolutions_off():
+    """The same check with torch's oneDNN convolutions off (another summation order)."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        ours = [run_ours("tetrominoes", dtype) for dtype in (torch.float32, torch.float64)]
+    bad = [r for r in differences("tetrominoes", *ours) if not r["ok"]]
+    assert not bad, "beyond float32 rounding:\n" + format_rows("tetrominoes", bad)
 
-    def flip_kernel(state: dict) -> None:
-        state["decoder.hidden.1.weight"] = state["decoder.hidden.1.weight"].flip(-1)
 
-    # Planted in both runs, as a real defect would be (the tolerance is their difference).
-    planted = (
-        run_ours("tetrominoes", dtype, flip_kernel) for dtype in (torch.float32, torch.float64)
-    )
-    bad = {r["quantity"] for r in differences("tetrominoes", *planted) if not r["ok"]}
-    assert {"mask_logits", "recon", "loc", "loss/total"} <= bad
+def _flip_a_decoder_kernel(model) -> None:
+    # Convolution where TensorFlow correlates.
+    with torch.no_grad():
+        model.decoder.hidden[1].weight.copy_(model.decoder.hidden[1].weight.flip(-1))
+
+
+def _drop_a_layernorm_standardisation(model) -> None:
+    norm = model.input_norms["dmask"]  # gain and offset kept, no standardisation
+    shape = (1, -1, 1, 1)
+    norm.forward = lambda x: x * norm.weight.view(shape) + norm.bias.view(shape)
+
+
+def _pixel_scale_0031(model) -> None:
+    model.pixel_scale = 0.031  # released 0.03
+
+
+def _swap_two_inputs(model) -> None:
+    names = list(model.image_inputs)  # two one-channel inputs change places
+    i, j = names.index("dmask"), names.index("mask")
+    names[i], names[j] = names[j], names[i]
+    model.image_inputs = tuple(names)
+
+
+def _shift_the_loss_weights(model) -> None:
+    released = model.step_weights
+    model.step_weights = lambda t: released(t)[1:] + released(t)[-1:]  # w_t <- w_{t+1}
+
+
+PLANTED = {
+    "flipped decoder kernel": (_flip_a_decoder_kernel, {"mask_logits", "recon", "loss/total"}),
+    "LayerNorm standardisation dropped": (_drop_a_layernorm_standardisation, {"input/dmask"}),
+    "pixel scale 0.031": (_pixel_scale_0031, {"input/log_prob", "nll", "loss/total"}),
+    "refinement inputs swapped": (_swap_two_inputs, {"loc", "scale", "recon"}),
+    "loss weights shifted": (_shift_the_loss_weights, {"loss/total"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("defect", list(PLANTED))
+def test_a_planted_defect_is_beyond_rounding(defect):
+    """The tolerances, reduction floors included, are tight enough to see classic porting
+    slips: each is planted in both our runs (as a real defect would be: the tolerance is their
+    difference) and must leave the rounding floor where it acts."""
+    plant, expected = PLANTED[defect]
+    planted = (run_ours("tetrominoes", dtype, plant) for dtype in (torch.float32, torch.float64))
+    rows = differences("tetrominoes", *planted)
+    bad = {r["quantity"] for r in rows if not r["ok"]}
+    assert expected <= bad, f"{defect}: only {sorted(bad)} beyond rounding"
     assert "input/coordinates" not in bad
+    if defect == "loss weights shifted":
+        # The forward is unchanged; the loss and the gradients are not.
+        assert "loc" not in bad and any(q.startswith("grad/") for q in bad)
 
 
 def main() -> None:
