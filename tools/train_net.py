@@ -26,9 +26,10 @@ from lib.cli import build_datasets, default_argument_parser, run_tool, tool_sess
 from lib.data import make_data_loader
 from lib.data.build import per_process_batch
 from lib.engine.checkpoint import Checkpointer
-from lib.engine.setup import seed_all, wrap_distributed
+from lib.engine.inference import make_heldout_batches
+from lib.engine.setup import resume_or_start, seed_all, wrap_distributed
 from lib.engine.solver import make_lr_scheduler, make_optimizer
-from lib.engine.trainer import do_train, make_heldout_batches, resume_or_start
+from lib.engine.trainer import do_train
 from lib.model import build_model, trainable_parameter_counts
 from lib.model.build import eval_grad_divisor
 from lib.prepare import prepare_missing

@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from lib.analysis.layout import PANEL_FONT_PT, TITLE_FONT_PT, Panel, render_panels
-from lib.analysis.palette import colorize_labels, masked_components, slot_tile
 from lib.analysis.scalars import per_step_tags
 from lib.analysis.scores import format_percent, segmentation_scores, step_metrics
+from lib.utils.palette import colorize_labels, masked_components, slot_tile
 
 
 def _object_count(labels: Tensor) -> int:

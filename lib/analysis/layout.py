@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lib.analysis.palette import gray_to_rgb
 from lib.utils.io import atomic_write_bytes
+from lib.utils.palette import gray_to_rgb
 
 # Layout of panel grids, in pixels at the figure's dpi (fonts in points).
 PANEL_FONT_PT = 7.0

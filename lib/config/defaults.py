@@ -215,15 +215,6 @@ _C.SOLVER.CHECKPOINT_KEEP = 3
 _C.SOLVER.RESUME = True
 # Consecutive non-finite losses or gradients (each step skipped) before training stops.
 _C.SOLVER.MAX_NONFINITE = 20
-# torch.compile each step from zero_grad to the update (forward, backward, clipping, finite
-# check; Adam eager); a speed switch, same numbers up to rounding. False = eager (released).
-_C.SOLVER.COMPILE_STEP = False
-# Its torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" (autotuned
-# kernels, CUDA graphs) or "max-autotune-no-cudagraphs".
-_C.SOLVER.COMPILE_MODE = "default"
-# Its torch.compile backend: "inductor" (generated kernels), or "aot_eager" / "eager" (graph
-# capture with eager kernels: for debugging; the mode is then unused).
-_C.SOLVER.COMPILE_BACKEND = "inductor"
 
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CN()
@@ -254,3 +245,8 @@ _C.LOG.NUM_IMAGES = 4
 _C.register_renamed_key(
     "SOLVER.AMP", "MODEL.PRECISION", message="SOLVER.AMP True is MODEL.PRECISION bf16"
 )
+# The compiled training step (SOLVER.COMPILE_STEP, _MODE, _BACKEND) was removed (no measured
+# gain); a config that still sets them loads with a warning (MODEL.COMPILE remains).
+for _removed in ("SOLVER.COMPILE_STEP", "SOLVER.COMPILE_MODE", "SOLVER.COMPILE_BACKEND"):
+    _C.register_deprecated_key(_removed)
+del _removed

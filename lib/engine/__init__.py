@@ -9,8 +9,7 @@
 * ``summaries``: TensorBoard pictures,
 * ``setup``: device, seeds, precision, weights, DDP wrapping (the tools' parser and runner are
   ``lib.cli``),
-* ``gpu_check``: the GPU check's benchmark table and short training,
-* ``benchmark``: speed, memory and FLOPs of the training and inference steps.
+* ``benchmark``: speed, memory, FLOPs and a profile of the training and inference steps.
 """
 
 from lib.engine.inference import do_evaluate

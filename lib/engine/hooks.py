@@ -3,8 +3,7 @@
 A hook has ``before_train``, ``before_step``, ``after_step`` and ``after_train``, each given
 the ``Trainer``; the trainer calls them in list order. ``do_train`` uses, in this order:
 ``PeriodicStats`` (device statistics to the host, non-finite bookkeeping, scalar logs),
-``ImageSummaries``, ``HeldoutEvaluation``, ``PeriodicCheckpoint`` and ``ProgressBar``; the
-benchmark and the GPU check use others (``StepTimer``, ``TimedEvaluation``, ``TimeLimit``).
+``ImageSummaries``, ``HeldoutEvaluation``, ``PeriodicCheckpoint`` and ``ProgressBar``.
 Hooks whose ``training_time`` is False (summaries, evaluation, saving) are left out of the
 images/s figure.
 """
@@ -12,8 +11,7 @@ images/s figure.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +21,7 @@ from yacs.config import CfgNode
 
 from lib.engine.checkpoint import Checkpointer, get_rng_states, unwrap_model
 from lib.engine.inference import do_evaluate, sanitize_name
+from lib.engine.solver import undo_host_steps
 from lib.engine.summaries import add_image_summaries
 from lib.errors import IodineError
 from lib.utils import comm
@@ -100,8 +99,6 @@ class PeriodicStats(HookBase):
             self._read(trainer, log_due=False)
 
     def _read(self, trainer: Trainer, log_due: bool) -> None:
-        from lib.engine.trainer import undo_host_steps
-
         iteration, max_iter = trainer.iter, trainer.max_iter
         self.read_at = iteration
         mean, counts, images_per_s = trainer.meter.read()
@@ -146,34 +143,32 @@ def log_scalars(
     logger: logging.Logger,
     iteration: int,
     max_iter: int,
-    mean: Sequence[float],
+    mean: dict[str, Any],
     lr: float,
     images_per_s: float,
 ) -> None:
-    """Log one period's means ``[loss, nll_0..T, kl_0..T, grad_norm]`` and write them."""
-    values = list(mean)
-    loss, grad_norm = values[0], values[-1]
-    steps = (len(values) - 2) // 2
-    nll, kl = values[1 : 1 + steps], values[1 + steps : 1 + 2 * steps]
+    """Log one period's mean statistics (``loss``, per-step ``nll`` and ``kl``, ``grad_norm``:
+    ``StepResult.stats`` by name) and write them to TensorBoard."""
+    nll, kl = mean["nll"], mean["kl"]
     logger.info(
         "iter %d/%d  loss %.2f  nll_T %.2f  kl_T %.2f  grad_norm %.3g  lr %.3g  %.1f images/s",
         iteration,
         max_iter,
-        loss,
+        mean["loss"],
         nll[-1],
         kl[-1],
-        grad_norm,
+        mean["grad_norm"],
         lr,
         images_per_s,
     )
     if writer is None:
         return
-    writer.add_scalar("loss/total", loss, iteration)
-    for t in range(steps):
+    writer.add_scalar("loss/total", mean["loss"], iteration)
+    for t in range(len(nll)):
         writer.add_scalar(f"loss/nll_t{t}", nll[t], iteration)
         writer.add_scalar(f"loss/kl_t{t}", kl[t], iteration)
     writer.add_scalar("train/lr", lr, iteration)
-    writer.add_scalar("train/grad_norm", grad_norm, iteration)
+    writer.add_scalar("train/grad_norm", mean["grad_norm"], iteration)
     writer.add_scalar("train/images_per_s", images_per_s, iteration)
 
 
@@ -325,87 +320,8 @@ class ProgressBar(HookBase):
     def after_step(self, trainer: Trainer) -> None:
         self.bar.update(1)
         if trainer.last_mean is not None:
-            self.bar.set_postfix(loss=f"{trainer.last_mean[0]:.1f}", refresh=False)
+            self.bar.set_postfix(loss=f"{trainer.last_mean['loss']:.1f}", refresh=False)
 
     def after_train(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-class StepTimer(HookBase):
-    """Wall time of each step, the device synchronised around it (the benchmark's clock).
-
-    Args:
-        device: the device to synchronise.
-        synchronize: ``device -> None`` (``lib.analysis.profiling.synchronize``).
-    """
-
-    def __init__(self, device: torch.device, synchronize: Callable[[torch.device], None]):
-        self.device, self.synchronize = device, synchronize
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def before_step(self, trainer: Trainer) -> None:
-        self.synchronize(self.device)
-        self._start = time.perf_counter()
-
-    def after_step(self, trainer: Trainer) -> None:
-        self.synchronize(self.device)
-        self.times.append(time.perf_counter() - self._start)
-
-
-class TimeLimit(HookBase):
-    """Stops training after ``seconds`` of training time (hooks' evaluation time excluded),
-    measured with the device synchronised every ``sync_period`` iterations and at the end."""
-
-    def __init__(
-        self,
-        seconds: float,
-        device: torch.device,
-        synchronize: Callable[[torch.device], None],
-        sync_period: int = 20,
-    ) -> None:
-        self.seconds, self.device, self.synchronize = seconds, device, synchronize
-        self.sync_period = sync_period
-        self.trained = 0.0
-        self._tick = 0.0
-
-    def before_step(self, trainer: Trainer) -> None:
-        self._tick = time.perf_counter()
-
-    def after_step(self, trainer: Trainer) -> None:
-        if trainer.iter % self.sync_period == 0:
-            self.synchronize(self.device)
-        self.trained += time.perf_counter() - self._tick
-        trainer.train_seconds = self.trained
-        if self.trained >= self.seconds:
-            trainer.stop = True
-
-
-class TimedEvaluation(HookBase):
-    """Calls ``evaluate(trainer)`` at the start and whenever ``seconds`` of training time
-    (``trainer.train_seconds``, kept by ``TimeLimit``) passed since the last call, and at the
-    end if the last iteration was not evaluated."""
-
-    training_time = False
-
-    def __init__(self, seconds: float, evaluate: Callable[[Trainer], None]) -> None:
-        self.seconds, self.evaluate = seconds, evaluate
-        self.last_at = 0.0
-        self.last_iter = -1
-
-    def _run(self, trainer: Trainer) -> None:
-        self.evaluate(trainer)
-        trainer.model.train()
-        self.last_at, self.last_iter = trainer.train_seconds, trainer.iter
-
-    def before_train(self, trainer: Trainer) -> None:
-        self._run(trainer)
-
-    def after_step(self, trainer: Trainer) -> None:
-        if trainer.train_seconds - self.last_at >= self.seconds:
-            self._run(trainer)
-
-    def after_train(self, trainer: Trainer) -> None:
-        if self.last_iter != trainer.iter:
-            self._run(trainer)

@@ -29,6 +29,9 @@ from lib.evaluation.segmentation import foreground_mse, segmentation_scores
 from lib.model.factor_regressor import FactorMetrics
 from lib.utils import comm
 
+# A held-out batch: images (b, 3, H, W) and label maps (b, H, W) or None.
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+
 NO_MASK_REASON = "dataset has no ground-truth masks: ARI and the other mask metrics not computed"
 # Metrics over the true masks, in metrics.json's order; each is a mean over the images where it
 # is defined (lib/evaluation: fg_ari, sc, msc, mbo, miou and fg_mse need a foreground pixel).
@@ -512,3 +515,30 @@ def _finite_or_null(value: Any, path: str, found: list[str]) -> Any:
         found.append(path)
         return None
     return value
+
+
+def make_heldout_batches(
+    dataset: Any, num_images: int, batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[Batch]:
+    """The fixed held-out batch evaluated during training: this rank's share, in memory.
+
+    Args:
+        dataset: the first test dataset; items ``(image (3, H, W), mask (H, W) or None)``.
+        num_images: how many leading images to use (TEST.EVAL_NUM_IMAGES; capped at its size).
+        batch_size: images per forward pass on this rank.
+        rank, world_size: this process's shard is indices rank::world_size (no padding), as
+            ``do_evaluate`` expects.
+
+    Returns:
+        List of ``(images (b, 3, H, W), masks (b, H, W) or None)``; empty if the shard is.
+    """
+    indices = list(range(rank, min(num_images, len(dataset)), world_size))
+    batches: list[Batch] = []
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start : start + batch_size]]
+        images = torch.stack([item[0] for item in items])
+        masks = None
+        if all(item[1] is not None for item in items):
+            masks = torch.stack([torch.as_tensor(item[1], device="cpu") for item in items])
+        batches.append((images, masks))
+    return batches

@@ -1,10 +1,11 @@
 """Process set-up shared by training, evaluation and the benchmark: the device, seeds,
-precision, weights and the DDP wrapper. No command-line or tool code (that is ``lib.cli``).
+precision, weights (a fresh start or the resume of a run) and the DDP wrapper. No command-line or tool code (that is ``lib.cli``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import warnings
 from typing import Any
@@ -14,7 +15,14 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from lib.engine.checkpoint import Checkpointer, unwrap_model
+from lib.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    Checkpointer,
+    CheckpointError,
+    read_checkpoint,
+    set_rng_states,
+    unwrap_model,
+)
 from lib.engine.precision import PrecisionError, apply_precision, check_precision, resolve_precision
 from lib.errors import RunError
 from lib.utils import comm
@@ -23,6 +31,7 @@ __all__ = [
     "RunError",
     "load_weights",
     "resolve_device",
+    "resume_or_start",
     "seed_all",
     "setup_precision",
     "wrap_distributed",
@@ -157,3 +166,102 @@ def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=False,
     )
+
+
+def resume_or_start(
+    cfg: CfgNode,
+    checkpointer: Checkpointer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    logger: logging.Logger,
+) -> int:
+    """Restore a run from ``OUTPUT_DIR/last_checkpoint``, or start fresh (from MODEL.WEIGHT).
+
+    Also seeds this rank's noise stream: the checkpoint's RNG states when it has one per
+    process, else ``SEED + rank`` (plus an offset on a resume with another process count).
+
+    Args:
+        cfg: the config (SOLVER.RESUME, MODEL.WEIGHT, SEED, OUTPUT_DIR, the schedule keys).
+        checkpointer: holds the model, optimiser and scheduler.
+        scheduler: from ``make_lr_scheduler``; a resumed run keeps the checkpoint's schedule
+            (a warning names each key whose config value differs).
+        logger: where the start is reported.
+
+    Returns:
+        The completed iterations to start after (0 on a fresh start).
+
+    Raises:
+        CheckpointError: an unreadable or mismatched checkpoint or MODEL.WEIGHT, or MODEL.WEIGHT
+            set while OUTPUT_DIR holds a checkpoint to resume (the message says how to choose).
+    """
+    rank, world = comm.get_rank(), comm.get_world_size()
+    last = checkpointer.last_checkpoint() if cfg.SOLVER.RESUME else None
+    if last is not None and cfg.MODEL.WEIGHT and _started_from(last) != cfg.MODEL.WEIGHT:
+        # Resuming would silently ignore the weights the user asked for. (A run started from
+        # these weights resumes as usual: rerunning its command continues it.)
+        raise CheckpointError(
+            f"MODEL.WEIGHT is {cfg.MODEL.WEIGHT} but OUTPUT_DIR {cfg.OUTPUT_DIR} already holds "
+            f"a run to resume ({last}); choose one: SOLVER.RESUME False starts over there "
+            "from MODEL.WEIGHT, another OUTPUT_DIR starts a new run from it, and dropping "
+            "MODEL.WEIGHT resumes the run"
+        )
+    seed_all(cfg.SEED + rank)
+    if last is not None:
+        state = checkpointer.load(last)
+        start_iter = int(state["iteration"])
+        rng = state.get("rng_states") or []
+        if len(rng) == world:
+            set_rng_states(rng[rank])
+        else:
+            logger.warning(
+                "checkpoint has RNG states of %d processes, this run has %d: reseeding",
+                len(rng),
+                world,
+            )
+            seed_all(cfg.SEED + rank + 7919 * start_iter)
+        logger.info("resumed from %s at iteration %d", last, start_iter)
+        _warn_schedule_change(cfg, scheduler, logger)
+        return start_iter
+    if cfg.MODEL.WEIGHT:
+        checkpointer.load(cfg.MODEL.WEIGHT, weights_only=True)
+        logger.info("fresh start from the weights of %s", cfg.MODEL.WEIGHT)
+        return 0
+    if not cfg.SOLVER.RESUME and os.path.exists(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)):
+        logger.warning(
+            "SOLVER.RESUME False: starting over in %s, which holds an earlier run's "
+            "checkpoints (the oldest are deleted as new ones are written)",
+            cfg.OUTPUT_DIR,
+        )
+    logger.info("fresh start")
+    return 0
+
+
+def _started_from(path: str) -> str:
+    """MODEL.WEIGHT of the run that wrote the checkpoint at ``path`` ("" if none or unknown)."""
+    saved = read_checkpoint(path).get("cfg") or ""
+    try:
+        return str(CfgNode.load_cfg(saved).MODEL.WEIGHT) if saved else ""
+    except (AttributeError, KeyError):  # a config without MODEL.WEIGHT: not from one
+        return ""
+
+
+def _warn_schedule_change(
+    cfg: CfgNode, scheduler: torch.optim.lr_scheduler.LambdaLR, logger: logging.Logger
+) -> None:
+    # The scheduler state holds BASE_LR and the decay and warm-up settings of the checkpoint.
+    factor = scheduler.lr_lambdas[0]
+    saved = {
+        "SOLVER.BASE_LR": scheduler.base_lrs[0],
+        "SOLVER.DECAY_RATE": factor.decay_rate,
+        "SOLVER.DECAY_STEPS": factor.decay_steps,
+        "SOLVER.WARMUP_ITERS": factor.warmup_iters,
+    }
+    for key, value in saved.items():
+        wanted = cfg.SOLVER[key.split(".")[1]]
+        if abs(float(value) - float(wanted)) > 1e-12 * max(abs(float(wanted)), 1.0):
+            logger.warning(
+                "%s = %s in the config, but the resumed checkpoint's schedule uses %s: "
+                "the checkpoint's value is kept (start a new OUTPUT_DIR to change it)",
+                key,
+                wanted,
+                value,
+            )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +13,47 @@ from torch.optim.optimizer import _get_value
 from yacs.config import CfgNode
 
 from lib.engine.checkpoint import unwrap_model
+
+
+def _device_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    state = optimizer.state.get(param, {})
+    return [v for v in state.values() if torch.is_tensor(v) and v.device == param.device]
+
+
+def masked_step(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], bad: torch.Tensor
+) -> None:
+    """``optimizer.step()``, undone on the device where ``bad`` (0-dim) is 1: no host sync.
+
+    State created by this step (Adam's first step) is put back to zeros, its initial value.
+    """
+    with torch.no_grad():
+        saved = {p: [p.clone(), *[v.clone() for v in _device_state(optimizer, p)]] for p in params}
+        optimizer.step()
+        keep = bad > 0
+        for p in params:
+            now = [p, *_device_state(optimizer, p)]
+            before = saved[p]
+            before += [torch.zeros_like(v) for v in now[len(before) :]]
+            for current, old in zip(now, before):
+                current.copy_(torch.where(keep, old, current))
+
+
+def undo_host_steps(optimizer: torch.optim.Optimizer, count: int) -> None:
+    """Take ``count`` bad steps back off the host-held step counters (Adam's ``step``).
+
+    Args:
+        optimizer: the optimiser that ``masked_step`` stepped.
+        count: how many of its steps were bad.
+    """
+    if count <= 0:
+        return
+    for param, state in optimizer.state.items():
+        step = state.get("step")
+        if torch.is_tensor(step) and step.device != param.device:
+            step -= count
+        elif isinstance(step, (int, float)):
+            state["step"] = step - count
 
 
 class TF1Adam(Optimizer):
@@ -70,7 +111,7 @@ class TF1Adam(Optimizer):
             for p, state in zip(params, states):
                 if not state:
                     # A host counter, as torch.optim.Adam keeps it (undo_host_steps edits it).
-                    state["step"] = torch.tensor(0.0)
+                    state["step"] = torch.tensor(0.0, device="cpu")
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1

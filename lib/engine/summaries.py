@@ -76,7 +76,7 @@ def add_image_summaries(
         images, out, num: as for ``image_grids``.
         step: global step (iteration).
     """
-    from lib.analysis.palette import upscale_nearest  # imports torchvision (see image_grids)
+    from lib.utils.palette import upscale_nearest  # imports torchvision (see image_grids)
 
     tile = min(images.shape[-2:])
     for name, grid in image_grids(images, out, num).items():

@@ -3,8 +3,8 @@
 The model receives its decoder, refinement network and (optional) factor regressor built by
 ``lib.model.build.build_model``; it holds the learned initial posterior, the input LayerNorms,
 the inference loop and the loss. The refinement inputs are made from
-``lib.model.refinement_inputs``' table, compile strategies live in ``lib.model.compile`` and
-profiling marks in ``lib.model.phases``.
+``lib.model.refinement_inputs``' table; ``lib.model.compile`` compiles parts of a built model
+from outside (MODEL.COMPILE).
 
 Shapes: B images, T refinement steps (T+1 decodes), K slots, D latent size, C = 3 channels,
 H x W pixels. Slots are folded into the batch (B*K) for the decoder and refinement network.
@@ -21,10 +21,8 @@ from torch import nn
 
 from lib import spec
 from lib.model import distributions as dist
-from lib.model.compile import keep_saved_buffers
 from lib.model.factor_regressor import add_factor_loss
 from lib.model.layers import autocast_enabled, cosine_coordinates, linear_coordinates
-from lib.model.phases import phase
 from lib.model.refinement_inputs import StepTensors, assemble_inputs, make_input_norms
 
 # Channels of each image-sized refinement input but coordinates (lib.spec; importers use it).
@@ -114,13 +112,6 @@ class IODINE(nn.Module):
             The LayerNorm's eps makes the two differ for low-variance slots.
         eval_grad_divisor: the fixed B of "mean" in eval mode (> 0); ``build_model`` sets the
             per-process training micro-batch.
-
-    Attributes:
-        phase_hook: None, or a callable(phase name) returning a context manager entered around
-            each decoder, gradient-input and refinement call (``lib.model.phases``); a plain
-            attribute, not saved in the state_dict.
-        compiled: which per-step parts run compiled (``lib.model.compile.compile_model``):
-            "none", "modules" or "step".
     """
 
     def __init__(
@@ -162,11 +153,6 @@ class IODINE(nn.Module):
         self.eval_sample, self.eval_seed = eval_sample, eval_seed
         self.grad_input_reduction = grad_input_reduction
         self.eval_grad_divisor = float(eval_grad_divisor)
-        self.phase_hook = None
-        self.compiled = "none"
-        # The per-step functions the loop calls; compile_model swaps in compiled versions.
-        self._step_losses_fn = self._step_losses
-        self._refine_fn = self._refine
 
         # Registration order (decoder, refinement, input norms, factor regressor) is the
         # parameter order that the optimiser and the clipping norm see: keep it.
@@ -200,8 +186,7 @@ class IODINE(nn.Module):
             ``masks`` (B, K, H, W) softmax over K and ``recon`` (B, 3, H, W) = sum_k m_k mu_k.
         """
         b, k, d = z.shape
-        with phase(self, "decoder"):
-            out = self.decoder(z.reshape(b * k, d), height, width)  # (B*K, 4, H, W)
+        out = self.decoder(z.reshape(b * k, d), height, width)  # (B*K, 4, H, W)
         # Likelihood arithmetic stays in at least float32 under bf16 autocast.
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         out = out.view(b, k, 4, height, width)
@@ -300,8 +285,6 @@ class IODINE(nn.Module):
         noise = self._noise(b, k, t_max, device, dtype)
         coords = self._coordinates(h, w, device).to(images.dtype)  # (2 or 8, H, W)
         maybe_no_grad = contextlib.nullcontext if keep_chain else torch.no_grad
-        # Compiled, the phase marks can only wrap the whole call (assembly included).
-        step_compiled = self.compiled == "step"
 
         lam = self.init_posterior.expand(b, k, 2 * self.latent_dim)  # (B, K, 2D)
         state = self.refinement.initial_state(b * k, device, dtype)
@@ -317,7 +300,7 @@ class IODINE(nn.Module):
             mask_logits, mu = dec["mask_logits"], dec["components"]
             # Under bf16 autocast the likelihood and KL stay fp32 (decode returns fp32).
             with full_precision(device):
-                losses = self._step_losses_fn(x, mu, mask_logits, loc, scale)
+                losses = self._step_losses(x, mu, mask_logits, loc, scale)
             comp_lp, log_masks, log_px, nll, kl, step_loss, grad_loss = losses
             if weights[t] != 0.0:
                 total_loss = total_loss + weights[t] * step_loss
@@ -328,13 +311,11 @@ class IODINE(nn.Module):
                 break
 
             # Gradient inputs: one backward through this step's decoder, no second-order graph.
-            with phase(self, "grad_inputs"), keep_saved_buffers(self.compiled):
-                d_lam, d_mu, d_logits = torch.autograd.grad(
-                    grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
-                )
-            outer = phase(self, "refinement") if step_compiled else contextlib.nullcontext()
-            with maybe_no_grad(), outer:
-                lam, state = self._refine_fn(
+            d_lam, d_mu, d_logits = torch.autograd.grad(
+                grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
+            )  # (B, K, 2D), (B, K, 3, H, W), (B, K, H, W)
+            with maybe_no_grad():
+                lam, state = self._refine(
                     images, coords, lam, state, mu, mask_logits, log_masks, comp_lp, log_px,
                     d_lam, d_mu, d_logits,
                 )  # fmt: skip
@@ -419,6 +400,5 @@ class IODINE(nn.Module):
         image_in, vector_in = assemble_inputs(
             tensors, self.image_inputs, self.vector_inputs, self.input_norms
         )  # (B*K, C_in, H, W), (B*K, V)
-        with phase(self, "refinement"):
-            new_lam, state = self.refinement(image_in, vector_in, flat_lam, state)
+        new_lam, state = self.refinement(image_in, vector_in, flat_lam, state)
         return new_lam.view(b, k, -1), state

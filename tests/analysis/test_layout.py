@@ -17,7 +17,7 @@ from lib.analysis.layout import (
     render_panels,
     save_figure,
 )
-from lib.analysis.palette import slot_tile
+from lib.utils.palette import slot_tile
 
 
 def _png(path):

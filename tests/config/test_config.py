@@ -66,3 +66,12 @@ def test_get_cfg_is_a_fresh_copy_and_every_key_is_commented():
     for i, line in enumerate(lines):
         if line.startswith("_C.") and "= CN()" not in line:
             assert lines[i - 1].lstrip().startswith("#"), f"no comment above: {line}"
+
+
+def test_removed_compile_step_keys_load_and_are_ignored(tmp_path):
+    # Configs written for the removed compiled training step still load (with a warning).
+    path = tmp_path / "old.yaml"
+    path.write_text("SOLVER:\n  COMPILE_STEP: True\n  COMPILE_MODE: reduce-overhead\n")
+    cfg = load_cfg(str(path), ["SOLVER.COMPILE_BACKEND", "eager"])
+    assert "COMPILE_STEP" not in cfg.SOLVER and "COMPILE_BACKEND" not in cfg.SOLVER
+    assert cfg.SOLVER.ADAM == "tf1"

@@ -76,8 +76,8 @@ class _Record(HookBase):
     def after_step(self, trainer: Trainer) -> None:
         step = trainer.step
         assert not bool(step.bad), "a step of the reference run was skipped"
-        self.loss.append(float(step.values[0]))
-        self.norm.append(float(step.grad_norm))
+        self.loss.append(float(step.stats["loss"]))
+        self.norm.append(float(step.stats["grad_norm"]))
         state = dict(trainer.model.named_parameters())
         # Copies: in float64 the layout's arrays can share memory with the live parameters.
         self.params.append({k: v.copy() for k, v in to_tf_layout(state, self.config).items()})
@@ -89,7 +89,7 @@ class _Record(HookBase):
         self.tracking["finish"]()
         group = trainer.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
-        scale = min(1.0, trainer.clip / float(trainer.step.grad_norm))
+        scale = min(1.0, trainer.clip / float(trainer.step.stats["grad_norm"]))
         floors = {}
         for name, param in state.items():
             if not param.requires_grad:

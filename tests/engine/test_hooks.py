@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from lib.engine.hooks import HookBase, PeriodicStats, TimedEvaluation, TimeLimit
+from lib.engine.hooks import HookBase, PeriodicStats
 from lib.engine.trainer import Trainer
 from tests.engine.engine_helpers import StandIn
 
@@ -83,23 +83,3 @@ def test_hooks_run_in_order_and_evaluation_time_is_not_training_time():
     # The meter's clock was moved forward by the slow hook's time: it started after the
     # loop began plus the 0.1 s spent in the slow hook.
     assert trainer.meter.start - start >= 0.1 - 1e-3 and elapsed >= 0.1
-
-
-def test_time_limit_and_timed_evaluation(monkeypatch):
-    clock = {"now": 0.0}
-    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
-    seen = []
-
-    class Tick(HookBase):  # each step takes 1 s of training time
-        def before_step(self, trainer):
-            clock["now"] += 1.0
-
-    model = StandIn()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    limit = TimeLimit(4.5, CPU, lambda device: None)
-    evaluation = TimedEvaluation(2.0, lambda trainer: seen.append(trainer.iter))
-    trainer = Trainer(model, optimizer, _batches(), None, CPU, 0, 100, [limit, Tick(), evaluation])
-    trainer.train()
-    # Stopped after 5 one-second steps (4.5 s reached); evaluated at the start, every 2 s
-    # of training and at the end.
-    assert trainer.iter == 5 and seen == [0, 2, 4, 5]

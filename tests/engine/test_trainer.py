@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lib.engine.checkpoint import LAST_CHECKPOINT, Checkpointer
+from lib.engine.inference import make_heldout_batches
 from lib.engine.solver import make_lr_scheduler, make_optimizer
-from lib.engine.trainer import NonFiniteError, do_train, make_heldout_batches, train_step
+from lib.engine.trainer import NonFiniteError, do_train, train_step
 from lib.model import build_model
 from tests.engine.engine_helpers import StandIn, tiny_cfg
 
@@ -171,12 +172,12 @@ def test_train_step_accumulates_the_real_model_gradients():
     torch.manual_seed(5)
     step = train_step(model, optimizer, micro_batches, params)
     assert not step.skipped
-    assert step.values[0].item() == pytest.approx(mean_loss, rel=1e-5)
+    assert step.stats["loss"].item() == pytest.approx(mean_loss, rel=1e-5)
     assert step.images is micro_batches[-1]
     for p, p0, g in zip(params, before, expected):
         torch.testing.assert_close(p0 - p.detach().double(), g, rtol=1e-4, atol=1e-6)
     hand_norm = np.sqrt(sum(float((g**2).sum()) for g in expected))
-    assert step.grad_norm.item() == pytest.approx(hand_norm, rel=1e-4)
+    assert step.stats["grad_norm"].item() == pytest.approx(hand_norm, rel=1e-4)
 
 
 def test_train_step_clips_the_global_norm():
@@ -188,7 +189,7 @@ def test_train_step_clips_the_global_norm():
     optimizer = torch.optim.SGD(params, lr=1.0)
     torch.manual_seed(7)
     step = train_step(model, optimizer, micro_batches, params, clip=clip)
-    assert step.grad_norm.item() == pytest.approx(hand_norm, rel=1e-4)  # before clipping
+    assert step.stats["grad_norm"].item() == pytest.approx(hand_norm, rel=1e-4)  # before clipping
     for p, p0, g in zip(params, before, expected):
         torch.testing.assert_close(p0 - p.detach().double(), g / 10, rtol=1e-3, atol=1e-7)
 
@@ -197,7 +198,7 @@ def test_train_step_skips_a_non_finite_step():
     model = StandIn(nan_calls={0})
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     step = train_step(model, optimizer, [torch.rand(2, 3, 4, 4)], list(model.parameters()))
-    assert step.skipped and not torch.isfinite(step.values[0])
+    assert step.skipped and not torch.isfinite(step.stats["loss"])
     assert torch.equal(model.weight.detach(), torch.ones(3)) and model.weight.grad is None
 
 

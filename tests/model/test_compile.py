@@ -3,8 +3,6 @@ gives the eager model's loss, gradients and eval outputs, with and without chann
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -89,25 +87,18 @@ def test_compile_mode_is_checked():
 
 
 class _ConvBackwardMasks(TorchDispatchMode):
-    """Record, per model phase, which gradients each convolution backward computes."""
+    """Record which gradients each convolution backward computes, and whether it ran inside
+    the forward (the gradient inputs' ``autograd.grad``) or after it (the loss's backward)."""
 
     def __init__(self):
         super().__init__()
-        self.phase = "outside"
+        self.where = "forward"
         self.masks: list[tuple[str, tuple[bool, ...]]] = []
-
-    @contextlib.contextmanager
-    def hook(self, name):
-        previous, self.phase = self.phase, name
-        try:
-            yield
-        finally:
-            self.phase = previous
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution_backward.default:
             # output_mask: (input, weight, bias) gradients wanted
-            self.masks.append((self.phase, tuple(args[-1])))
+            self.masks.append((self.where, tuple(args[-1])))
         return func(*args, **(kwargs or {}))
 
 
@@ -115,12 +106,13 @@ def test_gradient_inputs_compute_no_weight_gradients():
     cfg = tiny_cfg(**{"INPUT.IMAGE_SIZE": 8, "MODEL.DECODER.FACTORIZED_FIRST_LAYER": False})
     model = build_model(cfg)
     recorder = _ConvBackwardMasks()
-    model.phase_hook = recorder.hook
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with recorder:
-        model(images)["loss"].backward()
-    inner = [mask for phase, mask in recorder.masks if phase == "grad_inputs"]
-    outer = [mask for phase, mask in recorder.masks if phase == "outside"]
+        loss = model(images)["loss"]
+        recorder.where = "backward"
+        loss.backward()
+    inner = [mask for where, mask in recorder.masks if where == "forward"]
+    outer = [mask for where, mask in recorder.masks if where == "backward"]
     # T = 2 inner gradients through 3 decoder convs: input gradients only.
     assert inner == [(True, False, False)] * (2 * 3)
     # The final backward does compute the weight gradients (the recorder can see them).

@@ -1,10 +1,10 @@
-"""lib/analysis/palette.py against explicit per-pixel loops and numpy."""
+"""lib/utils/palette.py against explicit per-pixel loops and numpy."""
 
 import numpy as np
 import pytest
 import torch
 
-from lib.analysis.palette import (
+from lib.utils.palette import (
     PALETTE,
     colorize_labels,
     gray_to_rgb,
