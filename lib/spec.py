@@ -23,6 +23,9 @@ GRAD_INPUT_REDUCTIONS = ("sum", "mean")
 LSTM_INITS = ("sonnet", "zero_bias")
 PADDINGS = ("tf_same", "symmetric")
 POOLS = ("avg", "flatten")
+# MODEL.PRECISION and INPUT.RESIZE (run settings, listed here so that each is written once).
+PRECISIONS = ("fp32", "tf32", "bf16")
+RESIZE_MODES = ("tf1", "bilinear", "nearest")
 # Refinement coordinate channels: 2 linear (x then y) or 8 cosine (constant dropped).
 COORD_CHANNELS = {"linear": 2, "cosine": 8}
 COORD_TYPES = tuple(COORD_CHANNELS)

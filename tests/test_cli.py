@@ -56,6 +56,10 @@ def test_run_tool_exit_status_and_one_line_errors(capsys):
     assert run_tool(["SOLVER.NOPE", "1"], _parser(), works) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "SOLVER.NOPE" in err and len(seen) == 1
+    # A value the validation refuses is one line too (validate_cfg raises ConfigError).
+    assert run_tool(["SOLVER.ADAM", "nadam"], _parser(), works) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "SOLVER.ADAM" in err and err.count("\n") == 1
 
     def bug(cfg, args):
         raise ZeroDivisionError("a bug, not a user error")

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
+from lib import spec
 from lib.cli import default_argument_parser, run_tool
 from lib.engine.benchmark import format_report, run_benchmark
 from lib.engine.precision import PrecisionError
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision",
         nargs="+",
-        choices=("fp32", "tf32", "bf16"),
+        choices=spec.PRECISIONS,
         default=None,
         help="MODEL.PRECISION; several values run each in turn",
     )

@@ -9,11 +9,12 @@ from yacs.config import CfgNode
 
 from lib import spec
 from lib.config.defaults import _C
+from lib.errors import ConfigError
 
 # The model's switches take their allowed values from lib.spec, which the model checks too.
 _CHOICES = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "MODEL.PRECISION": ("fp32", "tf32", "bf16"),
+    "MODEL.PRECISION": spec.PRECISIONS,
     "MODEL.IODINE.LIKELIHOOD": spec.LIKELIHOODS,
     "MODEL.IODINE.LOSS_WEIGHTS": spec.LOSS_WEIGHTS,
     "MODEL.IODINE.INIT": spec.INITS,
@@ -22,7 +23,7 @@ _CHOICES = {
     "MODEL.REFINEMENT.LSTM_INIT": spec.LSTM_INITS,
     "MODEL.REFINEMENT.PADDING": spec.PADDINGS,
     "MODEL.REFINEMENT.POOL": spec.POOLS,
-    "INPUT.RESIZE": ("tf1", "bilinear", "nearest"),
+    "INPUT.RESIZE": spec.RESIZE_MODES,
     "SOLVER.ADAM": ("tf1", "torch"),
 }
 _IMAGE_INPUTS = set(spec.IMAGE_INPUTS)
@@ -72,37 +73,38 @@ def _get(cfg: CfgNode, key: str):
 
 
 def validate_cfg(cfg: CfgNode) -> None:
-    """Check values that yacs' type check cannot; raise ValueError naming the key at fault."""
+    """Check values that yacs' type check cannot; raise ConfigError (a ValueError) naming the
+    key at fault, which the tools print as one line."""
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
-            raise ValueError(f"config key {key} = {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"config key {key} = {value!r} is not one of {list(choices)}")
     for key in _POSITIVE:
         if not _get(cfg, key) > 0:
-            raise ValueError(f"config key {key} = {_get(cfg, key)!r} must be > 0")
+            raise ConfigError(f"config key {key} = {_get(cfg, key)!r} must be > 0")
     for key in _NON_NEGATIVE:
         if _get(cfg, key) < 0:
-            raise ValueError(f"config key {key} = {_get(cfg, key)!r} must be >= 0")
+            raise ConfigError(f"config key {key} = {_get(cfg, key)!r} must be >= 0")
     unknown = set(cfg.MODEL.REFINEMENT.IMAGE_INPUTS) - _IMAGE_INPUTS
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"config key MODEL.REFINEMENT.IMAGE_INPUTS has unknown names {sorted(unknown)}; "
             f"known: {sorted(_IMAGE_INPUTS)}"
         )
     unknown = set(cfg.MODEL.REFINEMENT.VECTOR_INPUTS) - _VECTOR_INPUTS
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"config key MODEL.REFINEMENT.VECTOR_INPUTS has unknown names {sorted(unknown)}; "
             f"known: {sorted(_VECTOR_INPUTS)}"
         )
     for key in ("MODEL.REFINEMENT.CONV_CHANNELS", "MODEL.DECODER.CONV_CHANNELS"):
         if len(_get(cfg, key)) == 0 or min(_get(cfg, key)) <= 0:
-            raise ValueError(f"config key {key} = {_get(cfg, key)!r} needs positive entries")
+            raise ConfigError(f"config key {key} = {_get(cfg, key)!r} needs positive entries")
     if not 0.0 <= cfg.SOLVER.BETA1 < 1.0 or not 0.0 <= cfg.SOLVER.BETA2 < 1.0:
-        raise ValueError("config keys SOLVER.BETA1 and SOLVER.BETA2 must lie in [0, 1)")
+        raise ConfigError("config keys SOLVER.BETA1 and SOLVER.BETA2 must lie in [0, 1)")
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         if len(_get(cfg, key)) == 0:
-            raise ValueError(f"config key {key} names no dataset")
+            raise ConfigError(f"config key {key} names no dataset")
 
 
 def dataset_names(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -173,7 +175,7 @@ def load_cfg(
             raise type(exc)(f"in config file {config_file}: {exc}") from exc
     opts = list(opts)
     if len(opts) % 2:
-        raise ValueError(f"overrides must come in KEY VALUE pairs, got {opts}")
+        raise ConfigError(f"overrides must come in KEY VALUE pairs, got {opts}")
     fixed = []
     for key, value in zip(opts[0::2], opts[1::2]):
         if key in ("DATASETS.TRAIN", "DATASETS.TEST") and not _is_literal(value):
@@ -182,7 +184,7 @@ def load_cfg(
     try:
         cfg.merge_from_list(fixed)
     except (KeyError, ValueError, AssertionError) as exc:
-        raise ValueError(f"in command-line overrides: {exc}") from exc
+        raise ConfigError(f"in command-line overrides: {exc}") from exc
     _as_tuple(cfg)
     if not cfg.OUTPUT_DIR:
         stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else "default"

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
+from lib import spec
 from lib.errors import IodineError
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = spec.PRECISIONS
 # cuBLAS needs a fixed workspace for deterministic results (CUDA docs, "Reproducibility").
 CUBLAS_WORKSPACE = ":4096:8"
 

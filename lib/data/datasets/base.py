@@ -6,10 +6,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib import spec
 from lib.errors import DatasetError
 
 # INPUT.RESIZE values: TF 1.14 resize_images (released), antialiased bilinear, or nearest-exact.
-RESIZE_MODES = ("tf1", "bilinear", "nearest")
+RESIZE_MODES = spec.RESIZE_MODES
 
 
 def square_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
