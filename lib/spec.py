@@ -161,6 +161,35 @@ FACTOR_MAPPINGS: dict[str, tuple[Factor, ...]] = {
         Factor("shape", 20, "categorical"),
     ),
 }
+# Dataset (built-in name, without a _train / _test suffix) -> its family in FACTOR_MAPPINGS;
+# absent: no released regressor (folder: datasets; sprites, whose factors have no mapping).
+DATASET_FACTOR_FAMILY = {
+    "clevr6": "clevr",
+    "clevr10": "clevr",
+    "multi_dsprites": "multi_dsprites",
+    "tetrominoes": "tetrominoes",
+    "clevr6_synth": "clevr",
+    "clevr10_synth": "clevr",
+    "multi_dsprites_synth": "multi_dsprites",
+    "tetrominoes_synth": "tetrominoes",
+}
+
+
+def factor_mapping(name: str) -> tuple[Factor, ...] | None:
+    """The released factor mapping of a dataset name, or None when it has none.
+
+    Args:
+        name: a dataset name (``clevr6_train``, ``folder:/x``, ...).
+
+    Returns:
+        ``FACTOR_MAPPINGS`` of its family, or None.
+    """
+    for suffix in ("", "_train", "_test"):
+        if name.endswith(suffix):
+            family = DATASET_FACTOR_FAMILY.get(name[: len(name) - len(suffix)])
+            if family:
+                return FACTOR_MAPPINGS[family]
+    return None
 
 
 # --- architectures ---------------------------------------------------------------------------

@@ -82,3 +82,15 @@ def test_dataset_names_helper():
 
     assert dataset_names("clevr6_train") == ("clevr6_train",)
     assert dataset_names(["a", "b"]) == ("a", "b")
+
+
+def test_factor_mapping_of_dataset_names():
+    # Split suffixes and stand-ins keep their paper dataset's mapping; others have none.
+    from lib.spec import FACTOR_MAPPINGS, factor_mapping
+
+    assert factor_mapping("clevr6_train") is FACTOR_MAPPINGS["clevr"]
+    assert factor_mapping("clevr10_synth_test") is FACTOR_MAPPINGS["clevr"]
+    assert factor_mapping("multi_dsprites") is FACTOR_MAPPINGS["multi_dsprites"]
+    assert factor_mapping("tetrominoes_synth_train") is FACTOR_MAPPINGS["tetrominoes"]
+    for name in ("sprites_train", "folder:/x/clevr6", "clevr6_val", "objects_room_train"):
+        assert factor_mapping(name) is None, name

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lib.spec import FACTOR_MAPPINGS, Factor
+from lib import spec
+from lib.spec import FACTOR_MAPPINGS
 
 logger = logging.getLogger(__name__)
 
@@ -79,33 +80,11 @@ SYNTH_OF = {
     name: f"{name}_synth" for name in ("tetrominoes", "multi_dsprites", "clevr6", "clevr10")
 }
 
-# The released factor regressor's mapping per dataset family is ``lib.spec.FACTOR_MAPPINGS``
-# (re-exported here); ``released_factors`` makes its inputs from what a prepared folder stores.
-# Built-in dataset -> its family in FACTOR_MAPPINGS; absent: no regressor (sprites: its
-# generator's factors have no released mapping).
-FACTOR_FAMILY = {
-    "clevr6": "clevr",
-    "clevr10": "clevr",
-    "multi_dsprites": "multi_dsprites",
-    "tetrominoes": "tetrominoes",
-    "clevr6_synth": "clevr",
-    "clevr10_synth": "clevr",
-    "multi_dsprites_synth": "multi_dsprites",
-    "tetrominoes_synth": "tetrominoes",
-}
-
-
-def factor_mapping(name: str) -> tuple[Factor, ...] | None:
-    """The released factor mapping of a dataset name, or None when it has none.
-
-    Args:
-        name: a dataset name (``clevr6_train``, ``folder:/x``, ...).
-
-    Returns:
-        ``FACTOR_MAPPINGS[family]``, or None (``folder:`` datasets, sprites).
-    """
-    family = FACTOR_FAMILY.get(builtin_of(name) or "")
-    return FACTOR_MAPPINGS[family] if family else None
+# The released factor regressor's mapping per dataset family is ``lib.spec.FACTOR_MAPPINGS``,
+# a dataset's family ``lib.spec.DATASET_FACTOR_FAMILY`` (both re-exported here);
+# ``released_factors`` makes its inputs from what a prepared folder stores.
+FACTOR_FAMILY = spec.DATASET_FACTOR_FAMILY
+factor_mapping = spec.factor_mapping
 
 
 def released_factors(

@@ -12,8 +12,6 @@ from torch import nn
 from yacs.config import CfgNode
 
 from lib import spec
-from lib.config.config import dataset_names
-from lib.data.format import factor_mapping
 from lib.model.compile import compile_model
 from lib.model.decoder import SpatialBroadcastDecoder
 from lib.model.factor_regressor import Factor, FactorRegressor
@@ -72,8 +70,11 @@ def factor_regressor_mapping(cfg: CfgNode) -> tuple[Factor, ...] | None:
     switch = FACTOR_SWITCH[key]
     if switch is False:
         return None
-    names = dataset_names(cfg.DATASETS.TRAIN)
-    mappings = {factor_mapping(n) for n in names}
+    # A bare name is one dataset (as lib.config.dataset_names reads it; kept here without the
+    # import so that the model depends on no config or data module).
+    names = cfg.DATASETS.TRAIN
+    names = (names,) if isinstance(names, str) else tuple(names)
+    mappings = {spec.factor_mapping(n) for n in names}
     if len(mappings) == 1 and None not in mappings:
         return tuple(Factor(*m) for m in mappings.pop())
     if switch is True:

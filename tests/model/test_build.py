@@ -103,3 +103,16 @@ def test_parts_follow_the_keys():
     assert build_factor_regressor(cfg).mapping[0].name == "color"  # clevr6_train: CLEVR's
     cfg.DATASETS.TRAIN = ("folder:/nowhere",)
     assert build_factor_regressor(cfg) is None
+
+
+def test_the_model_package_imports_no_config_data_or_engine_module():
+    # The model is built from explicit arguments; only build_model reads a config object.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lib.model; "
+        "print([m for m in sys.modules if m.startswith(('lib.config', 'lib.data', 'lib.engine'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
