@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lib.model.distributions as dist
 from lib import spec
-from lib.model import distributions as dist
 from lib.model.factor_regressor import add_factor_loss
 from lib.model.layers import autocast_enabled, cosine_coordinates, linear_coordinates
 from lib.model.refinement_inputs import StepTensors, assemble_inputs, make_input_norms

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+import lib.model.distributions as dist
 from lib import spec
-from lib.model import distributions as dist
 from lib.model.layers import SlotLayerNorm
 
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+import lib.prepare.tfrecords as tfrecords
 from lib.data.format import BUILTIN_DATASETS, BuiltinSpec
 from lib.errors import DatasetError, MissingDatasetError
-from lib.prepare import tfrecords
 from lib.prepare.lock import dataset_lock
 from lib.prepare.writer import DatasetWriter
 
