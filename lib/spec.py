@@ -161,6 +161,20 @@ FACTOR_MAPPINGS: dict[str, tuple[Factor, ...]] = {
         Factor("shape", 20, "categorical"),
     ),
 }
+
+
+def dataset_names(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A ``DATASETS.TRAIN`` / ``DATASETS.TEST`` value as a tuple of dataset names.
+
+    Args:
+        value: a bare name (one dataset) or a sequence of names.
+
+    Returns:
+        The names as a tuple.
+    """
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 # Dataset (built-in name, without a _train / _test suffix) -> its family in FACTOR_MAPPINGS;
 # absent: no released regressor (folder: datasets; sprites, whose factors have no mapping).
 DATASET_FACTOR_FAMILY = {

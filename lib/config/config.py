@@ -11,6 +11,8 @@ from lib import spec
 from lib.config.defaults import _C
 from lib.errors import ConfigError
 
+# A DATASETS.TRAIN / TEST value as a tuple of names (lib.spec; importers use it from here).
+dataset_names = spec.dataset_names
 # The model's switches take their allowed values from lib.spec, which the model checks too.
 _CHOICES = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
@@ -105,18 +107,6 @@ def validate_cfg(cfg: CfgNode) -> None:
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         if len(_get(cfg, key)) == 0:
             raise ConfigError(f"config key {key} names no dataset")
-
-
-def dataset_names(value: str | Sequence[str]) -> tuple[str, ...]:
-    """A ``DATASETS.TRAIN`` / ``DATASETS.TEST`` value as a tuple of dataset names.
-
-    Args:
-        value: a bare name (one dataset) or a sequence of names.
-
-    Returns:
-        The names as a tuple.
-    """
-    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _is_literal(value: str) -> bool:

@@ -28,9 +28,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from lib.data.build import per_process_batch
-from lib.engine.checkpoint import (
-    Checkpointer,
-)
+from lib.engine.checkpoint import Checkpointer
 from lib.engine.hooks import (
     HeldoutEvaluation,
     HookBase,
@@ -146,7 +144,8 @@ def train_step(
             then parameters and the optimiser state on the parameters' device are put back
             where the step was bad (``torch.where``), so no host sync happens. Optimiser
             state held on the host (Adam's ``step`` counter on a GPU run) still counts the bad
-            step: the caller corrects it (``lib.engine.solver.undo_host_steps``) once it reads ``bad``.
+            step: the caller corrects it (``lib.engine.solver.undo_host_steps``) once it reads
+            ``bad``.
 
     Returns:
         A ``StepResult``.
@@ -205,7 +204,8 @@ class _PeriodMeter:
 
     def add(self, stats: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
         """stats: this step's named statistics; bad: 0-dim, 1.0 when the step was skipped."""
-        self.layout = [(k, v.numel(), v.dim() == 0) for k, v in stats.items()]
+        if not self.layout:  # the same names and sizes every step
+            self.layout = [(k, v.numel(), v.dim() == 0) for k, v in stats.items()]
         values = torch.cat([v.detach().reshape(-1).double() for v in stats.values()])
         bad = bad.detach().double()
         good_values = torch.where(bad > 0, torch.zeros_like(values), values)
@@ -299,7 +299,6 @@ class Trainer:
         self.last_mean: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.skipped_steps = 0
-        self.train_seconds = 0.0
         self._data_iter = None
 
     def run_step(self) -> StepResult:

@@ -70,10 +70,7 @@ def factor_regressor_mapping(cfg: CfgNode) -> tuple[Factor, ...] | None:
     switch = FACTOR_SWITCH[key]
     if switch is False:
         return None
-    # A bare name is one dataset (as lib.config.dataset_names reads it; kept here without the
-    # import so that the model depends on no config or data module).
-    names = cfg.DATASETS.TRAIN
-    names = (names,) if isinstance(names, str) else tuple(names)
+    names = spec.dataset_names(cfg.DATASETS.TRAIN)
     mappings = {spec.factor_mapping(n) for n in names}
     if len(mappings) == 1 and None not in mappings:
         return tuple(Factor(*m) for m in mappings.pop())
