@@ -39,119 +39,81 @@ import sys
 from matplotlib.figure import Figure
 from yacs.config import CfgNode
 
-from lib.analysis import run_figures
+from lib.analysis import figures
 from lib.analysis.layout import auto_cell_px, save_figure
-from lib.analysis.loading import ImageBatch, ModelInputs, figure_heading, load_model, take_images
-from lib.analysis.traversal_inputs import RANGE_UNITS
+from lib.analysis.loading import ImageBatch, figure_heading, load_model, run_model, take_images
+from lib.analysis.traversal import RANGE_UNITS, traversal_inputs
 from lib.cli import build_datasets, run_tool
 from lib.config import load_cfg
 from lib.errors import RunError
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-def _option_groups() -> dict[str, list[tuple[str, dict]]]:
-    """Options by group: the shared ones (common, model, data, draw), then each subcommand's."""
-    return {
-        "common": [
-            ("--config-file", dict(default="", metavar="FILE", help="YAML config file")),
-            ("--out", dict(default="", metavar="FILE.png",
-                           help="output PNG (default OUTPUT_DIR/figures/)")),
-            ("--dpi", dict(type=int, default=100, help="resolution (pixels per inch)")),
-            ("--cell-size", dict(type=int, default=0, help="panel width in pixels (default: a "
-                                 "multiple of INPUT.IMAGE_SIZE near 96)")),
-        ],
-        "model": [("--weights", dict(default="", metavar="PATH", help="checkpoint (default "
-                                     "MODEL.WEIGHT, else OUTPUT_DIR/last_checkpoint)"))],
-        "data": [
-            ("--dataset", dict(default="",
-                               help="dataset name (default: the first of DATASETS.TEST)")),
-            ("--index", dict(type=int, default=0, help="dataset index of the first image")),
-        ],
-        "draw": [("--background", dict(choices=("white", "black"), default="white",
-                                       help="colour behind masked components"))],
-        "decomposition": [
-            ("--num-images", dict(type=int, default=4, help="images (rows)")),
-            ("--steps", dict(action="store_true", help="add every step of the first image")),
-        ],
-        "refinement": [],
-        "traversal": [
-            ("--slot", dict(type=int, default=-1, help="slot to vary (default: the largest slot "
-                            "that is not the background slot)")),
-            ("--dims", dict(type=int, default=5, help="dimensions of largest KL to vary (rows)")),
-            ("--range", dict(type=float, default=2.0, help="offsets from -RANGE to +RANGE")),
-            ("--range-unit", dict(choices=RANGE_UNITS, default="absolute", help="unit of --range: "
-                                  "absolute latent units (default), the dimension's posterior "
-                                  "std, or the prior std")),
-            ("--steps-per-dim", dict(type=int, default=7,
-                                     help="offsets per dimension (columns)")),
-            ("--show-component", dict(action="store_true",
-                                      help="add the slot's masked component rows")),
-        ],
-        "generalisation": [
-            ("--num-images", dict(type=int, default=4, help="images")),
-            ("--num-slots", dict(type=int, default=0, help="K to compare (TEST.NUM_SLOTS)")),
-            ("--full-eval", dict(action="store_true", help="also evaluate the whole dataset "
-                                 "with do_evaluate for both K (slower)")),
-        ],
-        "curves": [("--logdir", dict(default="",
-                                     help="folder of event files (default OUTPUT_DIR)"))],
-        "dataset": [
-            ("--num-images", dict(type=int, default=8, help="images")),
-            ("--pairs-per-row", dict(type=int, default=4, help="image/mask pairs per row")),
-        ],
-    }  # fmt: skip
-
-
-# Per subcommand, in --help order: its help text and the shared option groups it takes
-# besides "common".
-SUBCOMMANDS = (
-    ("decomposition", "input, reconstruction, segmentation and slots of N images",
-     "model data draw"),
-    ("refinement", "one image's reconstruction and masks after each step", "model data"),
-    ("traversal", "vary one slot's latent dimensions, others fixed", "model data draw"),
-    ("generalisation", "K as trained vs K = --num-slots on scenes with more objects",
-     "model data draw"),
-    ("curves", "training curves from TensorBoard event files", ""),
-    ("dataset", "dataset images beside their true masks", "data"),
-)  # fmt: skip
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``SUBCOMMAND --config-file CFG [options] [KEY VALUE ...]``.
-
-    Returns:
-        The parser; its namespace's ``command`` names the subcommand and ``opts`` holds the
-        config overrides (``lib.cli.parse_tool_args`` collects them).
-    """
-    options = _option_groups()
+    """The parser of ``SUBCOMMAND --config-file CFG [options] [KEY VALUE ...]``: ``command``
+    names the subcommand, ``opts`` holds the config overrides."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    for name, help_text, groups in SUBCOMMANDS:
+
+    # fmt: off
+    def command(name: str, help_text: str, groups: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        for group in ["common", *groups.split(), name]:
-            for flag, kwargs in options[group]:
-                p.add_argument(flag, **kwargs)
-        p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
         p.set_defaults(command=name)
+        p.add_argument("--config-file", default="", metavar="FILE", help="YAML config file")
+        p.add_argument("--out", default="", metavar="FILE.png",
+                       help="output PNG (default OUTPUT_DIR/figures/)")
+        p.add_argument("--dpi", type=int, default=100, help="resolution (pixels per inch)")
+        p.add_argument("--cell-size", type=int, default=0, help="panel width in pixels "
+                       "(default: a multiple of INPUT.IMAGE_SIZE near 96)")
+        if "model" in groups:
+            p.add_argument("--weights", default="", metavar="PATH", help="checkpoint (default "
+                           "MODEL.WEIGHT, else OUTPUT_DIR/last_checkpoint)")
+        if "data" in groups:
+            p.add_argument("--dataset", default="",
+                           help="dataset name (default: the first of DATASETS.TEST)")
+            p.add_argument("--index", type=int, default=0, help="dataset index of the first image")
+        if "draw" in groups:
+            p.add_argument("--background", choices=("white", "black"), default="white",
+                           help="colour behind masked components")
+        return p
+
+    p = command("decomposition", "input, reconstruction, segmentation and slots of N images",
+                "model data draw")
+    p.add_argument("--num-images", type=int, default=4, help="images (rows)")
+    p.add_argument("--steps", action="store_true", help="add every step of the first image")
+    command("refinement", "one image's reconstruction and masks after each step", "model data")
+    p = command("traversal", "vary one slot's latent dimensions, others fixed", "model data draw")
+    p.add_argument("--slot", type=int, default=-1, help="slot to vary (default: the largest "
+                   "slot that is not the background slot)")
+    p.add_argument("--dims", type=int, default=5, help="dimensions of largest KL to vary (rows)")
+    p.add_argument("--range", type=float, default=2.0, help="offsets from -RANGE to +RANGE")
+    p.add_argument("--range-unit", choices=RANGE_UNITS, default="absolute", help="unit of "
+                   "--range: absolute latent units (default), the dimension's posterior std, "
+                   "or the prior std")
+    p.add_argument("--steps-per-dim", type=int, default=7, help="offsets per dimension (columns)")
+    p.add_argument("--show-component", action="store_true",
+                   help="add the slot's masked component rows")
+    p = command("generalisation", "K as trained vs K = --num-slots on scenes with more objects",
+                "model data draw")
+    p.add_argument("--num-images", type=int, default=4, help="images")
+    p.add_argument("--num-slots", type=int, default=0, help="K to compare (TEST.NUM_SLOTS)")
+    p.add_argument("--full-eval", action="store_true",
+                   help="also evaluate the whole dataset with do_evaluate for both K (slower)")
+    # fmt: on
+    p = command("curves", "training curves from TensorBoard event files", "")
+    p.add_argument("--logdir", default="", help="folder of event files (default OUTPUT_DIR)")
+    p = command("dataset", "dataset images beside their true masks", "data")
+    p.add_argument("--num-images", type=int, default=8, help="images")
+    p.add_argument("--pairs-per-row", type=int, default=4, help="image/mask pairs per row")
+    for p in sub.choices.values():
+        p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return parser
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
-    """The config: file, then the trailing overrides, then the options that set keys.
-
-    ``--weights`` sets MODEL.WEIGHT, ``--dataset`` DATASETS.TEST and ``--num-slots``
-    TEST.NUM_SLOTS (given after the trailing overrides, so they win).
-
-    Args:
-        args: ``build_parser()`` namespace.
-
-    Returns:
-        The frozen config.
-    """
+    """The frozen config: the file, the trailing overrides, then ``--weights`` (MODEL.WEIGHT),
+    ``--dataset`` (DATASETS.TEST) and ``--num-slots`` (TEST.NUM_SLOTS), which win."""
     opts = list(args.opts)
     if getattr(args, "weights", ""):
         opts += ["MODEL.WEIGHT", args.weights]
@@ -171,13 +133,16 @@ def _images(cfg: CfgNode, start: int, count: int) -> ImageBatch:
     return take_images(build_datasets(cfg, [name], is_train=False)[name], name, start, count)
 
 
-def _model_inputs(args: argparse.Namespace, cfg: CfgNode, count: int) -> ModelInputs:
-    """The loaded model, ``count`` images from ``--index``, the heading, K and T at test time."""
+def _model_run(args: argparse.Namespace, cfg: CfgNode, count: int) -> tuple:
+    """The loaded model, ``count`` images from ``--index``, their forward pass (K and T of
+    TEST) and the first title line."""
     loaded = load_model(cfg)
     batch = _images(cfg, args.index, count)
+    k, t = cfg.TEST.NUM_SLOTS, cfg.TEST.NUM_ITERS
+    out = run_model(loaded.model, batch.images, loaded.device, k, t)
     path, iteration = loaded.checkpoint, loaded.iteration
     heading = figure_heading(args.command, args.config_file, path, iteration, batch.dataset)
-    return ModelInputs(loaded, batch, heading, cfg.TEST.NUM_SLOTS, cfg.TEST.NUM_ITERS)
+    return loaded, batch, out, heading
 
 
 def _panels(args: argparse.Namespace, cfg: CfgNode) -> dict:
@@ -186,53 +151,58 @@ def _panels(args: argparse.Namespace, cfg: CfgNode) -> dict:
 
 
 def cmd_decomposition(args: argparse.Namespace, cfg: CfgNode) -> Figure:
-    """Figure of ``decomposition``: inputs, reconstructions, segmentations and slots."""
-    inputs = _model_inputs(args, cfg, args.num_images)
-    return run_figures.decomposition(
-        inputs, steps=args.steps, background=args.background, **_panels(args, cfg)
+    _, batch, out, heading = _model_run(args, cfg, args.num_images)
+    return figures.decomposition_figure(
+        batch, out, heading, steps=args.steps, background=args.background, **_panels(args, cfg)
     )
 
 
 def cmd_refinement(args: argparse.Namespace, cfg: CfgNode) -> Figure:
-    """Figure of ``refinement``: the image at ``--index`` after each refinement step."""
-    return run_figures.refinement(_model_inputs(args, cfg, 1), **_panels(args, cfg))
+    _, batch, out, heading = _model_run(args, cfg, 1)
+    return figures.refinement_figure(batch, out, heading, **_panels(args, cfg))
 
 
 def cmd_traversal(args: argparse.Namespace, cfg: CfgNode) -> Figure:
-    """Figure of ``traversal``: one slot's latent dimensions varied, the others fixed."""
-    return run_figures.traversal(
-        _model_inputs(args, cfg, 1), slot=args.slot, num_dims=args.dims, value_range=args.range,
-        steps_per_dim=args.steps_per_dim, unit=args.range_unit, show_component=args.show_component,
-        background=args.background, **_panels(args, cfg),
+    loaded, batch, out, heading = _model_run(args, cfg, 1)
+    drawn = traversal_inputs(
+        loaded.model, out, batch.mask(0), loaded.device, slot=args.slot, num_dims=args.dims,
+        value_range=args.range, steps_per_dim=args.steps_per_dim, unit=args.range_unit,
+    )  # fmt: skip
+    return figures.traversal_figure(
+        batch, drawn, heading, show_component=args.show_component, background=args.background,
+        **_panels(args, cfg),
     )  # fmt: skip
 
 
 def cmd_generalisation(args: argparse.Namespace, cfg: CfgNode) -> Figure:
-    """Figure of ``generalisation``: K as trained vs K = TEST.NUM_SLOTS."""
     if not cfg.TEST.NUM_SLOTS:
         raise RunError("generalisation needs more slots: pass --num-slots K or TEST.NUM_SLOTS K")
-    inputs = _model_inputs(args, cfg, args.num_images)
-    loaders = None
+    loaded, batch, out, heading = _model_run(args, cfg, args.num_images)
+    model, device, t = loaded.model, loaded.device, cfg.TEST.NUM_ITERS
+    runs = [(model.num_slots, run_model(model, batch.images, device, None, t))]
+    runs.append((cfg.TEST.NUM_SLOTS, out))
+    eval_line = ""
     if args.full_eval:
         from lib.data import make_data_loader
 
         loaders = make_data_loader(cfg, False)[:1]  # _images prepared a missing built-in dataset
-    return run_figures.generalisation(
-        inputs, full_eval_loaders=loaders, background=args.background, **_panels(args, cfg)
-    )
+        ks = [k for k, _ in runs]
+        eval_line = figures.full_evaluation_line(model, loaders, device, batch.dataset, ks, t)
+    return figures.generalisation_figure(
+        batch, runs, model.num_slots, heading, eval_line=eval_line, background=args.background,
+        **_panels(args, cfg),
+    )  # fmt: skip
 
 
 def cmd_curves(args: argparse.Namespace, cfg: CfgNode) -> Figure:
-    """Figure of ``curves``: the TensorBoard scalars of OUTPUT_DIR or ``--logdir``."""
-    return run_figures.curves(
+    return figures.curves_figure(
         args.logdir or cfg.OUTPUT_DIR, config_file=args.config_file,
         train_datasets=cfg.DATASETS.TRAIN, dpi=args.dpi,
     )  # fmt: skip
 
 
 def cmd_dataset(args: argparse.Namespace, cfg: CfgNode) -> Figure:
-    """Figure of ``dataset``: dataset images beside their true masks (no model)."""
-    return run_figures.dataset(
+    return figures.dataset_figure(
         _images(cfg, args.index, args.num_images), config_file=args.config_file,
         pairs_per_row=args.pairs_per_row, **_panels(args, cfg),
     )  # fmt: skip

@@ -1,14 +1,7 @@
-"""Analysis of IODINE runs: figures, latent traversals, TensorBoard scalars.
+"""Analysis of IODINE runs, what ``tools/visualize.py`` draws. Import the module you need:
 
-One job per module; import the module you need (nothing is re-exported here). Label colours
-and tensor pictures, which the TensorBoard summaries share, are ``lib.utils.palette``.
-
-* ``layout``: the matplotlib panel-grid engine and atomic PNG saving,
-* ``scores``: per-image ARI and MSE shown on figures, percentage formatting,
-* ``figures``: decomposition, refinement, traversal, generalisation, dataset, curves figures,
+* ``layout``: the panel grid and atomic PNG saving (label colours: ``lib.utils.palette``),
 * ``loading``: a figure's model and checkpoint, dataset images, forward pass and heading,
-* ``run_figures``: each figure of a run, its numbers and title computed (``tools/visualize.py``),
-* ``traversal_inputs``: the traversal figure's slot, dimensions, offsets and their unit,
-* ``traversal``: latent traversal of one slot and the choice of slot and dimensions,
-* ``scalars``: reading scalars from TensorBoard event files.
+* ``traversal``: latent traversal of one slot, the choice of slot, dimensions and offsets,
+* ``figures``: every figure with its numbers and title, and TensorBoard scalars for curves.
 """

@@ -1,25 +1,48 @@
-"""Figure builders: decompositions, refinement steps, traversals, generalisation, datasets,
-training curves.
+"""The figures of ``tools/visualize.py``, their panels, numbers and titles, built from tensors.
 
-Every function takes explicit tensors and text (no config, no model) and returns a matplotlib
-Figure; ``lib.analysis.layout.save_figure`` writes it. Model outputs follow
-``lib/model/iodine.py``: ``masks`` (B, T+1, K, H, W), ``recon`` (B, T+1, 3, H, W),
-``components`` (B, T+1, K, 3, H, W).
+Model outputs are ``lib.analysis.loading.run_model``'s: ``masks`` (N, T+1, K, H, W), ``recon``
+(N, T+1, 3, H, W), ``components`` (N, T+1, K, 3, H, W). ARIs (``lib.evaluation``) are
+fractions, printed as percentages. ``lib.analysis.layout.save_figure`` writes a figure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import os
+from collections.abc import Iterable, Sequence
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import Tensor
+from torch import Tensor, nn
 
 from lib.analysis.layout import PANEL_FONT_PT, TITLE_FONT_PT, Panel, render_panels
-from lib.analysis.scalars import per_step_tags
-from lib.analysis.scores import format_percent, segmentation_scores, step_metrics
+from lib.analysis.loading import ImageBatch
+from lib.analysis.traversal import TraversalInputs
+from lib.errors import RunError
+from lib.evaluation.ari import adjusted_rand_index, mean_ari
 from lib.utils.palette import colorize_labels, masked_components, slot_tile
+
+
+def format_percent(value: float | None, decimals: int = 1) -> str:
+    """A fraction as a percentage without the sign (``"97.3"`` for 0.973); ``"n/a"`` for None
+    or NaN."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    return f"{100.0 * float(value):.{decimals}f}"
+
+
+def _aris(true_mask: Tensor, masks: Tensor) -> list[tuple[float, float]]:
+    """(ARI, fg ARI) of the argmax slot of each of masks (B, K, H, W) against one true label map
+    (H, W); fg ARI is NaN without foreground."""
+    pred = masks.argmax(dim=1)
+    true = true_mask.expand_as(pred)
+    ari = adjusted_rand_index(true, pred).tolist()
+    return list(zip(ari, adjusted_rand_index(true, pred, ignore_background=True).tolist()))
+
+
+def _ari_text(ari: float, fg_ari: float) -> str:
+    return f"\nARI {format_percent(ari)}\nfg ARI {format_percent(fg_ari)}"
 
 
 def _object_count(labels: Tensor) -> int:
@@ -34,376 +57,339 @@ def _decomposition_row(
     true_mask: Tensor | None,
     background: str,
     prefix: str = "",
-    num_columns: int | None = None,
+    width: int = 0,
 ) -> list[Panel | None]:
-    """Panels input | recon | argmax | truth | slot 0..K-1 for one image at one step."""
-    mse = float(((recon.float() - image.float()) ** 2).mean())
-    pred = masks.argmax(dim=0)
+    """Input | recon | argmax | truth | slot 0..K-1 of one image at one step, padded with empty
+    cells to ``width``: image (3, H, W), recon (3, H, W), masks (K, H, W), components
+    (K, 3, H, W), true_mask (H, W) or None."""
+    mse = float(((recon - image) ** 2).mean())
     seg_label = f"{prefix}argmax slot"
     if true_mask is not None:
-        ari, fg = segmentation_scores(true_mask[None], masks[None])
-        seg_label += f"\nARI {format_percent(ari[0].item())}"
-        seg_label += f"\nfg ARI {format_percent(fg[0].item())}"
+        seg_label += _ari_text(*_aris(true_mask, masks[None])[0])
     row: list[Panel | None] = [
         Panel(image, "input"),
         Panel(recon, f"{prefix}recon\nMSE {mse:.4f}"),
-        Panel(colorize_labels(pred), seg_label),
+        Panel(colorize_labels(masks.argmax(dim=0)), seg_label),
     ]
     if true_mask is not None:
-        row.append(
-            Panel(colorize_labels(true_mask), f"true masks\n{_object_count(true_mask)} objects")
-        )
+        objects = f"true masks\n{_object_count(true_mask)} objects"
+        row.append(Panel(colorize_labels(true_mask), objects))
     shown = masked_components(masks, components, background)
-    area = masks.float().mean(dim=(1, 2))
+    area = masks.mean(dim=(1, 2))
     for k in range(masks.shape[0]):
         label = f"slot {k} ({100 * float(area[k]):.0f}%)\nmask / m*mu"
         row.append(Panel(slot_tile(masks[k], shown[k]), label))
-    if num_columns is not None:
-        row.extend([None] * (num_columns - len(row)))
-    return row
+    return row + [None] * (width - len(row))
 
 
 def decomposition_figure(
-    images: Tensor,
-    masks: Tensor,
-    recon: Tensor,
-    components: Tensor,
-    true_masks: Tensor | None,
-    title: str,
-    image_labels: Sequence[str],
-    steps_for: int | None = None,
+    batch: ImageBatch,
+    out: dict[str, Tensor],
+    heading: str,
+    *,
+    steps: bool = False,
     background: str = "white",
     cell_px: int = 96,
     dpi: int = 100,
 ) -> Figure:
-    """Decomposition of N images: one row each, plus optionally every step of one image.
+    """One row per image at the final step, and with ``steps`` one per step of the first image.
 
-    Columns: input, reconstruction (MSE), argmax slot coloured with ``PALETTE`` (ARI and
-    foreground ARI when true masks exist), true label map (when given), then per slot its mask
-    above its masked component (``masked_components``) with the slot's mask area.
+    Columns: input, reconstruction (MSE), argmax slot (ARI and fg ARI with true masks), the
+    true label map (when there is one), then per slot its mask above its masked component.
 
     Args:
-        images: (N, 3, H, W) inputs.
-        masks: (N, T+1, K, H, W) softmax masks after each step.
-        recon: (N, T+1, 3, H, W) reconstructions.
-        components: (N, T+1, K, 3, H, W) decoded means.
-        true_masks: (N, H, W) int64 label maps, or None.
-        title: figure title.
-        image_labels: N row labels (e.g. the dataset index).
-        steps_for: when set, the row index n whose T+1 steps are added as further rows.
-        background: "white" or "black" behind the masked components.
+        batch: the N images, their true masks or None, their indices.
+        out: the forward pass of ``batch.images``.
+        heading: the first title line.
+        steps: add a row per refinement step t = 0..T of the first image.
+        background: "white" or "black" behind masked components.
         cell_px, dpi: panel width in pixels, resolution.
-
-    Returns:
-        The figure: N rows (+ T+1 with ``steps_for``), 3 + (1 if true masks) + K columns.
     """
+    masks, recon, comps = out["masks"], out["recon"], out["components"]
+    title = f"{heading}\nK={masks.shape[2]} slots, T={masks.shape[1] - 1} steps; ARI in %"
+    if batch.masks is None:
+        title += " (no true masks: ARI not computed)"
     rows, labels = [], []
-    for i in range(images.shape[0]):
-        truth = None if true_masks is None else true_masks[i]
-        rows.append(
-            _decomposition_row(
-                images[i], recon[i, -1], masks[i, -1], components[i, -1], truth, background
-            )
-        )
-        labels.append(f"{image_labels[i]}\nfinal step")
-    if steps_for is not None:
-        i = steps_for
-        truth = None if true_masks is None else true_masks[i]
-        for t in range(masks.shape[1]):
-            rows.append(
-                _decomposition_row(
-                    images[i], recon[i, t], masks[i, t], components[i, t], truth, background,
-                    prefix=f"t={t} ",
-                )
-            )  # fmt: skip
-            labels.append(f"{image_labels[i]}\nstep t={t}")
+    for i, label in enumerate(batch.labels):
+        args = (recon[i, -1], masks[i, -1], comps[i, -1], batch.mask(i), background)
+        rows.append(_decomposition_row(batch.images[i], *args))
+        labels.append(f"{label}\nfinal step")
+    for t in range(masks.shape[1] if steps else 0):
+        args = (recon[0, t], masks[0, t], comps[0, t], batch.mask(0), background, f"t={t} ")
+        rows.append(_decomposition_row(batch.images[0], *args))
+        labels.append(f"{batch.labels[0]}\nstep t={t}")
     return render_panels(rows, title, labels, cell_px, dpi)
 
 
 def refinement_figure(
-    image: Tensor,
-    masks: Tensor,
-    recon: Tensor,
-    true_mask: Tensor | None,
-    title: str,
-    cell_px: int = 96,
-    dpi: int = 100,
+    batch: ImageBatch, out: dict[str, Tensor], heading: str, *, cell_px: int = 96, dpi: int = 100
 ) -> Figure:
-    """How one image's reconstruction and masks improve over the refinement steps.
+    """The first image's reconstruction, argmax slot and masks after each refinement step.
 
-    Column 0 holds the input and the true label map; columns 1..T+1 are the steps t = 0..T.
-    Rows: reconstruction (MSE), argmax slot (ARI and foreground ARI when ``true_mask``), then
-    one row of grey masks per slot.
+    Column 0 holds the input and the true label map, columns 1..T+1 the steps t = 0..T. Rows:
+    reconstruction (MSE), argmax slot (ARI and fg ARI with a true mask), each slot's mask. The
+    title gives the MSE (and fg ARI) at the first and the last step.
 
     Args:
-        image: (3, H, W) input.
-        masks: (T+1, K, H, W) softmax masks after each step.
-        recon: (T+1, 3, H, W) reconstructions.
-        true_mask: (H, W) label map, or None.
-        title: figure title.
-        cell_px, dpi: panel width in pixels, resolution.
-
-    Returns:
-        The figure: 2 + K rows, T + 2 columns.
+        batch, out, heading, cell_px, dpi: as for ``decomposition_figure``.
     """
-    steps, k = masks.shape[0], masks.shape[1]
-    metrics = step_metrics(image, masks, recon, true_mask)
-    recon_row: list[Panel | None] = [Panel(image, "input")]
-    seg_row: list[Panel | None] = [
-        Panel(colorize_labels(true_mask), "true masks") if true_mask is not None else None
-    ]
-    mask_rows: list[list[Panel | None]] = [[None] for _ in range(k)]
+    image, masks, recon, true = batch.images[0], out["masks"][0], out["recon"][0], batch.mask(0)
+    steps, k = masks.shape[:2]
+    mse = ((recon - image) ** 2).mean(dim=(1, 2, 3)).tolist()
+    title = f"{heading}\nimage #{batch.indices[0]}: MSE {mse[0]:.4f} -> {mse[-1]:.4f}"
+    aris = [""] * steps
+    if true is not None:
+        scores = _aris(true, masks)
+        aris = [_ari_text(*score) for score in scores]
+        fg = format_percent(scores[0][1]), format_percent(scores[-1][1])
+        title += f", fg ARI {fg[0]} -> {fg[1]} (%)"
+    rows: list[list[Panel | None]] = [[Panel(image, "input")]]
+    rows.append([None if true is None else Panel(colorize_labels(true), "true masks")])
+    rows += [[None] for _ in range(k)]
     for t in range(steps):
-        recon_row.append(Panel(recon[t], f"t={t} recon\nMSE {metrics['mse'][t]:.4f}"))
-        seg_label = f"t={t} argmax"
-        if true_mask is not None:
-            seg_label += f"\nARI {format_percent(metrics['ari'][t])}"
-            seg_label += f"\nfg ARI {format_percent(metrics['fg_ari'][t])}"
-        seg_row.append(Panel(colorize_labels(masks[t].argmax(dim=0)), seg_label))
+        rows[0].append(Panel(recon[t], f"t={t} recon\nMSE {mse[t]:.4f}"))
+        rows[1].append(Panel(colorize_labels(masks[t].argmax(dim=0)), f"t={t} argmax{aris[t]}"))
         for j in range(k):
-            area = 100 * float(masks[t, j].float().mean())
-            mask_rows[j].append(Panel(masks[t, j], f"t={t} mask {j}\narea {area:.0f}%"))
-    rows = [recon_row, seg_row, *mask_rows]
+            area = 100 * float(masks[t, j].mean())
+            rows[2 + j].append(Panel(masks[t, j], f"t={t} mask {j}\narea {area:.0f}%"))
     labels = ["reconstruction", "segmentation", *[f"slot {j} mask" for j in range(k)]]
     return render_panels(rows, title, labels, cell_px, dpi)
 
 
 def traversal_figure(
-    image: Tensor,
-    traversal: Mapping[str, Tensor],
-    slot: int,
-    dims: Sequence[int],
-    kl: Tensor,
-    offsets: Tensor,
-    unit_name: str,
-    title: str,
+    batch: ImageBatch,
+    drawn: TraversalInputs,
+    heading: str,
+    *,
     show_component: bool = False,
     background: str = "white",
     cell_px: int = 96,
     dpi: int = 100,
 ) -> Figure:
-    """Latent traversal of one slot: rows = latent dimensions, columns = offsets.
-
-    The first row shows the input, the reconstruction at z = loc, and the chosen slot's mask
-    and masked component. Each further row varies one dimension and shows the full
-    reconstruction per offset (with ``show_component``, a second row per dimension shows the
-    chosen slot's masked component).
+    """Latent traversal of one slot of the first image: a reference row (input, reconstruction
+    at z = loc, the slot's mask and masked component), then per varied dimension the
+    reconstruction at each offset, and with ``show_component`` the slot's masked component.
 
     Args:
-        image: (3, H, W) input.
-        traversal: output of ``lib.analysis.traversal.traverse_slot``.
-        slot: the varied slot.
-        dims: the varied dimensions, as passed to ``traverse_slot``.
-        kl: (D,) the slot's per-dimension KL (shown in the row labels).
-        offsets: (S,) the offsets, as passed to ``traverse_slot``.
-        unit_name: what the offsets are measured in (e.g. "posterior std"), for the labels.
-        title: figure title.
+        batch: the image (the first).
+        drawn: ``lib.analysis.traversal.traversal_inputs`` of that image.
+        heading, background, cell_px, dpi: as for ``decomposition_figure``.
         show_component: add the slot's masked component row under each dimension.
-        background: "white" or "black" behind masked components.
-        cell_px, dpi: panel width in pixels, resolution.
-
-    Returns:
-        The figure: 1 + R (or 1 + 2R) rows, max(4, S) columns.
     """
-    base = traversal["base"]
+    slot, base, trav = drawn.slot, drawn.traversal["base"], drawn.traversal
     shown = masked_components(base["masks"], base["components"], background)
     rows: list[list[Panel | None]] = [
         [
-            Panel(image, "input"),
+            Panel(batch.images[0], "input"),
             Panel(base["recon"], "recon\n(z = posterior mean)"),
             Panel(base["masks"][slot], f"slot {slot} mask"),
             Panel(shown[slot], f"slot {slot} m*mu"),
         ]
     ]
     labels = ["reference"]
-    for i, dim in enumerate(dims):
-        recon_row: list[Panel | None] = []
-        comp_row: list[Panel | None] = []
+    for i, dim in enumerate(drawn.dims):
+        one = slice(slot, slot + 1)
         comps = masked_components(
-            traversal["masks"][i, :, slot : slot + 1],
-            traversal["components"][i, :, slot : slot + 1],
-            background,
-        )[:, 0]  # (S, 3, H, W)
-        for j in range(offsets.shape[0]):
-            text = f"z{dim} {float(offsets[j]):+.2f}"
-            recon_row.append(Panel(traversal["recon"][i, j], f"{text}\nrecon"))
-            comp_row.append(Panel(comps[j], f"{text}\nslot {slot} m*mu"))
-        rows.append(recon_row)
-        labels.append(f"dim {dim}\nKL {float(kl[dim]):.2f}")
+            trav["masks"][i, :, one], trav["components"][i, :, one], background
+        )
+        texts = [f"z{dim} {float(offset):+.2f}" for offset in drawn.offsets]
+        rows.append([Panel(trav["recon"][i, j], f"{text}\nrecon") for j, text in enumerate(texts)])
+        labels.append(f"dim {dim}\nKL {float(drawn.kl[dim]):.2f}")
         if show_component:
-            rows.append(comp_row)
+            rows.append([Panel(c[0], f"{text}\nslot {slot} m*mu") for c, text in zip(comps, texts)])
             labels.append(f"dim {dim}\nslot {slot}")
-    title = f"{title}\nslot {slot}, offsets in {unit_name} around the posterior mean"
+    title = (
+        f"{heading}\nimage #{batch.indices[0]}, final step; rows = the {len(drawn.dims)} "
+        f"dimensions of largest KL of slot {slot}\nslot {slot}, offsets in {drawn.unit_name} "
+        "around the posterior mean"
+    )
     return render_panels(rows, title, labels, cell_px, dpi)
 
 
 def generalisation_figure(
-    images: Tensor,
-    runs: Sequence[tuple[str, Mapping[str, Tensor]]],
-    true_masks: Tensor | None,
-    title: str,
-    image_labels: Sequence[str],
+    batch: ImageBatch,
+    runs: Sequence[tuple[int, dict[str, Tensor]]],
+    trained_slots: int,
+    heading: str,
+    *,
+    eval_line: str = "",
     background: str = "white",
     cell_px: int = 96,
     dpi: int = 100,
 ) -> Figure:
-    """Decompositions of the same images under several runs (e.g. K as trained vs K given).
-
-    One row per image and run: input, reconstruction, argmax slot (with ARI / fg ARI when
-    ``true_masks``), true label map, then the run's slots; rows of runs with fewer slots are
-    padded with empty cells.
+    """Final-step decompositions of the same images with several K, a row per image and K; the
+    title gives each K's mean foreground ARI over these images.
 
     Args:
-        images: (N, 3, H, W) inputs.
-        runs: ``(name, out)`` pairs; ``out`` holds final-step ``masks`` (N, K, H, W),
-            ``recon`` (N, 3, H, W) and ``components`` (N, K, 3, H, W).
-        true_masks: (N, H, W) label maps, or None.
-        title: figure title.
-        image_labels: N texts naming the images.
-        background: "white" or "black" behind masked components.
-        cell_px, dpi: panel width in pixels, resolution.
-
-    Returns:
-        The figure: N * len(runs) rows.
+        batch, heading, background, cell_px, dpi: as for ``decomposition_figure``.
+        runs: ``(K, forward pass of batch.images with K slots)`` pairs, in order.
+        trained_slots: K as trained (its rows are tagged so).
+        eval_line: a last title line (``full_evaluation_line``), or "".
     """
-    k_max = max(out["masks"].shape[1] for _, out in runs)
-    width = 3 + (1 if true_masks is not None else 0) + k_max
+    width = 3 + (batch.masks is not None) + max(out["masks"].shape[2] for _, out in runs)
+    tags = [f"K={k} (as trained)" if k == trained_slots else f"K={k}" for k, _ in runs]
+    line = "no true masks: ARI not computed"
+    if batch.masks is not None:
+        scores = []
+        for tag, (_, out) in zip(tags, runs):
+            fg = adjusted_rand_index(
+                batch.masks, out["masks"][:, -1].argmax(1), ignore_background=True
+            )
+            scores.append(f"{tag}: fg ARI {format_percent(mean_ari(fg))}")
+        line = f"fg ARI (%) computed directly on these {len(batch.indices)} images: "
+        line += ", ".join(scores)
     rows, labels = [], []
-    for i in range(images.shape[0]):
-        truth = None if true_masks is None else true_masks[i]
-        for name, out in runs:
-            rows.append(
-                _decomposition_row(
-                    images[i], out["recon"][i], out["masks"][i], out["components"][i], truth,
-                    background, num_columns=width,
-                )
-            )  # fmt: skip
-            labels.append(f"{image_labels[i]}\n{name}")
+    for i, label in enumerate(batch.labels):
+        for tag, (_, out) in zip(tags, runs):
+            final = [out[key][i, -1] for key in ("recon", "masks", "components")]
+            row = _decomposition_row(batch.images[i], *final, batch.mask(i), background, "", width)
+            rows.append(row)
+            labels.append(f"{label}\n{tag}")
+    title = f"{heading}\n{line}" + (f"\n{eval_line}" if eval_line else "")
     return render_panels(rows, title, labels, cell_px, dpi)
 
 
+def full_evaluation_line(
+    model: nn.Module,
+    loaders: Sequence,
+    device: torch.device,
+    dataset: str,
+    slot_counts: Iterable[int],
+    num_iters: int | None,
+) -> str:
+    """``"do_evaluate on all <n> images of <dataset>: K=<k>: fg ARI <%>, ..."``: ``do_evaluate``
+    on ``loaders`` (the first is ``dataset``'s) once per K of ``slot_counts``, T ``num_iters``."""
+    from lib.engine.inference import do_evaluate
+
+    parts = []
+    for k in slot_counts:
+        metrics = do_evaluate(model, loaders, device, k, num_iters)[dataset]
+        parts.append(f"K={k}: fg ARI {format_percent(metrics['fg_ari'])}")
+    return f"do_evaluate on all {metrics['num_images']} images of {dataset}: " + ", ".join(parts)
+
+
 def dataset_figure(
-    images: Tensor,
-    masks: Tensor | None,
-    title: str,
-    image_labels: Sequence[str],
+    batch: ImageBatch,
+    *,
+    config_file: str,
     pairs_per_row: int = 4,
     cell_px: int = 96,
     dpi: int = 100,
 ) -> Figure:
-    """Dataset examples beside their true label maps (coloured with ``PALETTE``).
+    """Dataset images beside their coloured true label maps, ``pairs_per_row`` to a row.
 
     Args:
-        images: (N, 3, H, W) images.
-        masks: (N, H, W) label maps, or None (images only).
-        title: figure title.
-        image_labels: N texts naming the images (e.g. the dataset index).
-        pairs_per_row: examples per row (each takes two columns with masks, one without).
-        cell_px, dpi: panel width in pixels, resolution.
-
-    Returns:
-        The figure: ceil(N / pairs_per_row) rows.
+        batch: the images and their true masks or None (images only).
+        config_file: the config file, or "" for the defaults (named in the title).
+        pairs_per_row, cell_px, dpi: examples per row, panel width in pixels, resolution.
     """
-    pairs_per_row = max(1, pairs_per_row)
-    rows: list[list[Panel | None]] = []
-    for start in range(0, images.shape[0], pairs_per_row):
-        row: list[Panel | None] = []
-        for i in range(start, min(start + pairs_per_row, images.shape[0])):
-            row.append(Panel(images[i], f"{image_labels[i]}\nimage"))
-            if masks is not None:
-                text = f"{image_labels[i]}\n{_object_count(masks[i])} objects"
-                row.append(Panel(colorize_labels(masks[i]), text))
+    height, width = batch.images.shape[-2:]
+    title = (
+        f"dataset {batch.dataset} | config {config_file or '(defaults)'} | images "
+        f"{batch.indices[0]}..{batch.indices[-1]} at {width}x{height}"
+    )
+    if batch.masks is None:
+        title += " (no true masks)"
+    pairs_per_row, rows = max(1, pairs_per_row), []
+    for start in range(0, len(batch.indices), pairs_per_row):
+        row = []
+        for i in range(start, min(start + pairs_per_row, len(batch.indices))):
+            row.append(Panel(batch.images[i], f"{batch.labels[i]}\nimage"))
+            if batch.masks is not None:
+                text = f"{batch.labels[i]}\n{_object_count(batch.masks[i])} objects"
+                row.append(Panel(colorize_labels(batch.masks[i]), text))
         rows.append(row)
     return render_panels(rows, title, None, cell_px, dpi)
 
 
-def eval_dataset_name(scalars: Mapping[str, object]) -> str:
-    """The held-out dataset of ``eval/<name>/fg_ari`` tags (the first, sorted), or "" for a
-    run that logged the older ``eval/fg_ari``."""
-    names = sorted(
-        tag[len("eval/") : -len("/fg_ari")]
-        for tag in scalars
-        if tag.startswith("eval/") and tag.endswith("/fg_ari")
-    )
-    return names[0] if names else ""
+def read_scalars(logdir: str) -> dict[str, tuple[list[int], list[float]]]:
+    """``{tag: (steps, values)}``, steps increasing, of the TensorBoard event files in ``logdir``.
+
+    A resumed run adds event files; a step logged twice keeps its latest value.
+    """
+    # Imported here: tensorboard's event reader is slow to import and only this needs it.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(logdir, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    out = {}
+    for tag in accumulator.Tags().get("scalars", []):
+        latest: dict[int, tuple[float, float]] = {}
+        for event in accumulator.Scalars(tag):
+            if event.step not in latest or event.wall_time >= latest[event.step][0]:
+                latest[event.step] = (event.wall_time, float(event.value))
+        steps = sorted(latest)
+        out[tag] = (steps, [latest[s][1] for s in steps])
+    return out
 
 
 def curves_figure(
-    scalars: Mapping[str, tuple[Sequence[int], Sequence[float]]],
-    title: str,
-    dpi: int = 100,
-    size_px: tuple[int, int] = (1000, 720),
+    logdir: str, *, config_file: str, train_datasets: Sequence[str], dpi: int = 100
 ) -> Figure:
-    """Training curves against iteration, as ``lib/engine/trainer.py`` logs them.
+    """Training curves against iteration from the event files of ``lib/engine/trainer.py``.
 
-    Four panels: total loss (``loss/total``); foreground ARI and ARI of the periodic
-    evaluation (``eval/<dataset>/fg_ari``, ``eval/<dataset>/ari``; older runs ``eval/fg_ari``); NLL per refinement step (``loss/nll_t<t>``);
-    KL per step (``loss/kl_t<t>``). A panel whose tags are absent says so instead of plotting.
+    Four panels: total loss (``loss/total``); foreground ARI and ARI of the periodic evaluation
+    (``eval/<dataset>/fg_ari`` and ``.../ari`` of the first dataset, sorted; older runs
+    ``eval/fg_ari``); NLL and KL per refinement step (``loss/nll_t<t>``, ``loss/kl_t<t>``).
+    A panel whose tags are absent says so.
 
     Args:
-        scalars: ``lib.analysis.scalars.read_scalars`` output.
-        title: figure title.
-        dpi: resolution.
-        size_px: (width, height) of the figure in pixels.
+        logdir: folder of the event files.
+        config_file: the config file, or "" for the defaults; named in the title with the
+            ``train_datasets``.
+        dpi: resolution; the figure is ten inches wide, at least 400 px, and 0.72 as tall.
 
-    Returns:
-        The figure, exactly ``size_px`` pixels.
+    Raises:
+        RunError: no such folder, or no scalars in it.
     """
-    width, height = size_px
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    if not os.path.isdir(logdir):
+        raise RunError(f"no run folder {logdir} (train first, or pass --logdir)")
+    scalars = read_scalars(logdir)
+    if not scalars:
+        raise RunError(f"no TensorBoard scalars in {logdir}")
+    last = max(steps[-1] for steps, _ in scalars.values() if steps)
+    width = max(400, int(10 * dpi))
+    fig = Figure(figsize=(width / dpi, int(width * 0.72) / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
-    fig.suptitle(title, fontsize=TITLE_FONT_PT + 1)
-    axes = fig.subplots(2, 2)
-    eval_name = eval_dataset_name(scalars)
-    eval_prefix = f"eval/{eval_name}/" if eval_name else "eval/"
-    # (panel title, y label, tag shown when nothing is logged, [(tag, legend label)])
+    fig.suptitle(
+        f"curves | config {config_file or '(defaults)'} | run {logdir} (last logged iteration "
+        f"{last}) | training data {', '.join(train_datasets)}",
+        fontsize=TITLE_FONT_PT + 1,
+    )
+    evals = [t[5:-7] for t in scalars if t.startswith("eval/") and t.endswith("/fg_ari")]
+    name = min(evals, default="")  # the first dataset; "" for older runs' "eval/fg_ari"
+    ev = f"eval/{name}/" if name else "eval/"
+
+    def per_step(prefix: str) -> list[tuple[str, str]]:
+        steps = [t[len(prefix) :] for t in scalars if t.startswith(prefix)]
+        return [
+            (f"{prefix}{t}", f"t={int(t)}") for t in sorted(filter(str.isdigit, steps), key=int)
+        ]
+
+    # (panel title, y label, tag named when nothing is logged, [(tag, legend label)])
     panels = [
         ("total loss", "loss", "loss/total", [("loss/total", "loss/total")]),
-        (
-            "evaluation ARI" + (f" ({eval_name})" if eval_name else ""),
-            "ARI",
-            f"{eval_prefix}fg_ari",
-            [(f"{eval_prefix}fg_ari", "fg ARI"), (f"{eval_prefix}ari", "ARI")],
-        ),
-        (
-            "NLL per refinement step",
-            "NLL (nats)",
-            "loss/nll_t<t>",
-            [(tag, f"t={t}") for t, tag in per_step_tags(scalars, "loss/nll_t")],
-        ),
-        (
-            "KL per refinement step",
-            "KL (nats)",
-            "loss/kl_t<t>",
-            [(tag, f"t={t}") for t, tag in per_step_tags(scalars, "loss/kl_t")],
-        ),
-    ]
-    for ax, (name, ylabel, wanted, series) in zip(axes.flat, panels):
+        ("evaluation ARI" + (f" ({name})" if name else ""), "ARI", f"{ev}fg_ari",
+         [(f"{ev}fg_ari", "fg ARI"), (f"{ev}ari", "ARI")]),
+        ("NLL per refinement step", "NLL (nats)", "loss/nll_t<t>", per_step("loss/nll_t")),
+        ("KL per refinement step", "KL (nats)", "loss/kl_t<t>", per_step("loss/kl_t")),
+    ]  # fmt: skip
+    for ax, (name, ylabel, wanted, series) in zip(fig.subplots(2, 2).flat, panels):
         ax.set_title(name, fontsize=PANEL_FONT_PT + 2)
         ax.set_xlabel("iteration", fontsize=PANEL_FONT_PT + 1)
         ax.set_ylabel(ylabel, fontsize=PANEL_FONT_PT + 1)
         ax.tick_params(labelsize=PANEL_FONT_PT)
-        drawn = 0
-        for tag, label in series:
-            if tag not in scalars or not scalars[tag][0]:
-                continue
-            steps, values = scalars[tag]
-            ax.plot(
-                steps, values, label=label, linewidth=1.2, marker="." if len(steps) < 30 else None
-            )
-            drawn += 1
-        if drawn:
+        series = [
+            (scalars[tag], label) for tag, label in series if tag in scalars and scalars[tag][0]
+        ]
+        for (steps, values), label in series:
+            marker = "." if len(steps) < 30 else None
+            ax.plot(steps, values, label=label, linewidth=1.2, marker=marker)
+        if series:
             ax.legend(fontsize=PANEL_FONT_PT, loc="best")
             ax.grid(alpha=0.3)
         else:
-            ax.text(
-                0.5,
-                0.5,
-                f"no data\n(tag {wanted} not logged)",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                fontsize=PANEL_FONT_PT + 1,
-            )
+            ax.text(0.5, 0.5, f"no data\n(tag {wanted} not logged)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=PANEL_FONT_PT + 1)  # fmt: skip
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.86, hspace=0.45, wspace=0.25)
     return fig

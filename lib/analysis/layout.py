@@ -1,8 +1,7 @@
-"""The panel-grid engine: labelled pictures laid out in whole pixels, saved atomically as PNG.
+"""The panel grid: labelled pictures laid out in whole pixels, saved atomically as PNG.
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through ``pyplot``,
-so nothing here touches global matplotlib state or needs a display. A grid's PNG is exactly
-``panel_grid_size(...)`` (= ``figure_pixel_size(fig)``) pixels.
+so nothing here touches global matplotlib state or needs a display.
 """
 
 from __future__ import annotations
@@ -29,39 +28,19 @@ ROW_LABEL_PX = 96
 
 @dataclass
 class Panel:
-    """One labelled picture of a panel grid.
-
-    Attributes:
-        image: (3, H, W) RGB or (H, W) grey float tensor in [0, 1] (clamped when drawn).
-        label: text above the picture; may hold several lines.
-    """
+    """One picture of a grid: ``image`` (3, H, W) RGB or (H, W) grey in [0, 1] (clamped when
+    drawn) with ``label`` (one or more lines) above it."""
 
     image: Tensor
     label: str
 
 
-@dataclass
-class _GridLayout:
-    """Pixel positions of a panel grid (y measured from the top)."""
-
-    size: tuple[int, int]  # (width, height)
-    left: int  # width of the row-label column
-    title_lines: list[str]
-    rows: list[tuple[int, int, int]]  # per row: (top, label height, image height)
-
-
 def auto_cell_px(image_size: int, target: int = 96, largest: int = 160) -> int:
-    """A panel width that shows images of ``image_size`` pixels sharply.
-
-    Args:
-        image_size: side of the (square) images in pixels.
-        target: smallest wanted panel width.
-        largest: largest panel width (bigger images are shown downsampled).
+    """A panel width that shows square images of ``image_size`` pixels sharply.
 
     Returns:
-        An integer multiple of ``image_size`` near ``target`` for small images (so nearest
-        upsampling repeats every pixel equally), the image size itself up to ``largest``, else
-        ``largest``.
+        A multiple of ``image_size`` near ``target`` for small images (nearest upsampling then
+        repeats every pixel equally), else the image size, at most ``largest``.
     """
     if image_size >= target:
         return min(image_size, largest)
@@ -69,7 +48,7 @@ def auto_cell_px(image_size: int, target: int = 96, largest: int = 160) -> int:
 
 
 def _line_px(font_pt: float, dpi: float) -> int:
-    return int(math.ceil(font_pt * dpi / 72.0 * 1.3))
+    return math.ceil(font_pt * dpi / 72.0 * 1.3)
 
 
 def _wrap(text: str, width_px: int, font_pt: float, dpi: float) -> list[str]:
@@ -91,53 +70,6 @@ def _as_rgb_array(image: Tensor) -> np.ndarray:
     return image.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
 
 
-def _layout(
-    rows: Sequence[Sequence[Panel | None]],
-    title: str,
-    row_labels: Sequence[str] | None,
-    cell_px: int,
-    dpi: int,
-) -> _GridLayout:
-    ncols = max((len(r) for r in rows), default=0)
-    if ncols == 0:
-        raise ValueError("a panel grid needs at least one panel")
-    left = ROW_LABEL_PX if row_labels else 0
-    width = left + ncols * (cell_px + GAP_PX) + GAP_PX
-    title_lines = _wrap(title, width - 2 * GAP_PX, TITLE_FONT_PT, dpi)
-    title_h = len(title_lines) * _line_px(TITLE_FONT_PT, dpi) + GAP_PX
-    line = _line_px(PANEL_FONT_PT, dpi)
-    row_specs = []
-    height = title_h
-    for row in rows:
-        panels = [p for p in row if p is not None]
-        labels = [_wrap(p.label, cell_px, PANEL_FONT_PT, dpi) for p in panels]
-        label_h = max((len(lines) for lines in labels), default=0) * line
-        aspect = max((p.image.shape[-2] / p.image.shape[-1] for p in panels), default=1.0)
-        image_h = int(round(cell_px * aspect))
-        row_specs.append((height, label_h, image_h))
-        height += label_h + image_h + GAP_PX
-    height += GAP_PX
-    return _GridLayout((width, height), left, title_lines, row_specs)
-
-
-def panel_grid_size(
-    rows: Sequence[Sequence[Panel | None]],
-    title: str,
-    row_labels: Sequence[str] | None = None,
-    cell_px: int = 96,
-    dpi: int = 100,
-) -> tuple[int, int]:
-    """Pixel size of the PNG that ``render_panels`` draws for these arguments.
-
-    Args:
-        rows, title, row_labels, cell_px, dpi: as for ``render_panels``.
-
-    Returns:
-        ``(width, height)`` in pixels.
-    """
-    return _layout(rows, title, row_labels, cell_px, dpi).size
-
-
 def render_panels(
     rows: Sequence[Sequence[Panel | None]],
     title: str,
@@ -145,119 +77,82 @@ def render_panels(
     cell_px: int = 96,
     dpi: int = 100,
 ) -> Figure:
-    """Draw a grid of labelled pictures under a title.
+    """Draw rows of labelled pictures under a title.
 
-    Each panel is a square cell ``cell_px`` wide (taller when a picture of that row is taller
-    than wide) with its label above it; a row may be shorter than others or hold ``None``
-    (left empty). Pictures are shown with nearest-neighbour interpolation, aspect kept.
+    Each panel is ``cell_px`` wide, its row as tall as its tallest picture (aspect kept), its
+    label above it; a row may be shorter than others or hold None (an empty cell). Pictures are
+    upscaled with nearest-neighbour interpolation.
 
     Args:
         rows: rows of panels.
-        title: figure title (wrapped to the figure width).
-        row_labels: one text per row, drawn left of the row, or None.
-        cell_px: panel width in pixels.
-        dpi: figure resolution (pixels per inch).
+        title: figure title, wrapped to the figure width.
+        row_labels: one bold text per row, drawn left of it, or None.
+        cell_px, dpi: panel width in pixels, resolution.
 
     Returns:
-        A matplotlib Figure (Agg canvas) of exactly ``panel_grid_size(...)`` pixels.
+        The figure, ``ROW_LABEL_PX`` (with row labels) + columns * (cell_px + GAP_PX) + GAP_PX
+        pixels wide.
 
     Raises:
-        ValueError: no panel, a row-label count that differs from the row count, or a panel
-            image that is not (3, H, W) or (H, W).
+        ValueError: no panel, a row-label count unlike the row count, or a picture that is not
+            (3, H, W) or (H, W).
     """
+    ncols = max((len(r) for r in rows), default=0)
+    if ncols == 0:
+        raise ValueError("a panel grid needs at least one panel")
     if row_labels is not None and len(row_labels) != len(rows):
         raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
-    spec = _layout(rows, title, row_labels, cell_px, dpi)
-    width, height = spec.size
+    left = ROW_LABEL_PX if row_labels else 0
+    width = left + ncols * (cell_px + GAP_PX) + GAP_PX
+    title_lines = _wrap(title, width - 2 * GAP_PX, TITLE_FONT_PT, dpi)
+    title_line, line = _line_px(TITLE_FONT_PT, dpi), _line_px(PANEL_FONT_PT, dpi)
+    height, spans = len(title_lines) * title_line + GAP_PX, []  # spans: (image top, height)
+    for row in rows:
+        panels = [p for p in row if p is not None]
+        label_lines = max(
+            (len(_wrap(p.label, cell_px, PANEL_FONT_PT, dpi)) for p in panels), default=0
+        )
+        aspect = max((p.image.shape[-2] / p.image.shape[-1] for p in panels), default=1.0)
+        spans.append((height + label_lines * line, round(cell_px * aspect)))
+        height += label_lines * line + spans[-1][1] + GAP_PX
+    height += GAP_PX
+
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     fig.patch.set_facecolor("white")
-    title_line = _line_px(TITLE_FONT_PT, dpi)
-    for i, text in enumerate(spec.title_lines):
+    for i, text in enumerate(title_lines):
         y = height - GAP_PX / 2 - (i + 0.5) * title_line
         fig.text(0.5, y / height, text, ha="center", va="center", fontsize=TITLE_FONT_PT)
-    for r, (row, (top, label_h, image_h)) in enumerate(zip(rows, spec.rows)):
-        image_top = top + label_h
+    for r, (row, (top, image_h)) in enumerate(zip(rows, spans)):
         if row_labels:
-            _draw_row_label(fig, row_labels[r], height - image_top - image_h / 2, spec, dpi)
+            # Bold text is about 10% wider than the regular text _wrap assumes.
+            text = "\n".join(
+                _wrap(row_labels[r], int((left - 2 * GAP_PX) / 1.1), PANEL_FONT_PT, dpi)
+            )
+            y = (height - top - image_h / 2) / height
+            fig.text(GAP_PX / width, y, text, va="center", fontsize=PANEL_FONT_PT, weight="bold")
         for c, panel in enumerate(row):
-            if panel is not None:
-                x0 = spec.left + GAP_PX + c * (cell_px + GAP_PX)
-                _draw_panel(fig, panel, (x0, image_top), (cell_px, image_h), spec.size, dpi)
+            if panel is None:
+                continue
+            x0 = left + GAP_PX + c * (cell_px + GAP_PX)
+            box = (x0 / width, (height - top - image_h) / height, cell_px / width, image_h / height)
+            ax = fig.add_axes(box)
+            ax.imshow(_as_rgb_array(panel.image), interpolation="nearest", vmin=0.0, vmax=1.0)
+            ax.set_axis_off()
+            label = "\n".join(_wrap(panel.label, cell_px, PANEL_FONT_PT, dpi))
+            x, y = (x0 + cell_px / 2) / width, (height - top + 1) / height
+            fig.text(x, y, label, ha="center", va="bottom", fontsize=PANEL_FONT_PT, linespacing=1.1)
     return fig
 
 
-def _draw_row_label(fig: Figure, text: str, y: float, spec: _GridLayout, dpi: int) -> None:
-    """A row's bold label in the left column, centred at ``y`` pixels from the bottom."""
-    width, height = spec.size
-    # Bold text is about 10% wider than the regular text _wrap assumes.
-    for_label = "\n".join(_wrap(text, int((spec.left - 2 * GAP_PX) / 1.1), PANEL_FONT_PT, dpi))
-    fig.text(
-        GAP_PX / width,
-        y / height,
-        for_label,
-        ha="left",
-        va="center",
-        fontsize=PANEL_FONT_PT,
-        fontweight="bold",
-    )
-
-
-def _draw_panel(
-    fig: Figure,
-    panel: Panel,
-    top_left: tuple[int, int],
-    box: tuple[int, int],
-    size: tuple[int, int],
-    dpi: int,
-) -> None:
-    """One picture with its label above it.
-
-    Args:
-        fig: the figure.
-        panel: the picture and label.
-        top_left: ``(x, y)`` of the picture's top-left corner, in pixels from the top left.
-        box: ``(width, height)`` of the picture in pixels.
-        size: ``(width, height)`` of the figure in pixels.
-        dpi: figure resolution (for the label's wrapping).
-    """
-    (x0, image_top), (cell_px, image_h), (width, height) = top_left, box, size
-    ax = fig.add_axes(
-        (x0 / width, (height - image_top - image_h) / height, cell_px / width, image_h / height)
-    )
-    ax.imshow(_as_rgb_array(panel.image), interpolation="nearest", vmin=0.0, vmax=1.0)
-    ax.set_axis_off()
-    label = "\n".join(_wrap(panel.label, cell_px, PANEL_FONT_PT, dpi))
-    fig.text(
-        (x0 + cell_px / 2) / width,
-        (height - image_top + 1) / height,
-        label,
-        ha="center",
-        va="bottom",
-        fontsize=PANEL_FONT_PT,
-        linespacing=1.1,
-    )
-
-
 def figure_pixel_size(fig: Figure) -> tuple[int, int]:
-    """The size of the PNG that ``save_figure`` writes for a figure.
-
-    Args:
-        fig: the figure (saved at its own dpi, uncropped).
-
-    Returns:
-        ``(width, height)`` in pixels.
-    """
+    """``(width, height)`` in pixels of the PNG that ``save_figure`` writes for ``fig``."""
     w, h = fig.get_size_inches() * fig.dpi
     return int(round(w)), int(round(h))
 
 
 def save_figure(fig: Figure, path: str) -> tuple[int, int]:
-    """Write a figure as PNG atomically (``lib.utils.io.atomic_write_bytes``).
-
-    Args:
-        fig: the figure; saved at its own dpi without cropping.
-        path: destination ``.png``; missing folders are created.
+    """Write ``fig`` as PNG at its own dpi, uncropped, atomically (missing folders are made).
 
     Returns:
         ``(width, height)`` of the written PNG in pixels.

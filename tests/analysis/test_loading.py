@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lib.analysis.loading import figure_heading, load_model, run_model, take_images, to_cpu
+from lib.analysis.loading import figure_heading, load_model, run_model, take_images
 from lib.config import get_cfg
 from lib.engine.checkpoint import Checkpointer
 from lib.errors import RunError
@@ -28,14 +28,14 @@ def test_take_images_clips_and_stacks():
         assert torch.equal(batch.images[row], items[i][0])
         assert torch.equal(batch.masks[row], items[i][1])
     assert batch.labels == ["#3", "#4"]
-    assert torch.equal(batch.first_mask, items[3][1])
+    assert torch.equal(batch.mask(1), items[4][1])
     # A count below one still takes one image.
     assert take_images(items, "toy", 0, 0).indices == [0]
 
 
 def test_take_images_without_masks_and_out_of_range():
     batch = take_images(_items(2, with_masks=False), "pngs", 0, 2)
-    assert batch.masks is None and batch.first_mask is None
+    assert batch.masks is None and batch.mask(0) is None
     with pytest.raises(RunError, match="--index 2 is out of range: toy has 2 images"):
         take_images(_items(2), "toy", 2, 1)
     with pytest.raises(RunError):
@@ -58,13 +58,6 @@ def test_run_model_outputs_on_cpu(tiny_model):
     assert more["masks"].shape == (2, 2, 5, 8, 8)
     as_trained = run_model(tiny_model, images, torch.device("cpu"), 0, 0)["masks"]
     assert as_trained.shape[1:3] == (T + 1, K)
-
-
-def test_to_cpu_nested():
-    value = {"a": torch.ones(2, dtype=torch.float64), "b": {"c": torch.arange(3)}}
-    out = to_cpu(value)
-    assert out["a"].dtype == torch.float32 and out["b"]["c"].dtype == torch.float32
-    assert out["b"]["c"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_figure_heading():

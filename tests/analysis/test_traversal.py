@@ -1,17 +1,26 @@
-"""lib/analysis/traversal.py: one slot's latent varied, the others unchanged; default choices."""
+"""lib/analysis/traversal.py: one slot's latent varied, the others unchanged; the slot,
+dimensions, offsets and unit of the traversal figure."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from lib.analysis.loading import run_model
 from lib.analysis.traversal import (
+    RANGE_UNITS,
     choose_traversal_slot,
     rank_latent_dims,
+    traversal_inputs,
     traversal_offsets,
     traverse_slot,
 )
+from lib.errors import RunError
 
 from .conftest import D, K
+
+CPU = torch.device("cpu")
 
 
 def test_traverse_slot_changes_only_the_chosen_slot(tiny_model):
@@ -27,6 +36,11 @@ def test_traverse_slot_changes_only_the_chosen_slot(tiny_model):
     assert out["components"].shape == (r, s, K, 3, 12, 10)
     assert out["masks"].shape == (r, s, K, 12, 10)
     assert out["recon"].shape == (r, s, 3, 12, 10)
+    assert all(
+        v.device.type == "cpu" and v.dtype == torch.float32
+        for v in out.values()
+        if torch.is_tensor(v)
+    )
 
     # z: only (slot, dim) of each row changes, by offset * unit.
     for i, dim in enumerate(dims):
@@ -121,5 +135,64 @@ def test_traversal_offsets():
     np.testing.assert_allclose(traversal_offsets(2.0, 5).numpy(), np.linspace(-2, 2, 5))
     np.testing.assert_allclose(traversal_offsets(1.5, 4).numpy(), np.linspace(-1.5, 1.5, 4))
     assert traversal_offsets(2.0, 1).tolist() == [0.0]
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match="steps-per-dim"):  # a ConfigError: one line in the tool
         traversal_offsets(1.0, 0)
+
+
+@pytest.fixture
+def forward(tiny_model):
+    torch.manual_seed(2)
+    return run_model(tiny_model, torch.rand(1, 3, 8, 8), CPU, None, None)
+
+
+def _kl(loc, scale, prior):
+    """Per-dimension KL(N(loc, scale) || N(0, prior)), written out for one slot."""
+    return [
+        math.log(prior / s) + (s * s + m * m) / (2 * prior * prior) - 0.5
+        for m, s in zip(loc.tolist(), scale.tolist())
+    ]
+
+
+@pytest.mark.parametrize("unit", RANGE_UNITS)
+def test_traversal_inputs_ranks_by_kl_and_scales_offsets(tiny_model, forward, unit):
+    slot = 1
+    inputs = traversal_inputs(
+        tiny_model, forward, None, CPU, slot=slot, num_dims=3, value_range=2.0,
+        steps_per_dim=5, unit=unit,
+    )  # fmt: skip
+    loc, scale = forward["posterior_loc"][0, -1], forward["posterior_scale"][0, -1]
+    prior = float(tiny_model.prior_scale)
+    kl = _kl(loc[slot], scale[slot], prior)
+    assert inputs.kl.tolist() == pytest.approx(kl, rel=1e-4, abs=1e-5)
+    assert inputs.dims == sorted(range(D), key=lambda d: -kl[d])[:3]
+    assert inputs.slot == slot and inputs.offsets.tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    step = {"absolute": [1.0] * D, "posterior": scale[slot].tolist(), "prior": [prior] * D}[unit]
+    z = inputs.traversal["z"]  # (R, S, K, D)
+    assert z.shape == (3, 5, K, D) and z.device.type == "cpu"
+    for i, dim in enumerate(inputs.dims):
+        for j, offset in enumerate((-2.0, -1.0, 0.0, 1.0, 2.0)):
+            expected = float(loc[slot, dim]) + offset * step[dim]
+            assert float(z[i, j, slot, dim]) == pytest.approx(expected, abs=1e-5)
+    assert inputs.traversal["recon"].shape == (3, 5, 3, 8, 8)
+    assert RANGE_UNITS == ("absolute", "posterior", "prior")
+    names = {"absolute": "absolute latent units", "posterior": "posterior std of each dimension"}
+    assert inputs.unit_name == names.get(unit, f"prior std ({prior:.3f})")
+
+
+def test_default_slot_is_the_largest_non_background_one(tiny_model, forward):
+    inputs = traversal_inputs(
+        tiny_model, forward, None, CPU, slot=-1, num_dims=1, value_range=1.0,
+        steps_per_dim=1, unit="absolute",
+    )  # fmt: skip
+    # Without a true mask the background is the slot of largest area; the default is the next.
+    masks = forward["masks"][0, -1]
+    areas = [float(masks[k].sum()) for k in range(K)]
+    assert inputs.slot == sorted(range(K), key=lambda k: -areas[k])[1]
+
+
+def test_slot_out_of_range(tiny_model, forward):
+    with pytest.raises(RunError, match=f"--slot {K} is out of range: the model has K={K} slots"):
+        traversal_inputs(
+            tiny_model, forward, None, CPU, slot=K, num_dims=1, value_range=1.0,
+            steps_per_dim=3, unit="absolute",
+        )  # fmt: skip

@@ -172,6 +172,7 @@ def test_traversal(run):
         texts, _ = _draw(run, argv)
         assert "slot 0, offsets in" in texts and f"{unit} std" in texts
     assert visualize.main(_argv(run, "traversal", "--slot", "9")) == 1
+    assert visualize.main(_argv(run, "traversal", "--steps-per-dim", "0")) == 1  # one line
 
 
 @pytest.mark.slow
