@@ -29,14 +29,27 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from crc32c import crc32c
 
-from lib.convert.crc32c import crc32c, unmask
 from lib.utils.protobuf import iter_fields, read_varint
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5
 HEADER_KEY = b""
+_MASK_DELTA = 0xA282EAD8
+
+
+def mask(crc: int) -> int:
+    """TensorFlow's stored form of a CRC: rotated right by 15 bits, plus a constant."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def unmask(masked: int) -> int:
+    """The CRC that ``mask`` stored."""
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
 
 # TensorFlow DataType enum -> NumPy dtype (little-endian); bfloat16 is widened on read.
 _DTYPES: dict[int, str] = {

@@ -6,9 +6,9 @@ import struct
 
 import numpy as np
 import pytest
+from crc32c import crc32c
 
-from lib.convert.crc32c import crc32c, mask
-from lib.convert.tf_checkpoint import TFCheckpoint, TFCheckpointError, _table_items
+from lib.convert.tf_checkpoint import TFCheckpoint, TFCheckpointError, _table_items, mask, unmask
 from tests.convert.conftest import FIXTURES, PREFIX, TETROMINOES
 
 DATA = PREFIX + ".data-00000-of-00001"
@@ -188,3 +188,12 @@ def test_missing_checkpoint_and_missing_shard(tmp_path):
     with pytest.raises(TFCheckpointError) as exc_info:
         checkpoint.read("global_step")
     _one_line_naming(exc_info, prefix + ".data-00000-of-00001")
+
+
+def test_crc_mask_is_tensorflows_rotation_plus_constant():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (TF's checksum)
+    crc = 0x12345678
+    rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
+    assert mask(crc) == (rotated + 0xA282EAD8) & 0xFFFFFFFF
+    for value in (0, 1, 0xFFFFFFFF, 0xE3069283, 0x8A9136AA):
+        assert unmask(mask(value)) == value
