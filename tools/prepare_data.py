@@ -29,6 +29,17 @@ from lib.data.format import BUILTIN_DATASETS
 from lib.errors import ConfigError
 from lib.prepare import convert_official, generate_dataset
 
+# Integer options -> help text.
+INT_OPTIONS = {
+    "--num-examples": "generation: training examples (default: DATASETS.GENERATE_SIZE)",
+    "--seed": "generation: generator seed (default: DATASETS.GENERATE_SEED)",
+    "--test-size": "examples of the test part, stored last (default: DATASETS.TEST_SIZE)",
+    "--max-examples": "conversion: only the first N records (CLEVR: at most N training scenes)",
+    "--train-records": "CLEVR conversion: raw records of the training part "
+    "(default: DATASETS.CLEVR_TRAIN_RECORDS)",
+    "--workers": "generation: processes (default: every core this process may use)",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: ``--config-file``, the options below and ``KEY VALUE`` overrides."""
@@ -40,66 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="official GZIP TFRecord file to convert; omit to generate",
     )
     parser.add_argument("--root", help="folder to write into (default: DATASETS.ROOT)")
-    parser.add_argument(
-        "--num-examples",
-        type=int,
-        help="generation: training examples (default: DATASETS.GENERATE_SIZE)",
-    )
-    parser.add_argument(
-        "--seed", type=int, help="generation: generator seed (default: DATASETS.GENERATE_SEED)"
-    )
-    parser.add_argument(
-        "--test-size",
-        type=int,
-        help="examples of the test part, stored last (default: DATASETS.TEST_SIZE)",
-    )
-    parser.add_argument(
-        "--max-examples",
-        type=int,
-        help="conversion: only the first N records (CLEVR: at most N training scenes)",
-    )
-    parser.add_argument(
-        "--train-records",
-        type=int,
-        help="CLEVR conversion: raw records of the training part "
-        "(default: DATASETS.CLEVR_TRAIN_RECORDS)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="generation: processes (default: every core this process may use)",
-    )
+    for flag, text in INT_OPTIONS.items():
+        parser.add_argument(flag, type=int, help=text)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
-def _settings(cfg: CfgNode, args: argparse.Namespace) -> argparse.Namespace:
-    """The options with the config's DATASETS keys filled in where none was given."""
-    defaults = {
-        "root": cfg.DATASETS.ROOT,
-        "num_examples": cfg.DATASETS.GENERATE_SIZE,
-        "seed": cfg.DATASETS.GENERATE_SEED,
-        "test_size": cfg.DATASETS.TEST_SIZE,
-        "train_records": cfg.DATASETS.CLEVR_TRAIN_RECORDS,
-    }
-    settings = argparse.Namespace(**vars(args))
-    for name, value in defaults.items():
-        if getattr(settings, name) is None:
-            setattr(settings, name, value)
-    for name in ("num_examples", "test_size", "max_examples", "train_records"):
-        value = getattr(settings, name)
-        if value is not None and value < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if settings.workers is not None and settings.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {settings.workers}")
-    return settings
-
-
 def prepare(cfg: CfgNode, args: argparse.Namespace) -> str:
-    """Convert or generate the dataset; returns its folder."""
+    """Convert or generate the dataset, options filled in from the config's DATASETS keys;
+    returns its folder."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    s = _settings(cfg, args)
+    s = argparse.Namespace(**vars(args))
+    keys = ("ROOT", "GENERATE_SIZE", "GENERATE_SEED", "TEST_SIZE", "CLEVR_TRAIN_RECORDS")
+    for name, key in zip(("root", "num_examples", "seed", "test_size", "train_records"), keys):
+        if getattr(s, name) is None:
+            setattr(s, name, cfg.DATASETS[key])
+    for name in ("num_examples", "test_size", "max_examples", "train_records"):
+        if getattr(s, name) is not None and getattr(s, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(s, name)}")
+    if s.workers is not None and s.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {s.workers}")
     official = BUILTIN_DATASETS[s.dataset].official_format is not None
     if official and not s.tfrecords:
         raise ConfigError(
@@ -108,27 +80,13 @@ def prepare(cfg: CfgNode, args: argparse.Namespace) -> str:
         )
     if s.tfrecords and not official:
         raise ConfigError(f"--dataset {s.dataset} is generated only: drop --tfrecords")
+    common = dict(test_size=s.test_size, overwrite=s.overwrite, progress=not s.no_progress)
     if s.tfrecords:
-        path = convert_official(
-            s.dataset,
-            s.tfrecords,
-            s.root,
-            test_size=s.test_size,
-            max_examples=s.max_examples,
-            train_records=s.train_records,
-            overwrite=s.overwrite,
-            progress=not s.no_progress,
-        )
+        common.update(max_examples=s.max_examples, train_records=s.train_records)
+        path = convert_official(s.dataset, s.tfrecords, s.root, **common)
     else:
         path = generate_dataset(
-            s.dataset,
-            s.root,
-            num_examples=s.num_examples,
-            seed=s.seed,
-            test_size=s.test_size,
-            overwrite=s.overwrite,
-            progress=not s.no_progress,
-            workers=s.workers,
+            s.dataset, s.root, num_examples=s.num_examples, seed=s.seed, workers=s.workers, **common
         )
     print(f"wrote {path}")
     return path

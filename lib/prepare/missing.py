@@ -1,9 +1,4 @@
-"""``prepare_missing``: what the tools call before they build datasets.
-
-Reading (``lib.data``) never writes. A tool that is about to read built-in datasets calls
-``prepare_missing(cfg, names)`` first; it generates the built-in folders that are missing and
-have a generator, loudly, and leaves everything else to the reader's own errors.
-"""
+"""``prepare_missing``: what the tools call before they build datasets (reading never writes)."""
 
 from __future__ import annotations
 
@@ -14,9 +9,9 @@ from collections.abc import Iterable
 
 from lib.data.format import SYNTH_OF, builtin_of, dataset_dir, prepare_command
 from lib.errors import MissingDatasetError
-from lib.prepare.generation import generate_command, generate_under_lock
+from lib.prepare.generation import generate_dataset
 from lib.prepare.generators import GENERATORS
-from lib.prepare.lock import dataset_lock
+from lib.prepare.writer import dataset_lock
 
 logger = logging.getLogger(__name__)
 
@@ -30,69 +25,26 @@ OFFICIAL_FILES = {
 
 
 class MissingDataError(MissingDatasetError):
-    """The official data a paper dataset name asks for has not been prepared (or a folder of
-    that name holds something else); the message gives the commands that prepare it."""
+    """The official data a paper dataset name asks for is not prepared; the message gives
+    the commands that prepare it."""
 
 
-def official_data_message(dataset: str, root: str, problem: str) -> str:
-    """The one message for missing official data: download, convert, or use the stand-in.
-
-    Args:
-        dataset: the paper dataset (a key of ``OFFICIAL_FILES``).
-        root: ``DATASETS.ROOT``.
-        problem: what was found, e.g. ``"data/clevr6 does not exist"``.
-
-    Returns:
-        A multi-line message with the exact commands.
-    """
+def _official_missing(dataset: str, root: str, problem: str) -> MissingDataError:
     remote = OFFICIAL_FILES[dataset]
-    local = os.path.basename(remote)
     synth = SYNTH_OF[dataset]
-    return (
+    return MissingDataError(
         f"official dataset {dataset!r} not found: {problem}. A paper dataset name means the "
         "official data; it is never generated. Download and convert it:\n"
         f"  gsutil cp gs://multi-object-datasets/{remote} .\n"
-        f"  python tools/prepare_data.py --dataset {dataset} --tfrecords {local} --root {root}\n"
+        f"  python tools/prepare_data.py --dataset {dataset} --tfrecords "
+        f"{os.path.basename(remote)} --root {root}\n"
         "or use the generated stand-in instead (add to the command line):\n"
         f"  DATASETS.TRAIN {synth}_train DATASETS.TEST {synth}_test"
     )
 
 
-def check_official(cfg, names: Iterable[str]) -> None:
-    """Stop before any work when a paper dataset among ``names`` is not prepared.
-
-    Args:
-        cfg: the config (``DATASETS.ROOT``).
-        names: dataset names.
-
-    Raises:
-        MissingDataError: a paper dataset's folder is missing, or holds a generated stand-in
-            (written by an earlier version under the paper name).
-    """
-    root = str(cfg.DATASETS.ROOT)
-    for name in names:
-        dataset = builtin_of(name)
-        if dataset not in OFFICIAL_FILES:
-            continue
-        path = dataset_dir(root, dataset)
-        if not _check_found(path, dataset, root):
-            raise MissingDataError(official_data_message(dataset, root, f"{path} does not exist"))
-        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-            source = json.load(f).get("source")
-        if source != "official":
-            raise MissingDataError(
-                official_data_message(
-                    dataset,
-                    root,
-                    f"{path} holds {source!r} data, not the official file's (an earlier version "
-                    f"generated stand-ins under the paper name: rename it to "
-                    f"{dataset_dir(root, SYNTH_OF[dataset])} to keep it as the stand-in)",
-                )
-            )
-
-
-def _check_found(path: str, dataset: str, root: str) -> bool:
-    """True when ``path`` is a complete prepared folder, False when it does not exist."""
+def _found(path: str, dataset: str, root: str) -> bool:
+    """True for a complete prepared folder, False when none exists; an error otherwise."""
     if os.path.isfile(os.path.join(path, "meta.json")):
         return True
     if os.path.exists(path):
@@ -104,45 +56,52 @@ def _check_found(path: str, dataset: str, root: str) -> bool:
     return False
 
 
+def check_official(cfg, names: Iterable[str]) -> None:
+    """Raise ``MissingDataError`` when a paper dataset among ``names`` is not prepared from
+    its official file (missing, or a generated stand-in an earlier version wrote under the
+    paper name)."""
+    root = str(cfg.DATASETS.ROOT)
+    for dataset in dict.fromkeys(map(builtin_of, names)):
+        if dataset not in OFFICIAL_FILES:
+            continue
+        path = dataset_dir(root, dataset)
+        if not _found(path, dataset, root):
+            raise _official_missing(dataset, root, f"{path} does not exist")
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            source = json.load(f).get("source")
+        if source != "official":
+            raise _official_missing(
+                dataset,
+                root,
+                f"{path} holds {source!r} data, not the official file's (an earlier version "
+                f"generated stand-ins under the paper name: rename it to "
+                f"{dataset_dir(root, SYNTH_OF[dataset])} to keep it as the stand-in)",
+            )
+
+
 def prepare_missing(cfg, names: Iterable[str]) -> list[str]:
     """Generate the missing built-in datasets among ``names``; every rank may call it.
 
-    First every paper dataset (``clevr6_train``, ``tetrominoes``, ...) must be prepared from
-    the official files (``check_official``): otherwise nothing is generated and the one
-    message says how to get them. Then for each name that reads a generated built-in set
-    (``clevr6_synth_train``, ``sprites``, ...; other names, ``folder:<path>`` included, are
-    skipped): an existing folder is used as it is, whatever its sizes; a missing one is
-    generated with
-    ``DATASETS.GENERATE_SIZE`` training examples from ``DATASETS.GENERATE_SEED`` plus
-    ``DATASETS.TEST_SIZE`` test examples, after a loud warning naming the folder and the
-    command that does the same by hand. One process generates under the dataset's file lock;
-    the others block on it and then find the folder complete.
-
-    Args:
-        cfg: the config (``DATASETS.ROOT``, ``GENERATE_SIZE``, ``GENERATE_SEED``,
-            ``TEST_SIZE``).
-        names: dataset names, e.g. ``cfg.DATASETS.TRAIN + cfg.DATASETS.TEST``.
+    Nothing is generated unless the paper datasets are prepared (``check_official``). A missing
+    generated set is made after a loud warning with the equivalent command (``DATASETS.
+    GENERATE_SIZE`` examples from ``GENERATE_SEED`` plus ``TEST_SIZE``), by one process under
+    the dataset's lock while the others wait; an existing folder is used as it is.
 
     Returns:
         The built-in folders prepared or found, once each, in the order of ``names``.
 
     Raises:
-        MissingDataError: a paper dataset is not prepared from its official file.
+        MissingDataError: official data not prepared, or a missing set with no generator.
         FileNotFoundError: a folder without ``meta.json``.
     """
     names = list(names)
     check_official(cfg, names)
     root = str(cfg.DATASETS.ROOT)
     folders: list[str] = []
-    for name in names:
-        dataset = builtin_of(name)
-        if dataset is None:
-            continue
+    for dataset in filter(None, map(builtin_of, names)):
         path = dataset_dir(root, dataset)
-        if path in folders:
-            continue
-        if not _check_found(path, dataset, root):
-            if dataset not in GENERATORS:  # an official set without a paper name's entry
+        if path not in folders and not _found(path, dataset, root):
+            if dataset not in GENERATORS:
                 raise MissingDataError(
                     f"dataset folder {path} does not exist and {dataset!r} has no generator; "
                     f"prepare it with python tools/prepare_data.py --dataset {dataset} "
@@ -150,41 +109,25 @@ def prepare_missing(cfg, names: Iterable[str]) -> list[str]:
                 )
             with dataset_lock(root, dataset):
                 # Another process may have made it while this one waited for the lock.
-                if not _check_found(path, dataset, root):
+                if not _found(path, dataset, root):
                     _generate_loudly(cfg, dataset, root, path)
-        folders.append(path)
+        if path not in folders:
+            folders.append(path)
     return folders
 
 
 def _generate_loudly(cfg, dataset: str, root: str, path: str) -> None:
-    size = int(cfg.DATASETS.GENERATE_SIZE)
-    seed = int(cfg.DATASETS.GENERATE_SEED)
+    size, seed = int(cfg.DATASETS.GENERATE_SIZE), int(cfg.DATASETS.GENERATE_SEED)
     test = int(cfg.DATASETS.TEST_SIZE)
     paper = next((p for p, synth in SYNTH_OF.items() if synth == dataset), None)
-    note = (
+    logger.warning(
+        "!!! Dataset folder %s is missing: GENERATING %s now (%d training + %d test examples, "
+        "seed %d).%s To do this by hand: %s --num-examples %d --seed %d --test-size %d",
+        *(path, dataset, size, test, seed),
         f" This is a procedural stand-in, not the official data (that is {paper!r}, converted "
         "with tools/prepare_data.py --tfrecords FILE)."
         if paper
-        else ""
+        else "",
+        *(prepare_command(dataset, root), size, seed, test),
     )
-    logger.warning(
-        "!!! Dataset folder %s is missing: GENERATING %s now (%d training + %d test "
-        "examples, seed %d).%s To do this by hand: %s",
-        path,
-        dataset,
-        size,
-        test,
-        seed,
-        note,
-        generate_command(dataset, root, size, seed, test),
-    )
-    generate_under_lock(
-        dataset,
-        root,
-        num_examples=size,
-        seed=seed,
-        test_size=test,
-        overwrite=False,
-        progress=True,
-        workers=None,
-    )
+    generate_dataset(dataset, root, num_examples=size, seed=seed, test_size=test, locked=True)

@@ -1,31 +1,23 @@
 """Reader for the official ``multi_object_datasets`` TFRecord files, without TensorFlow.
 
-A TFRecord file is a stream (GZIP-compressed for the released files) of records::
-
-    uint64 length | uint32 masked_crc32c(length) | payload | uint32 masked_crc32c(payload)
-
-and each payload is a serialised ``tf.train.Example`` protobuf. The released files store
-``image`` and ``mask`` as byte lists with ONE BYTE PER ELEMENT (``tf.FixedLenFeature(shape,
-tf.string)`` followed by ``decode_raw``), so a 240x320x11 CLEVR mask is a list of 844,800
-one-byte strings. Decoding those through the protobuf library creates one Python object per
-pixel, and converting them with ``np.array(values, dtype=bytes)`` silently turns every zero
-byte into ``b""`` (NumPy strips trailing NULs of fixed-width byte strings). This module
-therefore parses the protobuf wire format itself: a list of one-byte strings is the byte
-pattern ``0x0A 0x01 <byte>`` repeated, which NumPy reads with a strided view, exactly and fast.
-
-The ``OFFICIAL_FORMATS`` table lists the features and element counts of the three released
-datasets used here; ``read_official`` checks every record against it, so a file of the wrong
-dataset fails with a message naming the file, the feature and the expected shape.
+Records are ``uint64 length | uint32 masked_crc32c(length) | payload | uint32 masked_crc``,
+each payload a ``tf.train.Example`` whose ``image`` and ``mask`` hold ONE BYTE PER ELEMENT: the
+protobuf library would make a Python object per pixel (NumPy's ``bytes`` turns zeros into
+``b""``), so the wire format is parsed here, such a list being ``0x0A 0x01 <byte>`` repeated.
+Every record is checked against ``OFFICIAL_FORMATS``: a file of another dataset fails naming
+the file, the feature and the expected shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
 import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,93 +31,57 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 _CRC_MASK_DELTA = 0xA282EAD8
 _MAX_RECORD_BYTES = 1 << 31  # far above any official record (CLEVR: ~3.2 MB)
+# cater_with_masks.py: videos of 33 frames of 64x64, 11 entities.
+CATER_FRAMES_PER_VIDEO = 33
+CATER_ENTITIES = 11
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Expected feature of an official record.
-
-    Attributes:
-        kind: ``"bytes"`` (one byte per element, decoded to uint8), ``"raw"`` (ONE byte
-            string holding the whole array, ``FixedLenFeature([], tf.string)`` + ``decode_raw``:
-            CATER) or ``"float"`` (float32).
-        shape: shape of the decoded array, as the official reader reshapes it.
-    """
+class FeatureSpec(NamedTuple):
+    """An expected feature: ``kind`` "bytes" (one byte per element, decoded to uint8), "raw"
+    (ONE byte string holding the array, ``decode_raw``: CATER) or "float" (float32), and the
+    shape the official reader gives the decoded array."""
 
     kind: str
     shape: tuple[int, ...]
 
 
-def _clevr_format() -> dict[str, FeatureSpec]:
-    e = 11
-    spec = {
-        "image": FeatureSpec("bytes", (240, 320, 3)),
-        "mask": FeatureSpec("bytes", (e, 240, 320, 1)),
-        "pixel_coords": FeatureSpec("float", (e, 3)),
-    }
-    for name in ("x", "y", "z", "rotation", "visibility"):
-        spec[name] = FeatureSpec("float", (e,))
-    for name in ("size", "material", "shape", "color"):
-        spec[name] = FeatureSpec("bytes", (e,))
+def _format(image, mask, floats=(), byte_lists=(), kind="bytes") -> dict[str, FeatureSpec]:
+    spec = {"image": FeatureSpec(kind, image), "mask": FeatureSpec(kind, mask)}
+    spec.update((name, FeatureSpec("float", shape)) for name, shape in floats)
+    spec.update((name, FeatureSpec("bytes", shape)) for name, shape in byte_lists)
     return spec
 
 
-def _multi_dsprites_format(num_entities: int) -> dict[str, FeatureSpec]:
-    # The mask is stored (H, W, E, 1); the official reader transposes it to (E, H, W, 1).
-    spec = {
-        "image": FeatureSpec("bytes", (64, 64, 3)),
-        "mask": FeatureSpec("bytes", (64, 64, num_entities, 1)),
-        "color": FeatureSpec("float", (num_entities, 3)),
-    }
-    for name in ("x", "y", "shape", "visibility", "orientation", "scale"):
-        spec[name] = FeatureSpec("float", (num_entities,))
-    return spec
+def _per_entity(names: str, e: int) -> list[tuple[str, tuple[int]]]:
+    return [(name, (e,)) for name in names.split()]
 
 
-def _tetrominoes_format() -> dict[str, FeatureSpec]:
-    spec = {
-        "image": FeatureSpec("bytes", (35, 35, 3)),
-        "mask": FeatureSpec("bytes", (4, 35, 35, 1)),
-        "color": FeatureSpec("float", (4, 3)),
-    }
-    for name in ("x", "y", "shape", "visibility"):
-        spec[name] = FeatureSpec("float", (4,))
-    return spec
-
-
-def _objects_room_format(num_entities: int = 7) -> dict[str, FeatureSpec]:
-    # objects_room.py: only image and mask; MAX_NUM_ENTITIES['train'] = 7 (the four
-    # background entities sky, floor and two wall halves first, then up to three objects).
-    return {
-        "image": FeatureSpec("bytes", (64, 64, 3)),
-        "mask": FeatureSpec("bytes", (num_entities, 64, 64, 1)),
-    }
-
-
-# cater_with_masks.py: videos of SEQUENCE_LENGTH = 33 frames of 64x64, MAX_NUM_ENTITIES = 11.
-CATER_FRAMES_PER_VIDEO = 33
-CATER_ENTITIES = 11
-
-
-def _cater_format() -> dict[str, FeatureSpec]:
-    # image and mask are one byte string each (decode_raw, then reshape); object_positions is
-    # stored (E, T, 3) and transposed to (T, E, 3) by the official reader.
-    t, e = CATER_FRAMES_PER_VIDEO, CATER_ENTITIES
-    return {
-        "image": FeatureSpec("raw", (t, 64, 64, 3)),
-        "mask": FeatureSpec("raw", (t, e, 64, 64, 1)),
-        "camera_matrix": FeatureSpec("float", (t, 4, 4)),
-        "object_positions": FeatureSpec("float", (e, t, 3)),
-    }
-
-
-# Official file kind -> feature specification (shapes as the official readers decode them).
+_T, _E = CATER_FRAMES_PER_VIDEO, CATER_ENTITIES
+# Official file kind -> its features, shapes as the official readers decode them. The
+# Multi-dSprites mask is stored (H, W, E, 1) (the official reader transposes it); CATER's
+# object_positions (E, T, 3). Objects Room: entities sky, floor, two wall halves, 3 objects.
 OFFICIAL_FORMATS: dict[str, dict[str, FeatureSpec]] = {
-    "tetrominoes": _tetrominoes_format(),
-    "multi_dsprites_colored_on_grayscale": _multi_dsprites_format(6),
-    "clevr_with_masks": _clevr_format(),
-    "objects_room": _objects_room_format(),
-    "cater_with_masks": _cater_format(),
+    "tetrominoes": _format(
+        (35, 35, 3), (4, 35, 35, 1), [("color", (4, 3)), *_per_entity("x y shape visibility", 4)]
+    ),
+    "multi_dsprites_colored_on_grayscale": _format(
+        (64, 64, 3),
+        (64, 64, 6, 1),
+        [("color", (6, 3)), *_per_entity("x y shape visibility orientation scale", 6)],
+    ),
+    "clevr_with_masks": _format(
+        (240, 320, 3),
+        (11, 240, 320, 1),
+        [("pixel_coords", (11, 3)), *_per_entity("x y z rotation visibility", 11)],
+        _per_entity("size material shape color", 11),
+    ),
+    "objects_room": _format((64, 64, 3), (7, 64, 64, 1)),
+    "cater_with_masks": _format(
+        (_T, 64, 64, 3),
+        (_T, _E, 64, 64, 1),
+        [("camera_matrix", (_T, 4, 4)), ("object_positions", (_E, _T, 3))],
+        kind="raw",
+    ),
 }
 
 
@@ -141,118 +97,74 @@ def _masked_crc(data) -> int:
 class _ZlibReader:
     """Read-only file object over a zlib stream (TFRecordOptions ZLIB: CATER's files)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, mode: str):
         self._file = open(path, "rb")
         self._inflate = zlib.decompressobj()
         self._buffer = bytearray()
-        self._eof = False
 
     def read(self, size: int) -> bytes:
-        while len(self._buffer) < size and not self._eof:
+        while len(self._buffer) < size and not self._inflate.eof:
             chunk = self._file.read(1 << 20)
             try:
-                if chunk:
-                    self._buffer += self._inflate.decompress(chunk)
-                else:
-                    self._buffer += self._inflate.flush()
-                    self._eof = True
+                self._buffer += self._inflate.decompress(chunk) if chunk else self._inflate.flush()
             except zlib.error as exc:
                 raise OSError(f"corrupt ZLIB stream ({exc})") from exc
+            if not chunk:
+                break
         out = bytes(self._buffer[:size])
         del self._buffer[:size]
         return out
 
-    def __enter__(self) -> _ZlibReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self._file.close()
 
 
-def _is_zlib(head: bytes) -> bool:
-    # A zlib header: CMF 0x78 (deflate, 32K window) and (CMF * 256 + FLG) % 31 == 0; and the
-    # first block must inflate, which a raw TFRecord (a little-endian length) will not.
-    if len(head) < 2 or head[0] != 0x78 or (head[0] * 256 + head[1]) % 31:
-        return False
-    try:
-        zlib.decompressobj().decompress(head)
-    except zlib.error:
-        return False
-    return True
-
-
 def compression_of(path: str) -> str:
-    """The compression of a TFRecord file, from its first bytes.
-
-    Args:
-        path: the file.
-
-    Returns:
-        ``"gzip"`` (the multi_object_datasets files), ``"zlib"`` (CATER) or ``"none"``.
-    """
+    """``"gzip"`` (the multi_object_datasets files), ``"zlib"`` (CATER) or ``"none"``, from
+    the file's first bytes."""
     with open(path, "rb") as f:
         head = f.read(64)
     if head[:2] == b"\x1f\x8b":
         return "gzip"
-    return "zlib" if _is_zlib(head) else "none"
+    # A zlib stream (deflate, 32K window: 0x78) whose header and first block inflate, which a
+    # raw TFRecord (a little-endian length) will not.
+    with contextlib.suppress(zlib.error):
+        if head[:1] == b"\x78" and zlib.decompressobj().decompress(head) is not None:
+            return "zlib"
+    return "none"
 
 
-def _open(path: str):
-    compression = compression_of(path)
-    if compression == "gzip":
-        return gzip.open(path, "rb")
-    if compression == "zlib":
-        return _ZlibReader(path)
-    return open(path, "rb")
-
-
-def iter_records(path: str, verify_crc: bool | None = None) -> Iterator[bytes]:
-    """Yield the payloads of a TFRecord file, GZIP-, ZLIB- or not compressed (detected from
-    its first bytes).
-
-    Args:
-        path: the ``.tfrecords`` file.
-        verify_crc: check both CRCs of every record. None = check when the ``crc32c`` package
-            is importable (it is a dependency of ``tfrecord``); True without it is an error.
-
-    Returns:
-        An iterator of ``bytes`` payloads (serialised ``tf.train.Example``), in file order.
+def iter_records(path: str) -> Iterator[bytes]:
+    """Yield the payloads of a TFRecord file (GZIP, ZLIB or not compressed), in file order,
+    checking both CRCs of every record when ``crc32c`` is importable.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        TFRecordError: a truncated record, a CRC mismatch or a corrupt GZIP stream; the message
+        TFRecordError: a truncated record, a CRC mismatch or a corrupt stream; the message
             names the file and the record index.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"TFRecord file {path} does not exist")
-    if verify_crc is None:
-        verify_crc = _crc32c is not None
-    elif verify_crc and _crc32c is None:
-        raise ImportError("verify_crc=True needs the 'crc32c' package (pip install crc32c)")
-    index = 0
-    with _open(path) as f:
-        while True:
+    verify_crc = _crc32c is not None
+    opener = {"gzip": gzip.open, "zlib": _ZlibReader, "none": open}[compression_of(path)]
+    with contextlib.closing(opener(path, "rb")) as f:
+        for index in itertools.count():
             try:
                 header = f.read(12)
                 if not header:
                     return
-                if len(header) < 12:
+                length, length_crc = struct.unpack("<QI", header.ljust(12, b"\0"))
+                # Checked before reading: a garbage length must not be allocated.
+                if (
+                    len(header) < 12
+                    or length > _MAX_RECORD_BYTES
+                    or (verify_crc and _masked_crc(header[:8]) != length_crc)
+                ):
                     raise TFRecordError(
-                        f"{path}: record {index} is truncated (header of {len(header)} of 12 bytes)"
+                        f"{path}: record {index} has a bad header (truncated or corrupt file, or "
+                        "not a TFRecord file)"
                     )
-                (length,) = struct.unpack("<Q", header[:8])
-                (length_crc,) = struct.unpack("<I", header[8:])
-                if length > _MAX_RECORD_BYTES:  # garbage: do not try to allocate it
-                    raise TFRecordError(
-                        f"{path}: record {index} claims {length} bytes; not a TFRecord file?"
-                    )
-                if verify_crc and _masked_crc(header[:8]) != length_crc:
-                    raise TFRecordError(
-                        f"{path}: record {index} has a bad length CRC (corrupt file or not a "
-                        "TFRecord file)"
-                    )
-                payload = f.read(length)
-                footer = f.read(4)
+                payload, footer = f.read(length), f.read(4)
             except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
                 raise TFRecordError(f"{path}: cannot read record {index}: {exc}") from exc
             if len(payload) < length or len(footer) < 4:
@@ -262,48 +174,27 @@ def iter_records(path: str, verify_crc: bool | None = None) -> Iterator[bytes]:
             if verify_crc and _masked_crc(payload) != struct.unpack("<I", footer)[0]:
                 raise TFRecordError(f"{path}: record {index} has a bad data CRC (corrupt file)")
             yield payload
-            index += 1
 
 
-def _decode_bytes_list(buf) -> np.ndarray | list[bytes]:
-    raw = np.frombuffer(buf, dtype=np.uint8)
-    # Fast path: every element one byte long, i.e. the pattern 0x0A 0x01 b repeated. Parsing
-    # from the start reads exactly this pattern, so the check is the parse, not a heuristic.
-    if raw.size % 3 == 0 and np.all(raw[0::3] == 0x0A) and np.all(raw[1::3] == 0x01):
-        return raw[2::3].copy()
+def _decode_list(kind: str, buf):
+    if kind == "bytes":
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        # Every element one byte long: the pattern 0x0A 0x01 b repeated. Parsing from the start
+        # reads exactly this pattern, so the check is the parse, not a heuristic.
+        if raw.size % 3 == 0 and np.all(raw[0::3] == 0x0A) and np.all(raw[1::3] == 0x01):
+            return raw[2::3].copy()
+        return [bytes(v) for number, wire, v in iter_fields(buf) if number == 1 and wire == 2]
+    if kind == "float":  # packed (what TensorFlow writes) or one element per field
+        chunks = [np.frombuffer(v, "<f4") for n, w, v in iter_fields(buf) if n == 1 and w in (2, 5)]
+        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     values = []
     for number, wire, value in iter_fields(buf):
-        if number == 1 and wire == 2:
-            values.append(bytes(value))
-    return values
-
-
-def _decode_float_list(buf) -> np.ndarray:
-    chunks = []
-    for number, wire, value in iter_fields(buf):
-        if number != 1:
-            continue
-        if wire == 2:  # packed (what TensorFlow writes)
-            chunks.append(np.frombuffer(value, dtype="<f4"))
-        elif wire == 5:  # unpacked element
-            chunks.append(np.frombuffer(value, dtype="<f4"))
-    if not chunks:
-        return np.zeros(0, np.float32)
-    return np.concatenate(chunks).astype(np.float32)
-
-
-def _decode_int64_list(buf) -> np.ndarray:
-    values = []
-    for number, wire, value in iter_fields(buf):
-        if number != 1:
-            continue
-        if wire == 2:
-            packed = bytes(value)
-            pos = 0
+        if number == 1 and wire == 2:  # packed
+            packed, pos = bytes(value), 0
             while pos < len(packed):
                 v, pos = read_varint(packed, pos)
                 values.append(v)
-        elif wire == 0:
+        elif number == 1 and wire == 0:
             values.append(value)
     # Varints are two's complement 64-bit.
     return np.array([v - (1 << 64) if v >= 1 << 63 else v for v in values], dtype=np.int64)
@@ -312,76 +203,59 @@ def _decode_int64_list(buf) -> np.ndarray:
 def parse_example(payload: bytes) -> dict[str, tuple[str, object]]:
     """Decode a serialised ``tf.train.Example``.
 
-    Args:
-        payload: one record's bytes.
-
     Returns:
-        ``{feature name: (kind, value)}`` with kind ``"bytes"`` (value: a uint8 array when every
-        element is one byte long, else a list of ``bytes``), ``"float"`` (float32 array) or
-        ``"int64"`` (int64 array). Zero bytes are kept.
+        ``{feature name: (kind, value)}``: ``"bytes"`` (a uint8 array when every element is one
+        byte long, else a list of ``bytes``; zero bytes kept), ``"float"`` (float32 array) or
+        ``"int64"`` (int64 array).
 
     Raises:
         TFRecordError: the payload is not a valid Example.
     """
+    out: dict[str, tuple[str, object]] = {}
     try:
-        return _parse_example(payload)
+        # Example field 1: Features, whose field 1 is the map<string, Feature>.
+        for number, wire, features in iter_fields(payload):
+            if (number, wire) != (1, 2):
+                continue
+            for fnum, fwire, entry in iter_fields(features):
+                if (fnum, fwire) != (1, 2):
+                    continue
+                fields = {n: v for n, w, v in iter_fields(entry) if w == 2}
+                if 1 not in fields:
+                    raise TFRecordError("tf.train.Features map entry without a key")
+                kind, value = "bytes", np.zeros(0, np.uint8)
+                for knum, kwire, kvalue in iter_fields(fields.get(2, b"")):
+                    if kwire == 2 and knum in (1, 2, 3):
+                        kind = ("bytes", "float", "int64")[knum - 1]
+                        value = _decode_list(kind, kvalue)
+                out[bytes(fields[1]).decode("utf-8")] = (kind, value)
     except ProtobufError as exc:
         raise TFRecordError(str(exc)) from exc
-
-
-def _parse_example(payload: bytes) -> dict[str, tuple[str, object]]:
-    out: dict[str, tuple[str, object]] = {}
-    for number, wire, features in iter_fields(payload):
-        if number != 1 or wire != 2:
-            continue  # Example has only field 1 (features)
-        for fnum, fwire, entry in iter_fields(features):
-            if fnum != 1 or fwire != 2:
-                continue  # Features: field 1 is the map<string, Feature>
-            key = None
-            feature = None
-            for enum, ewire, evalue in iter_fields(entry):
-                if enum == 1 and ewire == 2:
-                    key = bytes(evalue).decode("utf-8")
-                elif enum == 2 and ewire == 2:
-                    feature = evalue
-            if key is None:
-                raise TFRecordError("tf.train.Features map entry without a key")
-            kind, value = "bytes", np.zeros(0, np.uint8)
-            for knum, kwire, kvalue in iter_fields(feature if feature is not None else b""):
-                if kwire != 2:
-                    continue
-                if knum == 1:
-                    kind, value = "bytes", _decode_bytes_list(kvalue)
-                elif knum == 2:
-                    kind, value = "float", _decode_float_list(kvalue)
-                elif knum == 3:
-                    kind, value = "int64", _decode_int64_list(kvalue)
-            out[key] = (kind, value)
     return out
 
 
-def check_and_shape(
-    example: dict[str, tuple[str, object]],
-    fmt: dict[str, FeatureSpec],
-    format_name: str,
-    where: str,
-) -> dict[str, np.ndarray]:
-    """Check a parsed example against an official format and reshape its features.
+def parse_official(payload: bytes, format_name: str, where: str) -> dict[str, np.ndarray]:
+    """Parse one record and check it against ``OFFICIAL_FORMATS[format_name]``.
 
     Args:
-        example: output of ``parse_example``.
-        fmt: the format, e.g. ``OFFICIAL_FORMATS["tetrominoes"]``.
-        format_name: its name, for messages.
+        payload: the record.
+        format_name: a key of ``OFFICIAL_FORMATS``.
         where: ``"<file> record <i>"``, for messages.
 
     Returns:
-        ``{name: array}``: bytes features as uint8, float features as float32, each with the
-        spec's shape. Features not in the spec are dropped.
+        ``{name: array}`` of the format's features (uint8 or float32, in the format's shapes).
 
     Raises:
-        TFRecordError: a missing feature, a feature of the wrong kind or the wrong number of
-            elements (the file is probably of another dataset).
+        TFRecordError: not an Example, a missing feature, or one of the wrong kind or size.
     """
+    if format_name not in OFFICIAL_FORMATS:
+        raise KeyError(f"unknown official format {format_name!r}; known: {list(OFFICIAL_FORMATS)}")
+    try:
+        example = parse_example(payload)
+    except TFRecordError as exc:
+        raise TFRecordError(f"{where}: not a tf.train.Example ({exc})") from exc
+    fmt = OFFICIAL_FORMATS[format_name]
+    hint = f"for {format_name}. Is this the right file?"
     out = {}
     for name, spec in fmt.items():
         if name not in example:
@@ -390,79 +264,32 @@ def check_and_shape(
                 f"{sorted(fmt)} but this one has {sorted(example)}. Is this the right file?"
             )
         kind, value = example[name]
-        if spec.kind == "raw":
-            value = _raw_bytes(kind, value, name, spec, format_name, where)
+        expected = int(np.prod(spec.shape))
+        shape = "x".join(map(str, spec.shape))
+        if spec.kind == "raw":  # ONE byte string (a one-byte string parses as an array)
+            if kind == "bytes" and isinstance(value, list) and len(value) == 1:
+                value = np.frombuffer(value[0], dtype=np.uint8)
+            elif not (kind == "bytes" and isinstance(value, np.ndarray) and value.size == 1):
+                count = len(value) if isinstance(value, list) else value.size
+                raise TFRecordError(
+                    f"{where}: feature {name!r} is a {kind} list of {count} elements, expected "
+                    f"ONE byte string of {expected} bytes (shape {shape}) {hint}"
+                )
         elif kind != spec.kind or (kind == "bytes" and not isinstance(value, np.ndarray)):
             raise TFRecordError(
                 f"{where}: feature {name!r} is a {kind} list, expected a {spec.kind} list "
-                f"(one byte per element) for {format_name}. Is this the right file?"
+                f"(one byte per element) {hint}"
             )
-        expected = int(np.prod(spec.shape))
         if value.size != expected:
             raise TFRecordError(
                 f"{where}: feature {name!r} has {value.size} elements, expected {expected} "
-                f"(shape {'x'.join(map(str, spec.shape))}) for {format_name}. "
-                "Is this the right file (or variant)?"
+                f"(shape {shape}) for {format_name}. Is this the right file (or variant)?"
             )
         out[name] = value.reshape(spec.shape)
     return out
 
 
-def _raw_bytes(kind: str, value, name: str, spec: FeatureSpec, format_name: str, where: str):
-    """The uint8 array of a feature stored as ONE byte string (``decode_raw``)."""
-    if kind == "bytes" and isinstance(value, list) and len(value) == 1:
-        return np.frombuffer(value[0], dtype=np.uint8)
-    if kind == "bytes" and isinstance(value, np.ndarray) and value.size == 1:
-        return value  # a one-element array: one string of one byte
-    count = len(value) if isinstance(value, list) else getattr(value, "size", "?")
-    raise TFRecordError(
-        f"{where}: feature {name!r} is a {kind} list of {count} elements, expected ONE byte "
-        f"string of {int(np.prod(spec.shape))} bytes (shape {'x'.join(map(str, spec.shape))}) "
-        f"for {format_name}. Is this the right file?"
-    )
-
-
-def parse_official(payload: bytes, format_name: str, where: str) -> dict[str, np.ndarray]:
-    """Parse one record and check it against an official format.
-
-    Args:
-        payload: the record's bytes.
-        format_name: a key of ``OFFICIAL_FORMATS``.
-        where: ``"<file> record <i>"``, for messages.
-
-    Returns:
-        ``{feature: array}`` as ``check_and_shape`` returns them.
-
-    Raises:
-        KeyError: an unknown format name.
-        TFRecordError: not an Example, or not of this format.
-    """
-    if format_name not in OFFICIAL_FORMATS:
-        raise KeyError(f"unknown official format {format_name!r}; known: {list(OFFICIAL_FORMATS)}")
-    try:
-        example = parse_example(payload)
-    except TFRecordError as exc:
-        raise TFRecordError(f"{where}: not a tf.train.Example ({exc})") from exc
-    return check_and_shape(example, OFFICIAL_FORMATS[format_name], format_name, where)
-
-
-def read_official(
-    path: str, format_name: str, verify_crc: bool | None = None
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the checked, shaped examples of an official file, in file order.
-
-    Args:
-        path: the GZIP TFRecord file.
-        format_name: a key of ``OFFICIAL_FORMATS``.
-        verify_crc: see ``iter_records``.
-
-    Returns:
-        An iterator of ``{feature: array}`` as ``check_and_shape`` returns them (masks in the
-        stored layout; the caller transposes Multi-dSprites' (H, W, E, 1)).
-
-    Raises:
-        KeyError: an unknown format name.
-        TFRecordError: see ``iter_records`` and ``check_and_shape``.
-    """
-    for index, payload in enumerate(iter_records(path, verify_crc)):
+def read_official(path: str, format_name: str) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the checked, shaped examples (``parse_official``) of an official file in order."""
+    for index, payload in enumerate(iter_records(path)):
         yield parse_official(payload, format_name, f"{path} record {index}")

@@ -1,14 +1,14 @@
-"""Write one prepared dataset folder atomically (format: ``lib/data/format.py``).
+"""Write a prepared dataset folder (``lib/data/format.py``) atomically, one process at a time.
 
-The folder is built under a temporary name in the same root, ``<root>/.<dataset>.tmp-XXXX``,
-and renamed into place only when complete; on an error or Ctrl-C the temporary folder is
-removed, and one left by a killed process is removed by the next preparation of the dataset
-(``remove_stale_temps``, called under the dataset's lock). So a dataset folder either is
-complete or does not exist.
+The folder is built as ``<root>/.<dataset>.tmp-XXXX`` and renamed into place when complete. A
+writer holds the ``fcntl`` lock ``<root>/.<dataset>.lock`` (``dataset_lock``); others block
+until it is done, then see the finished folder. The kernel drops the lock of a killed process,
+and the next holder removes the temporary folders it left (``remove_stale_temps``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -16,38 +16,32 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 
 from lib.data.format import FORMAT_VERSION, dataset_dir
 from lib.errors import DatasetExistsError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locking, one process at a time
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
-# Temporary siblings of <root>/<dataset>: the folder being written, and an old folder being
-# replaced (--overwrite).
+# Temporary siblings of <root>/<dataset>: the folder being written, an old one being replaced.
 _TMP_INFIXES = (".tmp-", ".old-")
 
 
 def storage_dtype(value: np.ndarray) -> np.dtype:
-    """The dtype a factor array is stored with: float32 and uint8 kept, anything else
-    float32."""
+    """Factors keep float32 and uint8; anything else is stored as float32."""
     return value.dtype if value.dtype in (np.uint8, np.float32) else np.dtype(np.float32)
 
 
 def remove_stale_temps(root: str, dataset: str) -> list[str]:
-    """Remove the temporary folders of ``dataset`` that killed runs left in ``root``.
-
-    Call it only while holding the dataset's lock (``lib.prepare.lock.dataset_lock``): then
-    no live process is writing them.
-
-    Args:
-        root: ``DATASETS.ROOT``.
-        dataset: the dataset folder name.
-
-    Returns:
-        The folders removed.
-    """
+    """Remove (and return) the temporary folders of ``dataset`` that killed runs left in
+    ``root``; call it only while holding the dataset's lock, so no live process owns them."""
     removed = []
     for infix in _TMP_INFIXES:
         for path in sorted(glob.glob(os.path.join(glob.escape(root), f".{dataset}{infix}*"))):
@@ -58,11 +52,8 @@ def remove_stale_temps(root: str, dataset: str) -> list[str]:
 
 
 class _NpyAppender:
-    """Append rows to a ``.npy`` file whose length is known only at the end.
-
-    The header is written with a fixed size (256 bytes, 64-aligned) and rewritten with the
-    final row count on ``close``.
-    """
+    """Append rows to a ``.npy`` file whose length is known only at the end: the header has
+    a fixed size (256 bytes) and is rewritten with the row count on ``close``."""
 
     HEADER_BYTES = 256
 
@@ -84,35 +75,20 @@ class _NpyAppender:
         return b"\x93NUMPY\x01\x00" + struct.pack("<H", body) + text.encode("latin1")
 
     def append(self, rows: np.ndarray) -> None:
-        """Append rows of shape (n, *row_shape), converted to the file's dtype."""
         self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
         self.count += len(rows)
 
     def close(self) -> None:
-        if self.file.closed:
-            return
-        self.file.seek(0)
-        self.file.write(self._header(self.count))
-        self.file.close()
-
-    def abort(self) -> None:
-        self.file.close()
+        if not self.file.closed:
+            self.file.seek(0)
+            self.file.write(self._header(self.count))
+            self.file.close()
 
 
 class DatasetWriter:
-    """Write one dataset folder atomically (temporary folder, then rename).
-
-    Use as a context manager; call ``commit(meta)`` at the end. Leaving the block without a
-    commit (an exception, Ctrl-C) removes everything written.
-
-    Args:
-        root: parent folder (``DATASETS.ROOT``); created if missing.
-        dataset: folder name.
-        overwrite: replace an existing folder (only once the new one is complete).
-
-    Raises:
-        FileExistsError: the folder exists and ``overwrite`` is False.
-    """
+    """A context manager writing ``<root>/<dataset>`` (``root`` made if missing); call
+    ``commit(meta)`` at the end: leaving the block without it removes everything. An existing
+    folder is a FileExistsError unless ``overwrite`` (replaced once the new one is complete)."""
 
     def __init__(self, root: str, dataset: str, overwrite: bool = False):
         self.root = root
@@ -137,31 +113,11 @@ class DatasetWriter:
         os.makedirs(os.path.join(self.tmp, "factors"))
         return self
 
-    def _check_rows(self, key: str, rows: np.ndarray, where: str) -> None:
-        """Raise unless ``rows`` have the row shape of the examples written to ``key``."""
-        appender = self.arrays.get(key)
-        if appender is not None and rows.shape[1:] != appender.row_shape:
-            raise ValueError(
-                f"{where}: {key} has shape {rows.shape[1:]}, but earlier examples have "
-                f"{appender.row_shape} (every example needs the same shapes)"
-            )
-
-    def _append(self, key: str, rel: str, rows: np.ndarray, dtype) -> None:
-        if key not in self.arrays:
-            self.arrays[key] = _NpyAppender(os.path.join(self.tmp, rel), dtype, rows.shape[1:])
-        self.arrays[key].append(rows)
-
     def add_many(
         self, images: np.ndarray, masks: np.ndarray, factors: dict[str, np.ndarray]
     ) -> None:
-        """Append n examples at once.
-
-        Args:
-            images: uint8 (n, H, W, 3).
-            masks: uint8 (n, H, W) label maps, 0 = background.
-            factors: name -> array (n, ...) (float32 or uint8 kept; other dtypes stored as
-                float32); the same names for every call.
-        """
+        """Append n examples: images uint8 (n, H, W, 3), masks uint8 (n, H, W) label maps, and
+        factors name -> (n, ...) array (the same names and row shapes for every example)."""
         images, masks = np.asarray(images), np.asarray(masks)
         n = len(images)
         where = (
@@ -180,57 +136,37 @@ class DatasetWriter:
             raise ValueError(
                 f"{where}: factors {sorted(factors)}, but earlier examples have {sorted(known)}"
             )
-        for name, value in factors.items():
-            if len(value) != n:
-                raise ValueError(f"{where}: factor {name!r} has {len(value)} rows for {n} images")
-        columns = [
-            ("images", "images.npy", images, np.uint8),
-            ("masks", "masks.npy", masks, np.uint8),
-        ]
+        columns = [("images", images, np.uint8), ("masks", masks, np.uint8)]
         for name, value in factors.items():
             value = np.asarray(value)
-            rel = os.path.join("factors", f"{name}.npy")
-            columns.append((f"factors/{name}", rel, value, storage_dtype(value)))
-        # Every shape is checked before any row is written, so a rejected call leaves the
-        # files as they were (all arrays keep one row per example counted).
-        for key, _, rows, _ in columns:
-            self._check_rows(key, rows, where)
-        for key, rel, rows, dtype in columns:
-            self._append(key, rel, rows, dtype)
+            if len(value) != n:
+                raise ValueError(f"{where}: factor {name!r} has {len(value)} rows for {n} images")
+            columns.append((f"factors/{name}", value, storage_dtype(value)))
+        # Every shape is checked before any row is written: a rejected call writes nothing.
+        for key, rows, _ in columns:
+            if key in self.arrays and rows.shape[1:] != self.arrays[key].row_shape:
+                raise ValueError(
+                    f"{where}: {key} has shape {rows.shape[1:]}, but earlier examples have "
+                    f"{self.arrays[key].row_shape} (every example needs the same shapes)"
+                )
+        for key, rows, dtype in columns:
+            if key not in self.arrays:
+                path = os.path.join(self.tmp, f"{key}.npy")
+                self.arrays[key] = _NpyAppender(path, dtype, rows.shape[1:])
+            self.arrays[key].append(rows)
         self.count += n
 
     def add(self, image: np.ndarray, mask: np.ndarray, factors: dict[str, np.ndarray]) -> None:
-        """Append one example.
-
-        Args:
-            image: uint8 (H, W, 3).
-            mask: uint8 (H, W) label map, 0 = background.
-            factors: name -> array of a fixed shape per name (float32 or uint8 kept; other
-                dtypes stored as float32).
-        """
-        image, mask = np.asarray(image), np.asarray(mask)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"example {self.count}: image must be uint8 (H, W, 3), got {image.dtype} "
-                f"{image.shape}"
-            )
-        if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
-            raise ValueError(
-                f"example {self.count}: mask must be uint8 {image.shape[:2]}, got {mask.dtype} "
-                f"{mask.shape}"
-            )
-        self.add_many(image[None], mask[None], {k: np.asarray(v)[None] for k, v in factors.items()})
+        """Append one example: image uint8 (H, W, 3), mask uint8 (H, W), factors name -> array."""
+        self.add_many(
+            np.asarray(image)[None],
+            np.asarray(mask)[None],
+            {k: np.asarray(v)[None] for k, v in factors.items()},
+        )
 
     def commit(self, meta: dict) -> str:
-        """Finish the files, write ``meta.json`` and move the folder into place.
-
-        Args:
-            meta: provenance; ``num_examples``, ``image_shape``, ``factors`` and
-                ``format_version`` are filled in here.
-
-        Returns:
-            The dataset folder.
-        """
+        """Finish the files, write ``meta.json`` (adding ``format_version``, ``num_examples``,
+        ``image_shape`` and ``factors``) and move the folder into place; returns it."""
         if self.count == 0:
             raise ValueError(f"no examples to write for {self.target}")
         for appender in self.arrays.values():
@@ -264,8 +200,54 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.tmp is not None:  # not committed: remove every trace
             for appender in self.arrays.values():
-                appender.abort()
+                appender.file.close()
             # Best effort: a failing clean-up must not hide the exception that got us here
             # (a folder left behind is removed by the next preparation, remove_stale_temps).
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+
+
+def _acquire(path: str, dataset: str) -> int:
+    """Open and lock ``path``; returns the descriptor. The holder removes the file when done:
+    a waiter that locked a file no longer at ``path`` starts over."""
+    waiting = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waiting:
+                    logger.info(
+                        "another process is preparing %s (lock %s): waiting for it", dataset, path
+                    )
+                    waiting = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def dataset_lock(root: str, dataset: str) -> Iterator[None]:
+    """Hold the lock of ``<root>/<dataset>`` (``root`` is created if missing), having removed
+    the temporaries of killed runs."""
+    os.makedirs(root, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = os.path.join(root, f".{dataset}.lock")
+    fd = _acquire(path, dataset)
+    try:
+        remove_stale_temps(root, dataset)
+        yield
+    finally:
+        # Unlink before unlocking: a waiter that then gets the old file sees it is gone.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -17,7 +17,7 @@ from lib.prepare import MissingDataError, derived_test_seed, generate_dataset, p
 from lib.prepare import generators as gen_registry
 from lib.prepare import missing as missing_module
 from lib.prepare.generators import tetrominoes as tet
-from lib.prepare.lock import dataset_lock
+from lib.prepare.writer import dataset_lock
 from tests.data.conftest import data_cfg
 from tests.prepare.conftest import REPO
 
@@ -133,9 +133,9 @@ def test_a_waiting_process_finds_the_folder_complete(tmp_path, monkeypatch):
     # open files even within a process) blocks on the lock, then uses rank 0's folder.
     cfg = _tet_cfg(tmp_path, DATASETS__GENERATE_SIZE=3, DATASETS__TEST_SIZE=1)
     calls = []
-    real = missing_module.generate_under_lock
+    real = missing_module.generate_dataset
     monkeypatch.setattr(
-        missing_module, "generate_under_lock", lambda *a, **k: calls.append(a) or real(*a, **k)
+        missing_module, "generate_dataset", lambda *a, **k: calls.append(a) or real(*a, **k)
     )
     result = []
     with dataset_lock(str(tmp_path), "tetrominoes_synth"):
@@ -151,9 +151,9 @@ def test_a_waiting_process_finds_the_folder_complete(tmp_path, monkeypatch):
             num_examples=3,
             seed=9,
             test_size=1,
-            overwrite=False,
             progress=False,
             workers=1,
+            locked=True,
         )
     waiter.join(timeout=30)
     assert not waiter.is_alive()

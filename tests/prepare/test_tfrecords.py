@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from lib.prepare import tfrecords
 from lib.prepare.generators import tetrominoes as tet
 from tests.prepare.conftest import (
+    _field,
+    _varint,
     bytes_feature,
     example_bytes,
     float_feature,
@@ -83,14 +86,17 @@ def test_handbuilt_example_decodes_like_protobuf():
 
 
 def test_parse_general_lists():
-    example_pb2 = pytest.importorskip("tfrecord.example_pb2")
-    ex = example_pb2.Example()
-    ex.features.feature["s"].bytes_list.value.extend([b"ab", b"", b"\x00c"])
-    ex.features.feature["i"].int64_list.value.extend([1, -3, 2**40])
-    parsed = tfrecords.parse_example(ex.SerializeToString())
+    # Hand-encoded (conftest's wire-format writer): multi-byte strings, packed int64 varints
+    # in two's complement, and unpacked floats (one fixed32 field per element).
+    strings = _field(1, b"".join(_field(1, v) for v in (b"ab", b"", b"\x00c")))
+    ints = _field(3, _field(1, b"".join(_varint(v % 2**64) for v in (1, -3, 2**40))))
+    floats = _field(2, b"".join(b"\x0d" + struct.pack("<f", v) for v in (1.5, -2.0)))
+    parsed = tfrecords.parse_example(example_bytes({"s": strings, "i": ints, "f": floats}))
     assert parsed["s"] == ("bytes", [b"ab", b"", b"\x00c"])
     assert parsed["i"][0] == "int64"
     np.testing.assert_array_equal(parsed["i"][1], [1, -3, 2**40])
+    assert parsed["f"][0] == "float"
+    np.testing.assert_array_equal(parsed["f"][1], [1.5, -2.0])
 
 
 def test_crc_mismatch_is_detected(tmp_path):

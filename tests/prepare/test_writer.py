@@ -160,9 +160,13 @@ def test_bad_examples_name_the_example_key_and_shape(tmp_path):
     image, mask = _example(0)
     with DatasetWriter(str(tmp_path), "x") as writer:
         writer.add(image, mask, {"f": np.zeros(2, np.float32)})
-        with pytest.raises(ValueError, match=r"example 1: image must be uint8 \(H, W, 3\), got"):
+        with pytest.raises(
+            ValueError, match=r"example 1: images must be uint8 \(n, H, W, 3\), got float32"
+        ):
             writer.add(image.astype(np.float32), mask, {"f": np.zeros(2)})
-        with pytest.raises(ValueError, match=r"example 1: mask must be uint8 \(4, 5\), got"):
+        with pytest.raises(
+            ValueError, match=r"example 1: masks must be uint8 \(1, 4, 5\), got uint8 \(1, 3, 5\)"
+        ):
             writer.add(image, mask[:3], {"f": np.zeros(2)})
         with pytest.raises(ValueError, match=r"example 1: images has shape \(5, 4, 3\), but"):
             writer.add(

@@ -1,15 +1,12 @@
 """Procedural sprites: small 32x32 scenes of simple shapes, the quickstart's dataset.
 
-Each scene has 2 to ``max_objects`` sprites (square, circle, triangle, diamond) of random size
-and position on a black background, drawn back to front so later sprites occlude earlier
-ones. Colours come from eight saturated colours; with probability ``same_color_prob`` a sprite
-repeats the previous sprite's colour, so colour alone cannot always separate objects. A
-sprite whose visible area falls under ``min_visible`` pixels is redrawn elsewhere.
-
-Factors, one entry per entity (entry 0 the background, padded to ``max_objects + 1``):
-``shape`` (0 square, 1 circle, 2 triangle, 3 diamond), ``size`` (half-extent in pixels),
-``x`` and ``y`` (centre column and row in pixels), ``color`` (RGB in [0, 1]) and
-``visibility`` (1 for present entities).
+2 to ``max_objects`` sprites (square, circle, triangle, diamond) of random size and position on
+black, later ones occluding earlier ones, in eight saturated colours; with probability
+``same_color_prob`` a sprite repeats the previous colour, so colour alone cannot always separate
+objects. A placement leaving a sprite under ``min_visible`` pixels is redrawn. Factors (entry 0
+the background, padded to ``max_objects + 1``): ``shape`` (``SHAPES`` index), ``size``
+(half-extent, pixels), ``x``, ``y`` (centre column, row), ``color`` (RGB in [0, 1]) and
+``visibility``.
 """
 
 from __future__ import annotations
@@ -50,20 +47,8 @@ def generate(
     same_color_prob: float = 0.3,
     min_visible: int = 12,
 ) -> Iterator[dict]:
-    """Yield sprite scenes.
-
-    Args:
-        num_examples: scenes to yield.
-        seed: seed of the NumPy generator; the same seed gives the same bytes.
-        size: image side in pixels.
-        max_objects, min_objects: sprites per scene, uniform in [min, max].
-        min_radius, max_radius: sprite half-extent range in pixels.
-        same_color_prob: probability that a sprite repeats the previous sprite's colour.
-        min_visible: least visible pixels of every sprite.
-
-    Yields:
-        ``{"image": uint8 (size, size, 3), "mask": uint8 (size, size), "factors": dict}``.
-    """
+    """Yield ``num_examples`` scenes (module docstring) from one stream of ``seed``:
+    ``image`` uint8 (size, size, 3), ``mask`` uint8 (size, size), ``factors``."""
     rng = np.random.default_rng(seed)
     n_ent = max_objects + 1
     for _ in range(num_examples):
@@ -71,12 +56,8 @@ def generate(
         image = np.zeros((size, size, 3), np.float32)
         mask = np.zeros((size, size), np.uint8)
         factors = {
-            "shape": np.zeros(n_ent, np.float32),
-            "size": np.zeros(n_ent, np.float32),
-            "x": np.zeros(n_ent, np.float32),
-            "y": np.zeros(n_ent, np.float32),
-            "color": np.zeros((n_ent, 3), np.float32),
-            "visibility": np.zeros(n_ent, np.float32),
+            name: np.zeros((n_ent, 3) if name == "color" else n_ent, np.float32)
+            for name in ("shape", "size", "x", "y", "color", "visibility")
         }
         factors["visibility"][0] = 1.0
         color = None

@@ -1,15 +1,10 @@
 """Procedural Tetrominoes: 35x35 images of 3 non-overlapping tetromino pieces on black.
 
-The recipe matches the official ``multi_object_datasets`` Tetrominoes (checked against its
-released examples, which this renderer reproduces byte for byte from their factors): each
-piece is one of the 19 fixed tetromino orientations, made of 4 blocks of 5x5 pixels with a
-bevel (a fixed 5x5 brightness pattern), coloured with one of 6 colours (red, green, blue,
-yellow, magenta, cyan; repeats allowed), placed at any integer pixel position where its
-bounding box fits and it does not overlap the pieces already placed.
-
-Factors follow the official layout, one entry per entity, entry 0 the background:
-``x`` (row of the piece's bounding-box top-left pixel), ``y`` (its column), ``shape``
-(1..19, see ``SHAPES``), ``visibility`` (1) and ``color`` (RGB in {0, 1}), all float32.
+The official recipe (its released examples are reproduced byte for byte from their factors):
+each piece one of the 19 fixed tetrominoes, 4 bevelled blocks of 5x5 pixels, one of 6 colours
+(repeats allowed), at any pixel position where it fits without overlapping earlier pieces.
+Factors as released, entry 0 the background: ``x`` (row of the top-left pixel), ``y`` (its
+column), ``shape`` (1..19, ``SHAPES``), ``visibility`` (1) and ``color`` (RGB in {0, 1}).
 """
 
 from __future__ import annotations
@@ -24,26 +19,12 @@ NUM_PIECES = 3
 
 # The 19 fixed tetrominoes, indexed 1..19 as in the official factor ``shape`` (indices 2, 3,
 # 5-7 and 9-19 were checked against released examples; 1, 4 and 8 complete the obvious order).
-SHAPES: tuple[tuple[str, ...], ...] = (
-    ("1111",),
-    ("1", "1", "1", "1"),
-    ("111", "100"),
-    ("100", "111"),
-    ("001", "111"),
-    ("111", "001"),
-    ("11", "01", "01"),
-    ("01", "01", "11"),
-    ("11", "10", "10"),
-    ("10", "10", "11"),
-    ("110", "011"),
-    ("011", "110"),
-    ("01", "11", "10"),
-    ("10", "11", "01"),
-    ("010", "111"),
-    ("111", "010"),
-    ("01", "11", "01"),
-    ("10", "11", "10"),
-    ("11", "11"),
+SHAPES: tuple[tuple[str, ...], ...] = tuple(
+    tuple(rows.split("/"))
+    for rows in (
+        "1111 1/1/1/1 111/100 100/111 001/111 111/001 11/01/01 01/01/11 11/10/10 10/10/11 "
+        "110/011 011/110 01/11/10 10/11/01 010/111 111/010 01/11/01 10/11/10 11/11"
+    ).split()
 )
 
 # Colours in {0, 1} per RGB channel; a pixel is colour * bevel brightness.
@@ -65,12 +46,7 @@ BEVEL = np.array(
 
 
 def piece_bitmaps() -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pixel bitmaps of the 19 pieces.
-
-    Returns:
-        A list indexed by ``shape - 1`` of ``(occupancy bool (h, w), brightness uint8 (h, w))``
-        with h, w = 5 x (blocks per side).
-    """
+    """Per piece (index ``shape - 1``): occupancy bool (h, w) and brightness uint8 (h, w)."""
     out = []
     for rows in SHAPES:
         blocks = np.array([[c == "1" for c in row] for row in rows])
@@ -83,17 +59,16 @@ def piece_bitmaps() -> list[tuple[np.ndarray, np.ndarray]]:
 def render(
     x: np.ndarray, y: np.ndarray, shape: np.ndarray, color: np.ndarray, pieces=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render a scene from its factors (entry 0 = background is ignored).
+    """Render a scene from its factors (entry 0, the background, is ignored).
 
     Args:
         x, y: (E,) row and column of each piece's top-left pixel.
         shape: (E,) piece index 1..19.
         color: (E, 3) RGB in {0, 1}.
-        pieces: output of ``piece_bitmaps()`` (computed when None).
+        pieces: ``piece_bitmaps()`` (computed when None).
 
     Returns:
-        image uint8 (35, 35, 3) and label map uint8 (35, 35), label k for entry k, 0 background.
-        Later pieces are drawn over earlier ones (they never overlap when generated here).
+        image uint8 (35, 35, 3) and label map uint8 (35, 35), label k for entry k.
     """
     pieces = piece_bitmaps() if pieces is None else pieces
     image = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -110,18 +85,9 @@ def render(
 
 
 def generate(num_examples: int, seed: int, num_pieces: int = NUM_PIECES) -> Iterator[dict]:
-    """Generate Tetrominoes scenes, deterministically from ``seed``.
-
-    Args:
-        num_examples: number of scenes.
-        seed: seed of the ``numpy.random.Generator`` (the whole stream depends on it alone).
-        num_pieces: pieces per scene (official: 3).
-
-    Returns:
-        An iterator of dicts: ``image`` uint8 (35, 35, 3), ``mask`` uint8 (35, 35) label map
-        (0 background, k = piece k), ``factors``: ``x``, ``y``, ``shape``, ``visibility``
-        float32 (num_pieces + 1,), ``color`` float32 (num_pieces + 1, 3).
-    """
+    """Yield ``num_examples`` scenes of ``num_pieces`` pieces from one stream of ``seed``:
+    ``image`` uint8 (35, 35, 3), ``mask`` uint8 (35, 35) (k = piece k), ``factors`` (E,)
+    float32 (``color`` (E, 3)), E = num_pieces + 1."""
     rng = np.random.default_rng(seed)
     pieces = piece_bitmaps()
     e = num_pieces + 1
