@@ -23,15 +23,15 @@ GRAD_INPUT_REDUCTIONS = ("sum", "mean")
 LSTM_INITS = ("sonnet", "zero_bias")
 PADDINGS = ("tf_same", "symmetric")
 POOLS = ("avg", "flatten")
-# MODEL.PRECISION and INPUT.RESIZE (run settings, listed here so that each is written once).
+# MODEL.PRECISION (a run setting, listed here so that it is written once; INPUT.RESIZE: below).
 PRECISIONS = ("fp32", "tf32", "bf16")
-RESIZE_MODES = ("tf1", "bilinear", "nearest")
 # Refinement coordinate channels: 2 linear (x then y) or 8 cosine (constant dropped).
 COORD_CHANNELS = {"linear": 2, "cosine": 8}
 COORD_TYPES = tuple(COORD_CHANNELS)
 
 
-# --- refinement inputs -----------------------------------------------------------------------
+# --- refinement inputs: the released ones, frozen (a new input is a row of the table in
+# lib.model.refinement_inputs, which leaves these facts, the paper configs and the converter alone)
 @dataclass(frozen=True)
 class RefinementInput:
     """One refinement input of the released model.
@@ -76,10 +76,6 @@ IMAGE_INPUTS = tuple(sorted(n for n, s in REFINEMENT_INPUTS.items() if not s.vec
 VECTOR_INPUTS = tuple(sorted(n for n, s in REFINEMENT_INPUTS.items() if s.vector))
 NORMALISED_INPUTS = tuple(sorted(n for n, s in REFINEMENT_INPUTS.items() if s.normalised))
 LEGACY_INPUTS = tuple(sorted(n for n, s in REFINEMENT_INPUTS.items() if s.legacy))
-# Channels of the image-sized inputs whose count is fixed (every one but coordinates).
-IMAGE_INPUT_CHANNELS = {
-    n: REFINEMENT_INPUTS[n].channels for n in IMAGE_INPUTS if REFINEMENT_INPUTS[n].channels
-}
 
 
 def input_channels(name: str, coord_type: str, latent_dim: int) -> int:
@@ -384,3 +380,46 @@ def layer_variables(layer: ReleasedLayer) -> dict[str, tuple[int, ...]]:
         return {s + "/w": layer.shape, s + "/b": (layer.shape[-1],)}
     inputs, hidden = layer.shape
     return {s + "/w_gates": (inputs + hidden, 4 * hidden), s + "/b_gates": (4 * hidden,)}
+
+
+# --- data: resize protocols and built-in dataset names ---------------------------------------
+# INPUT.RESIZE: "" (the default) = each source's own protocol (DATA_RESIZE); any other value
+# forces that method on every dataset. "pil_bilinear" / "pil_bicubic": PIL's Image.resize on
+# the 8-bit image (ClevrTex's / EfficientMORL's loaders), exactly.
+RESIZE_CHOICES = ("", "tf1", "bilinear", "nearest", "pil_bilinear", "pil_bicubic")
+# The resize a source's own pipeline uses: DeepMind's TFRecords (prepared built-in sets, and
+# their generated stand-ins) were read with TF 1.14 resize_images; ClevrTex resizes with PIL
+# bilinear (labels nearest); EfficientMORL with PIL's default filter, bicubic; the object-centric
+# library's files are stored at the size it trains at (bilinear only where asked for another).
+DATA_RESIZE = {
+    "prepared": "tf1",
+    "clevrtex": "pil_bilinear",
+    "emorl": "pil_bicubic",
+    "ocl": "bilinear",
+    "folder": "bilinear",
+}
+# Name suffix -> split: "<dataset>_train", "<dataset>_test", and "<dataset>" (all examples).
+SPLIT_SUFFIXES = {"": "all", "_train": "train", "_test": "test"}
+# The built-in datasets (folders under DATASETS.ROOT, lib.data.format.BUILTIN_DATASETS holds
+# how each is read); a paper name never reads its generated stand-in, SYNTH_OF[name].
+BUILTIN_NAMES = (
+    *("tetrominoes", "multi_dsprites", "clevr6", "clevr10", "objects_room", "cater"),
+    *("tetrominoes_synth", "multi_dsprites_synth", "clevr6_synth", "clevr10_synth"),
+    *("sprites", "sprites5"),
+)
+SYNTH_OF = {
+    name: f"{name}_synth" for name in ("tetrominoes", "multi_dsprites", "clevr6", "clevr10")
+}
+
+
+def builtin_of(name: str) -> str | None:
+    """The built-in dataset a dataset name reads (``clevr6_train`` -> ``clevr6``), or None.
+
+    Args:
+        name: a dataset name (``clevr6_train``, ``tetrominoes``, ``folder:/x``, ...).
+    """
+    for suffix in SPLIT_SUFFIXES:
+        base = name[: len(name) - len(suffix)] if suffix else name
+        if name.endswith(suffix) and base in BUILTIN_NAMES:
+            return base
+    return None

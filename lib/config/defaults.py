@@ -145,11 +145,18 @@ _C.MODEL.FACTOR_REGRESSOR.LOSS_WEIGHT = 1.0
 _C.INPUT = CN()
 # Side of the square model input in pixels (images are cropped/resized to it).
 _C.INPUT.IMAGE_SIZE = 128
-# How images are resized to IMAGE_SIZE: "tf1" (released: TF 1.14 resize_images, bilinear with
-# no antialiasing or half-pixel centres; label maps nearest at floor(i * in / out)), "bilinear"
-# (antialiased, half-pixel centres) or "nearest" (image sampled at the label map's pixel
-# centres; keeps hard-edged sprites hard, so no pixel blends two objects).
-_C.INPUT.RESIZE = "tf1"
+# How images are resized to IMAGE_SIZE: "" = the data's own protocol (lib.spec.DATA_RESIZE:
+# "tf1" for DeepMind's datasets and their stand-ins, ClevrTex "pil_bilinear", EfficientMORL
+# "pil_bicubic", folders and object-centric library files "bilinear"), or one method for all:
+# "tf1" (TF 1.14 resize_images, no antialiasing or half-pixel centres; labels at
+# floor(i * in / out)), "bilinear" (antialiased, half-pixel centres), "nearest" (image sampled
+# at the label map's pixel centres: no pixel blends two objects), "pil_bilinear" /
+# "pil_bicubic" (PIL's resize of the 8-bit image). Label maps: always nearest.
+_C.INPUT.RESIZE = ""
+# Crop (row0, row1, col0, col1) in stored pixels replacing the data's own (CLEVR's official crop,
+# else the centre square); () = the data's own. The object-centric library's Tetrominoes:
+# (2, 34, 2, 34) with IMAGE_SIZE 32.
+_C.INPUT.CROP = ()
 
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
@@ -159,6 +166,9 @@ _C.DATASETS.TRAIN = ("clevr6_train",)
 _C.DATASETS.TEST = ("clevr6_test",)
 # Folder holding the built-in datasets, one subfolder each (written by tools/prepare_data.py).
 _C.DATASETS.ROOT = "data"
+# Python modules (dotted names) or .py files imported before datasets are built, so that the
+# dataset classes they register (lib.data.build.register_dataset) can be named in TRAIN / TEST.
+_C.DATASETS.IMPORTS = ()
 # Largest number of objects (labels > 0) allowed in a label map; 0 = no limit.
 _C.DATASETS.MAX_OBJECTS = 0
 # Read at preparation only: test examples a prepared set gets, stored last (the _test split
@@ -230,6 +240,9 @@ _C.TEST.EVAL_PERIOD = 5000
 _C.TEST.EVAL_NUM_IMAGES = 64
 # test_net also writes each image's argmax-slot label map as PNG under OUTPUT_DIR/predictions.
 _C.TEST.SAVE_PREDICTIONS = False
+# Score label maps at their stored resolution after the crop (not resized); predicted masks
+# are upsampled to it (bicubic, as EfficientMORL's evaluation does). False = at IMAGE_SIZE.
+_C.TEST.NATIVE_LABELS = False
 
 # ---------------------------------------------------------------------------------------------
 _C.LOG = CN()

@@ -12,6 +12,7 @@ from lib.data.build import (
     dataset_provenance,
     make_data_loader,
     make_dataset,
+    register_dataset,
 )
 from lib.data.format import BUILTIN_DATASETS, dataset_dir, load_meta
 
@@ -26,4 +27,5 @@ __all__ = [
     "load_meta",
     "make_data_loader",
     "make_dataset",
+    "register_dataset",
 ]

@@ -1,20 +1,28 @@
 """Dataset registry (``make_dataset``) and data loaders (``make_data_loader``).
 
-Adding a dataset: write a ``torch.utils.data.Dataset`` class whose constructor takes
-``(cfg, is_train, **kwargs)`` and whose items are ``(image float32 (3, S, S) in [0, 1],
-mask int64 (S, S) label map with 0 = background, or None)`` with S = ``INPUT.IMAGE_SIZE``;
-optionally give it a ``provenance`` dict. Then register it under a name::
+Adding a dataset: a ``torch.utils.data.Dataset`` class whose constructor takes
+``(cfg, is_train, **kwargs)`` and whose items are ``(image float32 (3, S, S) in [0, 1], mask
+int64 (S, S) label map with 0 = background, or None)``, S = ``INPUT.IMAGE_SIZE``, registers
+itself in its own module::
 
-    from lib.data.build import DATASET_REGISTRY
-    DATASET_REGISTRY["my_set_train"] = (MyDataset, {"split": "train"})
+    from lib.data.build import register_dataset
 
-and use the name in ``DATASETS.TRAIN`` / ``DATASETS.TEST``. A folder of images needs no code:
-``folder:<path>`` (see ``lib/data/datasets/folder.py``).
+    @register_dataset("my_set_train", split="train")
+    @register_dataset("my_set_test", split="test")
+    class MyDataset(torch.utils.data.Dataset): ...
+
+and the config names that module in ``DATASETS.IMPORTS`` (a dotted module name or a .py file),
+so the tools import it before they build datasets; ``DATASETS.TRAIN`` / ``TEST`` then use its
+names. Optional attributes: ``provenance`` (a dict, logged and in metrics.json), ``has_masks``.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
+import os
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -26,6 +34,7 @@ from lib.data.datasets.folder import FolderDataset
 from lib.data.datasets.prepared import PreparedDataset
 from lib.data.format import BUILTIN_DATASETS, SPLIT_SUFFIXES
 from lib.errors import ConfigError, DatasetError, IodineError
+from lib.spec import dataset_names
 
 logger = logging.getLogger(__name__)
 
@@ -46,48 +55,105 @@ class UnknownDatasetError(IodineError, KeyError):
         return str(self.args[0])
 
 
+def register_dataset(name: str, **kwargs):
+    """Class decorator: make ``name`` build ``cls(cfg, is_train, **kwargs)``.
+
+    Raises:
+        ConfigError: ``name`` is already registered to another class or arguments.
+    """
+
+    def decorator(cls: type) -> type:
+        if DATASET_REGISTRY.get(name, (cls, kwargs)) != (cls, kwargs):
+            raise ConfigError(f"dataset name {name!r} is already registered")
+        DATASET_REGISTRY[name] = (cls, kwargs)
+        return cls
+
+    return decorator
+
+
+def import_dataset_modules(modules: Sequence[str]) -> None:
+    """Import ``DATASETS.IMPORTS``: dotted module names, or ``.py`` files (loaded once each,
+    as module ``iodine_datasets_<stem>``), so that their ``register_dataset`` calls run.
+
+    Raises:
+        ConfigError: a file or module that does not exist (other import errors propagate).
+    """
+    for module in modules:
+        if not module.endswith(".py"):
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name and module.startswith(exc.name):
+                    raise ConfigError(f"DATASETS.IMPORTS: no module {module!r}") from exc
+                raise
+            continue
+        if not os.path.isfile(module):
+            raise ConfigError(f"DATASETS.IMPORTS: no file {module}")
+        name = "iodine_datasets_" + os.path.splitext(os.path.basename(module))[0]
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, module)
+            sys.modules[name] = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(sys.modules[name])
+            except BaseException:
+                del sys.modules[name]
+                raise
+
+
+def set_item_format(dataset: Dataset, with_factors: bool, uint8_images: bool) -> None:
+    """Choose what a dataset's items carry, where it supports it (before any loader copies it).
+
+    Args:
+        dataset: from ``make_dataset``.
+        with_factors: ``(image, mask, factors)`` items where the dataset has a
+            ``factor_mapping`` (its ``return_factors`` then says True).
+        uint8_images: uint8 images where its stored frames need no resize (``native_size``;
+            ``return_uint8`` says whether).
+    """
+    if getattr(dataset, "factor_mapping", None) is not None:
+        dataset.return_factors = bool(with_factors)
+    if hasattr(dataset, "native_size"):
+        dataset.return_uint8 = bool(uint8_images) and dataset.native_size
+
+
 def make_dataset(
     name: str, cfg, is_train: bool, with_factors: bool = False, uint8_images: bool = False
 ) -> Dataset:
-    """Build a dataset by name; its item format is fixed here, for the dataset's lifetime.
+    """Build a dataset by name.
 
     Args:
-        name: a key of ``DATASET_REGISTRY`` (``clevr6_train``, ``tetrominoes``, ...),
-            ``folder:<path>`` or another prefix of ``lib.data.datasets.external``.
+        name: a key of ``DATASET_REGISTRY`` (``clevr6_train``, ``tetrominoes``, ... and what
+            ``DATASETS.IMPORTS`` registers), ``folder:<path>``, ``hdf5:<file>`` or
+            ``clevrtex:<dir>``.
         cfg: the config.
         is_train: whether it is used for training (passed to the dataset class).
-        with_factors: items ``(image, mask, factors)`` where the dataset stores factors with
-            a released mapping (its ``return_factors`` then says True), else ``(image, mask)``.
-        uint8_images: uint8 images where the stored frames need no resize (prepared sets;
-            ``return_uint8`` says whether), else float32.
+        with_factors, uint8_images: the item format (``set_item_format``).
 
     Returns:
-        The dataset; items ``(image float32 (3, S, S), mask int64 (S, S) or None)``. Built-in
-        and folder datasets have ``provenance`` (dict) and ``has_masks`` attributes.
+        The dataset; items ``(image float32 (3, S, S), mask int64 (S, S) or None)``.
 
     Raises:
         UnknownDatasetError: an unknown name (the message lists the known names).
-        FileNotFoundError: a missing folder (``PreparedDataset`` only reads: prepare a missing
-            built-in folder first with ``lib.prepare.prepare_missing`` or
-            ``tools/prepare_data.py``; see also ``FolderDataset``).
+        IodineError: a missing or unreadable dataset (the message names the file).
     """
+    import_dataset_modules(cfg.DATASETS.IMPORTS)
     if name.startswith(FOLDER_PREFIX):
-        path = name[len(FOLDER_PREFIX) :]
-        if not path:
+        if name == FOLDER_PREFIX:
             raise UnknownDatasetError("dataset name 'folder:' needs a path: folder:<path>")
-        return FolderDataset(cfg, is_train, path=path)
-    external = make_external_dataset(name, cfg, is_train)
-    if external is not None:
-        return external
-    if name not in DATASET_REGISTRY:
+        dataset = FolderDataset(cfg, is_train, path=name[len(FOLDER_PREFIX) :])
+    elif name.split(":", 1)[0] + ":" in EXTERNAL_PREFIXES:
+        dataset = make_external_dataset(name, cfg, is_train)
+    elif name in DATASET_REGISTRY:
+        cls, kwargs = DATASET_REGISTRY[name]
+        dataset = cls(cfg, is_train, **kwargs)
+    else:
         raise UnknownDatasetError(
-            f"unknown dataset {name!r}; known: {sorted(DATASET_REGISTRY)}, folder:<path> or "
-            f"{', '.join(p + '<path>' for p in EXTERNAL_PREFIXES)}"
+            f"unknown dataset {name!r}; known: {sorted(DATASET_REGISTRY)}, folder:<path>, "
+            f"{', '.join(p + '<path>' for p in EXTERNAL_PREFIXES)}, or a name registered by a "
+            "module in DATASETS.IMPORTS"
         )
-    cls, kwargs = DATASET_REGISTRY[name]
-    if cls is PreparedDataset:
-        kwargs = {**kwargs, "return_factors": with_factors, "return_uint8": uint8_images}
-    return cls(cfg, is_train, **kwargs)
+    set_item_format(dataset, with_factors, uint8_images)
+    return dataset
 
 
 def dataset_provenance(dataset) -> list[dict]:
@@ -154,13 +220,8 @@ class InfiniteShuffleSampler(Sampler[int]):
             raise DatasetError("cannot sample from an empty dataset")
         if not 0 <= rank < num_replicas:
             raise DatasetError(f"rank {rank} is not in [0, {num_replicas})")
-        self.size, self.seed, self.rank, self.num_replicas, self.start = (
-            size,
-            seed,
-            rank,
-            num_replicas,
-            start,
-        )
+        self.size, self.seed, self.rank, self.num_replicas = size, seed, rank, num_replicas
+        self.start = start
 
     def __iter__(self) -> Iterator[int]:
         epoch, offset = divmod(self.start * self.num_replicas + self.rank, self.size)
@@ -171,10 +232,6 @@ class InfiniteShuffleSampler(Sampler[int]):
                 offset += self.num_replicas
             offset -= self.size
             epoch += 1
-
-
-def _as_names(value) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _loader_kwargs(cfg) -> dict:
@@ -221,20 +278,18 @@ def per_process_batch(cfg, num_replicas: int) -> int:
     return batch
 
 
-def _train_datasets(cfg, names: tuple[str, ...], with_factors: bool, uint8: bool) -> list:
-    """The training datasets, all with one item format (a batch needs one)."""
-    datasets = [make_dataset(name, cfg, True, with_factors, uint8) for name in names]
-    factors = with_factors and all(getattr(d, "return_factors", False) for d in datasets)
-    uint8_ok = uint8 and all(getattr(d, "return_uint8", False) for d in datasets)
+def _training_set(datasets: list, with_factors: bool, uint8: bool) -> Dataset:
+    """The training datasets as one, all with one item format (a batch needs one)."""
+    factors = with_factors and all(getattr(d, "factor_mapping", None) for d in datasets)
     if with_factors and not factors:
         logger.warning(
-            "the factor regressor is on but a training dataset of %s stores no factors: it is "
-            "not trained (MODEL.FACTOR_REGRESSOR.ENABLED off silences this)",
-            names,
+            "the factor regressor is on but a training dataset stores no factors: it is not "
+            "trained (MODEL.FACTOR_REGRESSOR.ENABLED off silences this)"
         )
-    if (factors, uint8_ok) != (with_factors, uint8):
-        datasets = [make_dataset(name, cfg, True, factors, uint8_ok) for name in names]
-    return datasets
+    uint8 = uint8 and all(getattr(d, "native_size", False) for d in datasets)
+    for dataset in datasets:
+        set_item_format(dataset, factors, uint8)
+    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 
 def make_data_loader(
@@ -245,15 +300,15 @@ def make_data_loader(
     start_iter: int = 0,
     with_factors: bool = False,
     uint8_images: bool = False,
+    datasets: dict[str, Dataset] | None = None,
 ) -> DataLoader | list[tuple[str, DataLoader]]:
     """Build the training loader or the evaluation loaders.
 
     Training: one endless loader over the concatenation of ``DATASETS.TRAIN``. Each process
-    gets micro-batches of ``SOLVER.IMS_PER_BATCH // (num_replicas * SOLVER.ACCUMULATE_STEPS)``
-    images (the trainer takes ``ACCUMULATE_STEPS`` of them per iteration), shuffled by
-    ``InfiniteShuffleSampler`` seeded with ``cfg.SEED``, disjoint across ranks. The stream is a
-    function of (SEED, rank, num_replicas, start_iter): a run resumed at ``start_iter`` gets
-    the batches the uninterrupted run would have had from that iteration on.
+    gets micro-batches of ``per_process_batch`` images (the trainer takes
+    ``SOLVER.ACCUMULATE_STEPS`` of them per iteration), shuffled by ``InfiniteShuffleSampler``
+    seeded with ``cfg.SEED``, disjoint across ranks; a run resumed at ``start_iter`` gets the
+    batches the uninterrupted run would have had from that iteration on.
 
     Evaluation: one loader per ``DATASETS.TEST`` name, in dataset order, batches of
     ``TEST.IMS_PER_BATCH // num_replicas``; rank r reads indices ``r::num_replicas``, with no
@@ -262,53 +317,47 @@ def make_data_loader(
     Args:
         cfg: the config.
         is_train: training loader or evaluation loaders.
-        num_replicas: number of processes (world size).
-        rank: this process.
+        num_replicas, rank: number of processes and this one.
         start_iter: training iteration to resume from.
-        with_factors: ask for ``(image, mask, factors)`` batches (a factor regressor to train
-            or score). Training: only when every training dataset has factors (else a
-            warning and plain batches); evaluation: per dataset. Decided here, once: the
-            batches' fields never change during the loaders' life (persistent workers).
-        uint8_images: training only: uint8 images when every dataset's stored frames need
-            no resize (a quarter of the bytes to copy to a GPU; ``images_to_device``
-            converts them), else float32.
+        with_factors: ``(image, mask, factors)`` batches (a factor regressor to train or
+            score): training only when every training dataset has factors (else a warning);
+            evaluation per dataset. Fixed for the loaders' life (persistent workers).
+        uint8_images: training only: uint8 images when no training set needs a resize (a
+            quarter of the bytes to copy to a GPU; ``images_to_device`` converts them).
+        datasets: ``{name: dataset}`` already built (``lib.cli.build_datasets``); the names
+            missing from it are built here.
 
     Returns:
-        Training: a ``DataLoader`` yielding ``(images (B, 3, S, S) float32, masks (B, S, S)
-        int64 or None)`` forever. Evaluation: ``[(name, DataLoader), ...]`` with the same batch
-        format, finite.
+        Training: a ``DataLoader`` yielding ``(images (B, 3, S, S), masks (B, S, S) int64 or
+        None)`` forever. Evaluation: ``[(name, DataLoader), ...]``, finite.
 
     Raises:
-        ValueError: a per-process batch of 0 or an empty training set.
+        ConfigError: a per-process batch of 0. DatasetError: an empty training set.
     """
     kwargs = _loader_kwargs(cfg)
+    names = dataset_names(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
+    built = dict(datasets or {})
+    for name in names:
+        if name not in built:
+            built[name] = make_dataset(name, cfg, is_train)
     if is_train:
-        names = _as_names(cfg.DATASETS.TRAIN)
-        datasets = _train_datasets(cfg, names, with_factors, uint8_images)
-        dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        dataset = _training_set([built[n] for n in names], with_factors, uint8_images)
         if len(dataset) == 0:
             raise DatasetError(f"the training datasets {names} have no examples")
-        accumulate = int(cfg.SOLVER.ACCUMULATE_STEPS)
         batch = per_process_batch(cfg, num_replicas)
-        sampler = InfiniteShuffleSampler(
-            len(dataset),
-            int(cfg.SEED),
-            rank=rank,
-            num_replicas=num_replicas,
-            start=start_iter * accumulate * batch,
-        )
+        start = start_iter * int(cfg.SOLVER.ACCUMULATE_STEPS) * batch
+        sampler = InfiniteShuffleSampler(len(dataset), int(cfg.SEED), rank, num_replicas, start)
         batch_sampler = BatchSampler(sampler, batch, drop_last=True)
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
 
     loaders = []
     batch = max(1, int(cfg.TEST.IMS_PER_BATCH) // num_replicas)
-    for name in _as_names(cfg.DATASETS.TEST):
-        dataset = make_dataset(name, cfg, False, with_factors=with_factors)
-        indices = range(rank, len(dataset), num_replicas)
+    for name in names:
+        set_item_format(built[name], with_factors, False)
         loader = DataLoader(
-            dataset,
+            built[name],
             batch_size=batch,
-            sampler=indices,
+            sampler=range(rank, len(built[name]), num_replicas),
             drop_last=False,
             # Evaluation repeats during training: keep the workers instead of respawning them.
             persistent_workers=kwargs["num_workers"] > 0,

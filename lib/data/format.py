@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lib import spec
+from lib.errors import DatasetError, MissingDatasetError
 from lib.spec import FACTOR_MAPPINGS
 
 logger = logging.getLogger(__name__)
@@ -75,10 +76,10 @@ BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
     "sprites": BuiltinSpec(None),
     "sprites5": BuiltinSpec(None),
 }
-# Paper dataset -> its generated stand-in.
-SYNTH_OF = {
-    name: f"{name}_synth" for name in ("tetrominoes", "multi_dsprites", "clevr6", "clevr10")
-}
+# Paper dataset -> its generated stand-in, and name -> built-in dataset (facts in lib.spec).
+SYNTH_OF = spec.SYNTH_OF
+builtin_of = spec.builtin_of
+SPLIT_SUFFIXES = spec.SPLIT_SUFFIXES
 
 # The released factor regressor's mapping per dataset family is ``lib.spec.FACTOR_MAPPINGS``,
 # a dataset's family ``lib.spec.DATASET_FACTOR_FAMILY`` (both re-exported here);
@@ -136,49 +137,14 @@ def released_factors(
     return out
 
 
-# Name suffix -> split: "<dataset>_train", "<dataset>_test", and "<dataset>" (all examples).
-SPLIT_SUFFIXES = {"": "all", "_train": "train", "_test": "test"}
-
-
-def builtin_of(name: str) -> str | None:
-    """The built-in dataset a dataset name reads.
-
-    Args:
-        name: a dataset name (``clevr6_train``, ``tetrominoes``, ``folder:/x``, ...).
-
-    Returns:
-        The built-in dataset (``clevr6``), or None for any other name.
-    """
-    for suffix in SPLIT_SUFFIXES:
-        base = name[: len(name) - len(suffix)] if suffix else name
-        if name.endswith(suffix) and base in BUILTIN_DATASETS:
-            return base
-    return None
-
-
 def dataset_dir(root: str, dataset: str) -> str:
-    """Folder of a prepared built-in dataset.
-
-    Args:
-        root: ``DATASETS.ROOT``.
-        dataset: built-in dataset name.
-
-    Returns:
-        ``<root>/<dataset>``.
-    """
+    """Folder of a prepared built-in dataset: ``<root>/<dataset>``."""
     return os.path.join(root, dataset)
 
 
 def prepare_command(dataset: str, root: str) -> str:
-    """The ``tools/prepare_data.py`` command that prepares a built-in dataset.
-
-    Args:
-        dataset: built-in dataset name.
-        root: ``DATASETS.ROOT``.
-
-    Returns:
-        The command line (generation; the official file is converted with ``--tfrecords``).
-    """
+    """The ``tools/prepare_data.py`` command that generates a built-in dataset (an official
+    one is converted with ``--tfrecords FILE`` added)."""
     return f"python tools/prepare_data.py --dataset {dataset} --root {root}"
 
 
@@ -192,35 +158,44 @@ def load_meta(path: str) -> dict:
         The metadata dict.
 
     Raises:
-        FileNotFoundError: no ``meta.json``.
-        ValueError: unreadable JSON, an unsupported format version, missing keys, or a
-            ``num_test`` that is not in ``[0, num_examples]``.
+        MissingDatasetError: no ``meta.json``.
+        DatasetError: not a JSON object, an unsupported format version, missing keys, or a
+            ``num_test`` that is not an integer in ``[0, num_examples]`` (the message names
+            the file and says to prepare the dataset again).
     """
     meta_path = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{meta_path} does not exist: not a prepared dataset folder")
+        raise MissingDatasetError(f"{meta_path} does not exist: not a prepared dataset folder")
+    again = "; prepare the dataset again (tools/prepare_data.py --overwrite)"
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc}); prepare the dataset again") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{meta_path}: not valid JSON ({exc}){again}") from exc
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: a {type(meta).__name__}, not a JSON object{again}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise DatasetError(
             f"{meta_path}: format_version {meta.get('format_version')!r}, this code reads "
-            f"{FORMAT_VERSION}; prepare the dataset again"
+            f"{FORMAT_VERSION}{again}"
         )
     for key in ("num_examples", "source", "image_shape"):
         if key not in meta:
-            raise ValueError(f"{meta_path}: missing key {key!r}")
+            raise DatasetError(f"{meta_path}: missing key {key!r}{again}")
+    n = meta["num_examples"]
+    if not _is_count(n) or not isinstance(meta["image_shape"], list):
+        raise DatasetError(f"{meta_path}: bad num_examples or image_shape{again}")
     num_test = meta.get("num_test")
-    if num_test is not None and not (
-        isinstance(num_test, int) and 0 <= num_test <= meta["num_examples"]
-    ):
-        raise ValueError(
-            f"{meta_path}: num_test {num_test!r} is not an integer in [0, num_examples = "
-            f"{meta['num_examples']}]"
+    if num_test is not None and not (_is_count(num_test) and num_test <= n):
+        raise DatasetError(
+            f"{meta_path}: num_test {num_test!r} is not an integer in [0, num_examples = {n}]"
+            + again
         )
     return meta
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def recorded_test_size(meta: dict, path: str) -> int:

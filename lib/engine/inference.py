@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from lib.data import dataset_provenance
 from lib.engine.checkpoint import unwrap_model
-from lib.evaluation.ari import adjusted_rand_index
-from lib.evaluation.segmentation import foreground_mse, segmentation_scores
+from lib.evaluation.segmentation import SCORE_KEYS, foreground_mse, segmentation_scores
 from lib.model.factor_regressor import FactorMetrics
 from lib.utils import comm
 
@@ -33,20 +33,24 @@ from lib.utils import comm
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 NO_MASK_REASON = "dataset has no ground-truth masks: ARI and the other mask metrics not computed"
-# Metrics over the true masks, in metrics.json's order; each is a mean over the images where it
-# is defined (lib/evaluation: fg_ari, sc, msc, mbo, miou and fg_mse need a foreground pixel).
-MASK_METRICS = ("fg_ari", "ari", "sc", "msc", "mbo", "miou", "count_acc", "fg_mse")
+NON_FINITE_REASON = "the model's masks or reconstructions are not finite: metrics are null"
+LEFT_OUT_REASON = (
+    "images where the score is undefined, left out of its mean: no foreground pixel (miou "
+    "also: a single pair of segments); see data/README.md"
+)
+# Metrics over the true masks, in metrics.json's order (lib/evaluation/segmentation.py); each
+# is a mean over the images where it is defined.
+MASK_METRICS = (*SCORE_KEYS, "fg_mse", "fg_pixel_mse")
 # The keys metrics.json always has at the top level (values of the first test dataset).
 METRIC_KEYS = (
-    "fg_ari",
-    "ari",
-    "mse",
-    "num_images",
-    "fg_ari_per_iter",
-    "ari_per_iter",
-    "mse_per_iter",
+    *("fg_ari", "ari", "mse", "num_images", "fg_ari_per_iter", "ari_per_iter", "mse_per_iter"),
     *MASK_METRICS[2:],
     *(f"{key}_per_iter" for key in MASK_METRICS[2:]),
+)
+# Optional top-level keys of metrics.json, copied from the first dataset when present.
+EXTRA_KEYS = (
+    *("fg_ari_num_images", "reason", "left_out", "left_out_reason", "non_finite_images"),
+    *("provenance", "factors", "factor_loss"),
 )
 # Elements of the largest one-hot tensor (images x steps x pixels x slots) the metrics build at
 # once; more steps are split into chunks (2**26 float32 = 256 MiB).
@@ -60,69 +64,75 @@ def sanitize_name(name: str) -> str:
     return cleaned or "dataset"
 
 
-class _Accumulator:
-    """Sums of per-image scores (and counts of defined ones) for each of the T+1 steps.
+def _upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, n, K, h, w) soft masks resized to ``size`` as EfficientMORL's evaluation does (PIL's
+    default bicubic on each float mask; torch's antialiased bicubic is the same filter)."""
+    flat = F.interpolate(masks.flatten(0, 1).float(), size, mode="bicubic", antialias=True)
+    return flat.reshape(*masks.shape[:3], *size)
 
-    The sums stay on the metrics' device (the masks' device) until ``metrics`` reads them once;
-    only the Hungarian matching of ``miou`` goes through the host, once per batch and chunk of
-    steps.
+
+class _Accumulator:
+    """Sums of per-image scores (and counts of defined ones) for each of the T+1 steps, kept on
+    the masks' device until ``metrics`` reads them once.
+
+    Rows: the MSE sum, the count of images with non-finite outputs, then a (sum, count of
+    defined images) pair per ``MASK_METRICS`` key; columns: steps.
     """
 
     def __init__(self, steps: int, device: torch.device | str = "cpu") -> None:
-        # Rows: the MSE sum, then a (sum, count of defined images) pair per MASK_METRICS key;
-        # columns: steps.
-        self.sums = torch.zeros(
-            1 + 2 * len(MASK_METRICS), steps, dtype=torch.float64, device=device
-        )
+        rows = 2 + 2 * len(MASK_METRICS)
+        self.sums = torch.zeros(rows, steps, dtype=torch.float64, device=device)
         self.num_images = 0
         self.num_with_masks = 0
 
     @staticmethod
     def _row(key: str) -> int:
-        return 1 + 2 * MASK_METRICS.index(key)
+        return 2 + 2 * MASK_METRICS.index(key)
 
     def add(self, masks: torch.Tensor, recon: torch.Tensor, images: torch.Tensor, labels):
         """Add one batch.
 
         Args:
-            masks: (B, T+1, K, H, W) softmax masks.
-            recon: (B, T+1, 3, H, W) reconstructions.
-            images: (B, 3, H, W) inputs.
-            labels: (B, H, W) int64 true label maps, or None.
+            masks: (B, T+1, K, h, w) softmax masks.
+            recon: (B, T+1, 3, h, w) reconstructions.
+            images: (B, 3, h, w) inputs.
+            labels: (B, H, W) int64 true label maps (H, W > h, w: native resolution, the
+                masks are upsampled to it), or None.
         """
         images = images.to(recon.device)
-        if self.sums.device != recon.device:
-            self.sums = self.sums.to(recon.device)
+        self.sums = self.sums.to(recon.device)
         with torch.autocast(device_type=recon.device.type, enabled=False):
             mse = ((recon.float() - images.float()[:, None]) ** 2).mean(dim=(2, 3, 4))
         self.sums[0] += mse.double().sum(dim=0)  # (T+1,)
+        finite = torch.isfinite(masks).flatten(2).all(2) & torch.isfinite(recon).flatten(2).all(2)
+        self.sums[1] += (~finite).sum(dim=0)
         self.num_images += images.shape[0]
         if labels is None:
             return
         self.num_with_masks += images.shape[0]
         labels = labels.to(masks.device)
         batch, steps, num_slots = masks.shape[:3]
-        scores = {"fg_mse": foreground_mse(images, recon, labels)}  # (B, T+1)
-        pred = masks.argmax(dim=2)  # (B, T+1, H, W) slot index per pixel, every step at once
+        native = labels.shape[-2:] != masks.shape[-2:]
+        model_labels = labels
+        if native:  # fg_mse at the model's resolution: labels sampled at its pixel centres
+            small = F.interpolate(labels[:, None].double(), masks.shape[-2:], mode="nearest-exact")
+            model_labels = small[:, 0].long()
+        fg_mse, fg_pixel_mse = foreground_mse(images, recon, model_labels)
+        scores = {"fg_mse": [fg_mse], "fg_pixel_mse": [fg_pixel_mse]}  # (B, T+1) each
         pixels = labels[0].numel()
         chunk = max(1, min(steps, _MAX_ONE_HOT // max(1, batch * pixels * num_slots)))
-        parts: dict[str, list[torch.Tensor]] = {}
         for start in range(0, steps, chunk):
-            stop = min(steps, start + chunk)
+            part = masks[:, start : start + chunk]
+            n = part.shape[1]
+            if native:
+                part = _upsample(part, labels.shape[-2:])
             # (B, n, H, W) -> (B * n, H, W): every step of every image is one "image".
-            step_pred = pred[:, start:stop].reshape(-1, *labels.shape[1:])
-            step_true = labels[:, None].expand(batch, stop - start, *labels.shape[1:])
-            step_true = step_true.reshape(step_pred.shape)
-            part = {
-                "fg_ari": adjusted_rand_index(step_true, step_pred, ignore_background=True),
-                "ari": adjusted_rand_index(step_true, step_pred, ignore_background=False),
-            }
-            part.update(segmentation_scores(step_true, step_pred, True, num_slots=num_slots))
-            for key, value in part.items():
-                parts.setdefault(key, []).append(value.reshape(batch, stop - start))
-        scores.update({key: torch.cat(value, dim=1) for key, value in parts.items()})
+            pred = part.argmax(dim=2).reshape(-1, *labels.shape[1:])
+            true = labels[:, None].expand(batch, n, *labels.shape[1:]).reshape(pred.shape)
+            for key, value in segmentation_scores(true, pred, True, num_slots).items():
+                scores.setdefault(key, []).append(value.reshape(batch, n))
         for key in MASK_METRICS:
-            value = scores[key].to(self.sums.device, torch.float64)
+            value = torch.cat(scores[key], dim=1).to(self.sums.device, torch.float64)
             defined = ~torch.isnan(value)
             row = self._row(key)
             self.sums[row] += torch.where(defined, value, torch.zeros_like(value)).sum(dim=0)
@@ -134,23 +144,25 @@ class _Accumulator:
             [self.num_images, self.num_with_masks], dtype=torch.float64, device="cpu"
         )
         self.sums = comm.all_reduce_sum(self.sums)
-        counts = comm.all_reduce_sum(counts)
-        self.num_images, self.num_with_masks = (int(c) for c in counts.tolist())
+        self.num_images, self.num_with_masks = (
+            int(c) for c in comm.all_reduce_sum(counts).tolist()
+        )
 
     def metrics(self, has_masks: bool) -> dict[str, Any]:
         """Means over images as the metrics.json entry of one dataset (one host read)."""
         sums = self.sums.cpu().tolist()
+        bad = [c > 0 for c in sums[1]]  # steps where some output is not finite: all null
 
-        def mean(key: str) -> list[float | None]:
-            row = self._row(key)
-            return [s / c if c > 0 else None for s, c in zip(sums[row], sums[row + 1])]
+        def mean(row: int, counts: list[float]) -> list[float | None]:
+            return [s / c if c > 0 and not b else None for s, c, b in zip(sums[row], counts, bad)]
 
-        mse = [s / max(self.num_images, 1) for s in sums[0]]
-        if self.num_images == 0:
-            mse = [None] * len(mse)
+        mse = mean(0, [self.num_images] * len(bad))
         out: dict[str, Any] = {"num_images": self.num_images, "mse": mse[-1], "mse_per_iter": mse}
-        steps = len(mse)
-        per_key = {key: mean(key) if has_masks else [None] * steps for key in MASK_METRICS}
+        none = [None] * len(bad)
+        per_key = {
+            k: mean(self._row(k), sums[self._row(k) + 1]) if has_masks else none
+            for k in MASK_METRICS
+        }
         out.update(
             fg_ari=per_key["fg_ari"][-1],
             ari=per_key["ari"][-1],
@@ -158,36 +170,27 @@ class _Accumulator:
             ari_per_iter=per_key["ari"],
         )
         if has_masks:
-            # Images without foreground have no fg ARI (see lib/evaluation/ari.py), nor sc,
-            # msc, mbo, miou or fg_mse: all of these average over these images.
-            out["fg_ari_num_images"] = int(sums[self._row("fg_ari") + 1][-1])
+            counts = {k: int(sums[self._row(k) + 1][-1]) for k in MASK_METRICS}
+            out["fg_ari_num_images"] = counts["fg_ari"]
+            left_out = {k: self.num_with_masks - c for k, c in counts.items()}
+            left_out = {k: n for k, n in left_out.items() if n > 0}
+            if left_out:
+                out.update(left_out=left_out, left_out_reason=LEFT_OUT_REASON)
         else:
             out["reason"] = NO_MASK_REASON
-        for key in MASK_METRICS[2:]:
-            out[key] = per_key[key][-1]
-        for key in MASK_METRICS[2:]:
-            out[f"{key}_per_iter"] = per_key[key]
+        if any(bad):
+            out["non_finite_images"] = int(max(sums[1]))
+            out["reason"] = NON_FINITE_REASON
+        out.update({key: per_key[key][-1] for key in MASK_METRICS[2:]})
+        out.update({f"{key}_per_iter": per_key[key] for key in MASK_METRICS[2:]})
         return out
-
-
-def _write_predictions(folder: str, predictions: list[np.ndarray]) -> None:
-    # Rank 0 only: clear the folder so that no file of an earlier, larger run survives.
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.makedirs(folder)
-    for index, pred in enumerate(predictions):
-        Image.fromarray(pred, mode="L").save(os.path.join(folder, f"{index:06d}.png"))
 
 
 def _gather_in_order(local: list[np.ndarray]) -> list[np.ndarray]:
     """Interleave every rank's predictions back into dataset order (rank r has r::W)."""
     gathered = comm.all_gather_object(local)
-    world = len(gathered)
     total = sum(len(part) for part in gathered)
-    ordered: list[np.ndarray] = []
-    for index in range(total):
-        ordered.append(gathered[index % world][index // world])
-    return ordered
+    return [gathered[i % len(gathered)][i // len(gathered)] for i in range(total)]
 
 
 def _factor_dataset(loader: Any, net: nn.Module) -> Any:
@@ -249,16 +252,9 @@ def _with_progress(loader: Iterable, name: str, progress: bool) -> Iterable:
 class _DatasetRun:
     """One dataset's evaluation on this rank: ``add`` each batch, then ``metrics`` once.
 
-    Args:
-        net: the unwrapped model, in eval mode.
-        loader: the dataset's loader (its ``dataset``, if any, gives the provenance and
-            whether the factor regressor is scored).
-        device: where the model runs.
-        num_slots, num_iters: K and T of the forward pass (None or 0 = as trained).
-        predictions_dir: when set, keep each image's final argmax slot map.
-
-    Attributes:
-        predictions: (H, W) uint8 maps of this rank's images, in its shard's order.
+    ``loader.dataset``, if any, gives the provenance and whether the factor regressor is
+    scored; ``predictions`` keeps this rank's final argmax maps (H, W) uint8 when
+    ``predictions_dir`` is set.
     """
 
     def __init__(
@@ -283,15 +279,8 @@ class _DatasetRun:
             self.factor_acc = _FactorAccumulator(net.factor_regressor.mapping)
 
     def add(self, batch: Sequence) -> None:
-        """Run the model on one batch and add its scores.
-
-        Args:
-            batch: ``(images (B, 3, H, W), masks (B, H, W) int64 or None)``, possibly with
-                ``factors`` {name: (B, L, ...)} third.
-
-        Raises:
-            ValueError: predictions are kept and the model has more than 256 slots.
-        """
+        """Run the model on one batch ``(images (B, 3, H, W), masks (B, H', W') int64 or None
+        [, factors {name: (B, L, ...)}])`` and add its scores."""
         images, masks = batch[0], batch[1]
         images = images.to(self.device, non_blocking=True)
         if masks is None:
@@ -345,11 +334,16 @@ def _save_predictions(
     local: list[np.ndarray], predictions_dir: str, name: str, logger: logging.Logger
 ) -> None:
     """Gather every rank's prediction maps and write them on rank 0 as
-    ``predictions_dir/<sanitised name>/000000.png``, ... (collective)."""
+    ``predictions_dir/<sanitised name>/000000.png``, ... (collective); the folder is cleared
+    first, so no file of an earlier, larger run survives."""
     ordered = _gather_in_order(local)
     if comm.is_main_process():
         folder = os.path.join(predictions_dir, sanitize_name(name))
-        _write_predictions(folder, ordered)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+        for index, pred in enumerate(ordered):
+            Image.fromarray(pred, mode="L").save(os.path.join(folder, f"{index:06d}.png"))
         logger.info("wrote %d predictions to %s", len(ordered), folder)
     comm.synchronize()
 
@@ -386,21 +380,15 @@ def do_evaluate(
         progress: show a tqdm bar (rank 0).
 
     Returns:
-        ``{name: metrics}`` with, per dataset: ``fg_ari``, ``ari``, ``mse`` (final step; ARI
-        values None without masks), ``fg_ari_per_iter``, ``ari_per_iter``, ``mse_per_iter``
-        (T+1 values each), ``num_images`` (distinct images), ``fg_ari_num_images`` (images
-        with foreground) or ``reason`` (why ARI is missing), then ``sc``, ``msc``, ``mbo``,
-        ``miou``, ``count_acc``, ``fg_mse`` (final step; None without masks) and their
-        ``<key>_per_iter`` lists (``lib.evaluation.segmentation``: foreground SC / mSC / mBO,
-        ClevrTex's Hungarian mIoU with the background matched then left out, object-count
-        accuracy with the background counted on both sides, MSE over foreground pixels; means
-        over the images where each is defined, i.e. the ``fg_ari_num_images`` images with
-        foreground for all but ``count_acc``, which covers every image), and ``provenance``
-        (``lib.data.dataset_provenance``; one dict, or a list for a concatenation) when the
-        loader has a ``dataset``. When the model has a factor regressor and the dataset
-        stores factors: ``factors`` {name: R^2 (scalar, angle; the set's own variance, exact)
-        or accuracy (categorical)} over visible objects matched to slots, ``factor_loss`` and
-        ``factor_types``. Identical on every rank.
+        ``{name: metrics}`` with, per dataset: ``num_images`` (distinct images), ``mse`` and
+        every ``MASK_METRICS`` key for the final step, each with its ``<key>_per_iter`` list
+        over the T+1 steps (data/README.md defines them; means over the images where each is
+        defined; None without masks, with ``reason``, or where an output is not finite, with
+        ``non_finite_images``), ``fg_ari_num_images``, ``left_out`` (images each mean left
+        out) and ``left_out_reason``, ``provenance`` (``lib.data.dataset_provenance``) when
+        the loader has a ``dataset``, and with a factor regressor and a dataset that stores
+        factors ``factors`` (R^2 or accuracy per factor), ``factor_loss``, ``factor_types``.
+        Identical on every rank.
     """
     logger = logger or logging.getLogger(__name__)
     net = unwrap_model(model)
@@ -421,31 +409,29 @@ def do_evaluate(
 
 
 def format_metrics(results: dict[str, dict[str, Any]]) -> str:
-    """Human-readable lines of ``do_evaluate`` results (percentages for ARI and the other
-    segmentation scores)."""
+    """Human-readable lines of ``do_evaluate`` results (segmentation scores in percent)."""
 
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.2f}"
 
+    def num(value):
+        return "n/a" if value is None else f"{value:.5f}"
+
     lines = []
     for name, m in results.items():
-        mse = "n/a" if m["mse"] is None else f"{m['mse']:.5f}"
         line = (
-            f"{name}: fg_ari {pct(m['fg_ari'])}  ari {pct(m['ari'])}  mse {mse}  "
+            f"{name}: fg_ari {pct(m['fg_ari'])}  ari {pct(m['ari'])}  mse {num(m['mse'])}  "
             f"({m['num_images']} images)"
         )
         if m.get("reason"):
-            line += f"  [{m['reason']}]"
+            lines.append(line + f"  [{m['reason']}]")
         else:
-            line += "  fg_ari per step: " + " ".join(pct(v) for v in m["fg_ari_per_iter"])
-        lines.append(line)
-        if not m.get("reason") and "sc" in m:
-            fg_mse = "n/a" if m["fg_mse"] is None else f"{m['fg_mse']:.5f}"
+            lines.append(line + "  fg_ari per step: " + " ".join(map(pct, m["fg_ari_per_iter"])))
+            scores = ("sc", "msc", "mbo", "miou", "fg_miou", "count_acc")
             lines.append(
-                "  "
-                + "  ".join(f"{k} {pct(m[k])}" for k in ("sc", "msc", "mbo", "miou", "count_acc"))
-                + f"  fg_mse {fg_mse}"
-            )
+                "  " + "  ".join(f"{k} {pct(m[k])}" for k in scores)
+                + f"  fg_mse {num(m['fg_mse'])}  fg_pixel_mse {num(m['fg_pixel_mse'])}"
+            )  # fmt: skip
         if m.get("factors"):
             kinds = m.get("factor_types", {})
             parts = [
@@ -453,9 +439,9 @@ def format_metrics(results: dict[str, dict[str, Any]]) -> str:
                 + (" acc" if kinds.get(k) == "categorical" else " R2")
                 for k, v in m["factors"].items()
             ]
-            lines.append(
-                f"  factors: {'  '.join(parts)}  (regressor loss {m.get('factor_loss') or float('nan'):.4g})"
-            )
+            loss = m.get("factor_loss")
+            loss_text = "n/a" if loss is None else f"{loss:.4g}"
+            lines.append(f"  factors: {'  '.join(parts)}  (regressor loss {loss_text})")
     return "\n".join(lines)
 
 
@@ -475,8 +461,7 @@ def metrics_document(
         num_slots, num_iters: K and T of the evaluation.
 
     Returns:
-        The first dataset's ``METRIC_KEYS`` (and ``fg_ari_num_images``, ``reason``,
-        ``provenance``, ``factors``, ``factor_loss`` when present) at the top level, every
+        The first dataset's ``METRIC_KEYS`` (and ``EXTRA_KEYS`` when present) at the top level, every
         dataset's metrics under ``datasets``, and ``dataset``, ``checkpoint``, ``iteration``,
         ``num_slots``, ``num_iters``. NaN and infinite values become null, and their paths are
         listed under ``non_finite``.
@@ -484,7 +469,7 @@ def metrics_document(
     first_name = next(iter(results))
     first = results[first_name]
     doc = {key: first[key] for key in METRIC_KEYS}
-    for key in ("fg_ari_num_images", "reason", "provenance", "factors", "factor_loss"):
+    for key in EXTRA_KEYS:
         if key in first:
             doc[key] = first[key]
     doc.update(
@@ -523,14 +508,13 @@ def make_heldout_batches(
     """The fixed held-out batch evaluated during training: this rank's share, in memory.
 
     Args:
-        dataset: the first test dataset; items ``(image (3, H, W), mask (H, W) or None)``.
+        dataset: the first test dataset; items ``(image (3, H, W), mask (H', W') or None)``.
         num_images: how many leading images to use (TEST.EVAL_NUM_IMAGES; capped at its size).
         batch_size: images per forward pass on this rank.
-        rank, world_size: this process's shard is indices rank::world_size (no padding), as
-            ``do_evaluate`` expects.
+        rank, world_size: this process's shard is indices rank::world_size (no padding).
 
     Returns:
-        List of ``(images (b, 3, H, W), masks (b, H, W) or None)``; empty if the shard is.
+        List of ``(images (b, 3, H, W), masks (b, H', W') or None)``; empty if the shard is.
     """
     indices = list(range(rank, min(num_images, len(dataset)), world_size))
     batches: list[Batch] = []

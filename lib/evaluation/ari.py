@@ -1,18 +1,18 @@
-"""Adjusted Rand index (ARI) of predicted segmentations, vectorised over a batch.
+"""The contingency table of two labelings and the adjusted Rand index (ARI) computed from it,
+vectorised over a batch.
 
-Follows ``multi_object_datasets/segmentation_metrics.py`` (DeepMind): true groups and predicted
-slots become one-hot tensors, their contingency table comes from one ``einsum``, and the
-Hubert-Arabie ARI is computed per image. Choices where the released code is undefined:
+ARI follows ``multi_object_datasets/segmentation_metrics.py`` (DeepMind): the Hubert-Arabie
+ARI of the (true group, predicted slot) contingency table, per image. Where the released code
+is undefined:
 
-* Pixels that belong to no true group (negative labels, and the background label 0 for the
-  foreground ARI) are not counted, as in the released code.
-* Both labelings put every counted pixel in one group (or every pixel in its own group, or
-  fewer than two pixels are counted): the released formula divides 0 by 0. Such an image
-  scores 1, as ``sklearn.metrics.adjusted_rand_score`` does.
-* An image with no counted pixel at all (foreground ARI of an image without foreground): the
-  score is undefined and returned as NaN; ``mean_ari`` leaves such images out of the mean
-  (scikit-learn would return 1 for empty labelings, which would inflate the foreground ARI of
-  datasets with empty scenes).
+* Pixels that belong to no true group (negative labels, and label 0 for the foreground ARI)
+  are not counted, as in the released code.
+* Both labelings put every counted pixel in one group (or all in singletons, or fewer than two
+  pixels are counted): the released formula divides 0 by 0; the image scores 1, as
+  ``sklearn.metrics.adjusted_rand_score`` does.
+* No counted pixel at all (foreground ARI of an image without foreground): NaN, left out of
+  the means (scikit-learn, the object-centric library, ClevrTex and OCLF would score 1,
+  EfficientMORL 0).
 """
 
 from __future__ import annotations
@@ -21,80 +21,82 @@ import torch
 from torch import Tensor
 
 
+def contingency_table(true: Tensor, pred: Tensor, num_slots: int | None = None) -> Tensor:
+    """Pixels per (true label, predicted slot) pair, per image.
+
+    Args:
+        true: (B, *S) integer true labels (0 = background, negative = not counted).
+        pred: (B, *S) integer predicted slot per pixel, in [0, num_slots).
+        num_slots: K; None = ``pred.max() + 1`` (a host sync; pass K to keep slots that win
+            no pixel as empty columns).
+
+    Returns:
+        (B, G, K) float64 counts, G = ``true.max() + 1`` over the batch (at least 1); row g is
+        label g (labels absent from an image are empty rows).
+
+    Raises:
+        ValueError / TypeError: shapes that differ, no batch dimension, float labels, or slot
+            indices outside [0, num_slots).
+    """
+    if true.shape != pred.shape or true.dim() < 2:
+        raise ValueError(
+            f"true {tuple(true.shape)} and pred {tuple(pred.shape)} must be (B, ...) of the same shape"
+        )
+    if true.dtype.is_floating_point or pred.dtype.is_floating_point:
+        raise TypeError("segmentation metrics take integer label maps (argmax the masks first)")
+    true, pred = true.reshape(true.shape[0], -1).long(), pred.reshape(pred.shape[0], -1).long()
+    if pred.numel() and pred.min() < 0:
+        raise ValueError("pred must be >= 0")
+    if num_slots is None:
+        num_slots = int(pred.max().item()) + 1 if pred.numel() else 1
+    elif pred.numel() and pred.max() >= num_slots:
+        raise ValueError(f"pred has a slot index >= num_slots={num_slots}")
+    num_true = max(int(true.max().item()) + 1 if true.numel() else 1, 1)
+    # Counts of 0/1 products are exact in float32 up to 2**24 pixels per image; autocast would
+    # round them in bf16, so it is switched off.
+    with torch.autocast(device_type=true.device.type, enabled=False):
+        counted = (true >= 0).unsqueeze(-1)
+        true_oh = torch.nn.functional.one_hot(true.clamp(min=0), num_true).float() * counted
+        pred_oh = torch.nn.functional.one_hot(pred, num_slots).float()
+        inter = torch.bmm(true_oh.transpose(1, 2), pred_oh)  # (B, G, K)
+    return inter.double()
+
+
+def ari_from_table(table: Tensor) -> Tensor:
+    """(B,) float64 ARI of (B, G, K) contingency tables (1 for the 0/0 case, NaN when empty)."""
+    n = table.sum(dim=(1, 2))
+    # Twice the number of pixel pairs in the same group: n (n - 1); the factors of 1/2 cancel.
+    rand_index = (table * (table - 1)).sum(dim=(1, 2))
+    true_index = (table.sum(2) * (table.sum(2) - 1)).sum(1)
+    pred_index = (table.sum(1) * (table.sum(1) - 1)).sum(1)
+    expected = true_index * pred_index / (n * (n - 1)).clamp(min=1.0)
+    denominator = (true_index + pred_index) / 2 - expected
+    # The denominator is 0 exactly when both labelings are one group or all singletons (or
+    # n < 2): they agree, score 1.
+    ari = torch.where(denominator == 0, torch.ones_like(n), (rand_index - expected) / denominator)
+    return torch.where(n > 0, ari, torch.full_like(ari, float("nan")))
+
+
 def adjusted_rand_index(
     true_labels: Tensor, pred_labels: Tensor, ignore_background: bool = False
 ) -> Tensor:
     """Per-image adjusted Rand index between a true and a predicted label map.
 
     Args:
-        true_labels: (B, *S) integer ground-truth group per pixel (S any spatial shape, e.g.
-            (H, W)); negative values mark pixels that belong to no group and are not counted.
-        pred_labels: (B, *S) integer predicted group per pixel (e.g. the argmax slot of the
-            masks), values >= 0.
+        true_labels: (B, *S) integer ground-truth group per pixel; negative values are not
+            counted.
+        pred_labels: (B, *S) integer predicted group per pixel (the argmax slot), >= 0.
         ignore_background: drop the pixels whose true label is 0 first (foreground ARI, the
             published IODINE number).
 
     Returns:
-        (B,) float64 ARI per image in [-1, 1]; 1 where both labelings put the counted pixels in a
-        single group (the 0/0 case); NaN where no pixel is counted.
+        (B,) float64 ARI in [-1, 1]; 1 in the 0/0 case; NaN where no pixel is counted.
     """
-    if true_labels.shape != pred_labels.shape:
-        raise ValueError(
-            f"true_labels {tuple(true_labels.shape)} and pred_labels "
-            f"{tuple(pred_labels.shape)} must have the same shape"
-        )
-    if true_labels.dim() < 2:
-        raise ValueError(f"labels need a batch dimension, got shape {tuple(true_labels.shape)}")
-    if true_labels.dtype.is_floating_point or pred_labels.dtype.is_floating_point:
-        raise TypeError("adjusted_rand_index takes integer label maps (argmax the masks first)")
-    batch = true_labels.shape[0]
-    true_flat = true_labels.reshape(batch, -1).long()
-    pred_flat = pred_labels.reshape(batch, -1).long()
-    if pred_flat.numel() and pred_flat.min() < 0:
-        raise ValueError("pred_labels must be >= 0")
-
-    counted = true_flat >= (1 if ignore_background else 0)
-    num_true = int(true_flat.max().item()) + 1 if true_flat.numel() else 1
-    num_pred = int(pred_flat.max().item()) + 1 if pred_flat.numel() else 1
-    num_true = max(num_true, 1)
-    # Autocast would run the einsum in bf16 and round the counts; float32 counts 0/1 products
-    # exactly up to 2**24 pixels per image.
-    with torch.autocast(device_type=true_flat.device.type, enabled=False):
-        true_oh = torch.nn.functional.one_hot(true_flat.clamp(min=0), num_true).float()
-        true_oh = true_oh * counted.unsqueeze(-1)
-        pred_oh = torch.nn.functional.one_hot(pred_flat, num_pred).float()
-        # (B, N, G) x (B, N, K) -> (B, G, K) pixels per (true group, predicted slot).
-        contingency = torch.einsum("bng,bnk->bgk", true_oh, pred_oh).double()
-
-    n_points = contingency.sum(dim=(1, 2))
-    true_sizes = contingency.sum(dim=2)
-    pred_sizes = contingency.sum(dim=1)
-    # Twice the number of pixel pairs in the same group: n (n - 1); the factors of 1/2 cancel.
-    rand_index = (contingency * (contingency - 1)).sum(dim=(1, 2))
-    true_index = (true_sizes * (true_sizes - 1)).sum(dim=1)
-    pred_index = (pred_sizes * (pred_sizes - 1)).sum(dim=1)
-    pairs = n_points * (n_points - 1)
-    expected = true_index * pred_index / pairs.clamp(min=1.0)
-    maximum = (true_index + pred_index) / 2
-    numerator = rand_index - expected
-    denominator = maximum - expected
-    # The denominator is 0 exactly when both labelings are a single group or all singletons
-    # (or n < 2); then the labelings agree and the score is 1, as in scikit-learn.
-    degenerate = denominator == 0
-    ari = torch.where(degenerate, torch.ones_like(numerator), numerator / denominator)
-    return torch.where(n_points > 0, ari, torch.full_like(ari, float("nan")))
+    table = contingency_table(true_labels, pred_labels)
+    return ari_from_table(table[:, 1:] if ignore_background else table)
 
 
 def mean_ari(scores: Tensor) -> float | None:
-    """Mean of per-image ARI scores, leaving out the undefined (NaN) ones.
-
-    Args:
-        scores: (B,) per-image ARI from ``adjusted_rand_index``.
-
-    Returns:
-        The mean over the defined scores, or None when no score is defined.
-    """
+    """Mean of per-image scores leaving out the undefined (NaN) ones; None when none is."""
     defined = scores[~torch.isnan(scores)]
-    if defined.numel() == 0:
-        return None
-    return float(defined.mean().item())
+    return float(defined.mean().item()) if defined.numel() else None

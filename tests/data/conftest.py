@@ -19,3 +19,10 @@ def data_cfg(root: str, **overrides):
             node = node[part]
         node[last] = value
     return cfg
+
+
+def to_model_input(image, mask, size, crop=None, resize="bilinear", uint8=False):
+    """One stored example through ``ItemFormat`` with no config: the given size and resize."""
+    from lib.data.datasets.base import ItemFormat
+
+    return ItemFormat(size, resize, None, False, 0)(image, mask, crop, uint8)

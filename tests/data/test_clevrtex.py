@@ -12,6 +12,7 @@ from PIL import Image
 
 from lib.data.datasets.clevrtex import ClevrTexError, clevrtex_crop
 from lib.data.datasets.external import make_external_dataset
+from lib.errors import MissingDatasetError
 from tests.data.conftest import data_cfg
 
 H, W = 240, 320
@@ -131,3 +132,31 @@ def test_errors_name_the_files(tmp_path):
         make_external_dataset(f"clevrtex:{tmp_path}:vbg", cfg, True)
     with pytest.raises(ValueError, match="more than one variant"):
         make_external_dataset(f"clevrtex:{tmp_path}:vbg:pbg", cfg, True)
+
+
+def test_own_protocol_is_pil_bilinear_and_nearest(clevrtex_root):
+    # ClevrTex's loader: crop, then PIL bilinear (images) and nearest (labels) to 128, 8 bits.
+    cfg = data_cfg(clevrtex_root, INPUT__IMAGE_SIZE=128, INPUT__RESIZE="")
+    ds = make_external_dataset(f"clevrtex:{clevrtex_root}:test", cfg, False)
+    assert ds.provenance["resize"] == "pil_bilinear (the data's own protocol)"
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        im = Image.open(ds.files[i]).crop((64, 24, 256, 216))
+        # Alpha dropped first (ClevrTex drops it after the resize: the same for opaque images).
+        want = np.asarray(im.convert("RGB").resize((128, 128), Image.BILINEAR))
+        np.testing.assert_array_equal((image * 255).round().permute(1, 2, 0).numpy(), want)
+        labels = Image.open(ds.mask_files[i]).crop((64, 24, 256, 216))
+        np.testing.assert_array_equal(
+            mask.numpy(), np.asarray(labels.resize((128, 128), Image.NEAREST))
+        )
+
+
+def test_missing_or_wrong_folder_is_a_missing_dataset_error(tmp_path):
+    # MissingDatasetError is an IodineError: the tools print it as one line.
+    with pytest.raises(MissingDatasetError, match="no such folder"):
+        make_external_dataset(f"clevrtex:{tmp_path}/absent", data_cfg(tmp_path), True)
+    with pytest.raises(MissingDatasetError, match="give the clevrtex_<variant> folder"):
+        make_external_dataset(f"clevrtex:{tmp_path}", data_cfg(tmp_path), True)
+    os.makedirs(tmp_path / "clevrtex_full")
+    with pytest.raises(MissingDatasetError, match="no CLEVRTEX_full_NNNNNN.png"):
+        make_external_dataset(f"clevrtex:{tmp_path}", data_cfg(tmp_path), True)

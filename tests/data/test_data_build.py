@@ -3,12 +3,20 @@
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from lib.data import DATASET_REGISTRY, UnknownDatasetError, make_dataset
+from lib.data import (
+    DATASET_REGISTRY,
+    UnknownDatasetError,
+    dataset_provenance,
+    make_data_loader,
+    make_dataset,
+)
+from lib.errors import ConfigError
 from lib.prepare import generate_dataset
 from tests.data.conftest import data_cfg
 
@@ -116,17 +124,91 @@ def test_resize_and_max_objects(tmp_path):
             ds[i]
 
 
-def test_user_registered_dataset(tmp_path, monkeypatch):
-    class Constant(torch.utils.data.Dataset):
-        def __init__(self, cfg, is_train, value):
-            self.size, self.value = cfg.INPUT.IMAGE_SIZE, value
+PLUGIN = """
+import torch
+from lib.data.build import register_dataset
 
-        def __len__(self):
-            return 3
+BUILT = []
 
-        def __getitem__(self, i):
-            return torch.full((3, self.size, self.size), self.value), None
 
-    monkeypatch.setitem(DATASET_REGISTRY, "constant", (Constant, {"value": 0.5}))
-    ds = make_dataset("constant", data_cfg(tmp_path, INPUT__IMAGE_SIZE=8), True)
-    assert ds[0][0].shape == (3, 8, 8) and ds[0][1] is None
+@register_dataset("plugin_train", value=0.25)
+@register_dataset("plugin_test", value=0.75)
+class Plugin(torch.utils.data.Dataset):
+    def __init__(self, cfg, is_train, value):
+        BUILT.append(is_train)
+        self.size, self.value = cfg.INPUT.IMAGE_SIZE, value
+        self.provenance = {"source": "plugin", "value": value}
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        mask = torch.zeros(self.size, self.size, dtype=torch.int64)
+        mask[: self.size // 2] = 1
+        return torch.full((3, self.size, self.size), self.value), mask
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "module"])
+def test_a_dataset_class_registers_itself_in_its_own_module(tmp_path, monkeypatch, how):
+    (tmp_path / "my_plugin_sets.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = str(tmp_path / "my_plugin_sets.py") if how == "file" else "my_plugin_sets"
+    for key in ("plugin_train", "plugin_test"):
+        monkeypatch.delitem(DATASET_REGISTRY, key, raising=False)
+    for module in ("my_plugin_sets", "iodine_datasets_my_plugin_sets"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    cfg = data_cfg(
+        tmp_path,
+        INPUT__IMAGE_SIZE=8,
+        DATASETS__IMPORTS=(name,),
+        DATASETS__TRAIN=("plugin_train",),
+        DATASETS__TEST=("plugin_test",),
+        SOLVER__IMS_PER_BATCH=4,
+    )
+    images, masks = next(iter(make_data_loader(cfg, True)))
+    assert images.shape == (4, 3, 8, 8) and torch.all(images == 0.25) and masks.shape == (4, 8, 8)
+    [(test_name, loader)] = make_data_loader(cfg, False)
+    assert test_name == "plugin_test" and dataset_provenance(loader)[0]["value"] == 0.75
+    with pytest.raises(ConfigError, match="DATASETS.IMPORTS: no"):
+        make_dataset("plugin_train", data_cfg(tmp_path, DATASETS__IMPORTS=("no_such_mod",)), True)
+
+
+@pytest.mark.slow  # trains 2 iterations through tools/train_net.py
+def test_train_net_builds_the_training_set_once_and_prepares_once(tmp_path, monkeypatch):
+    import lib.prepare
+    from tests.tools.tools_helpers import load_tool
+
+    (tmp_path / "counted_sets.py").write_text(PLUGIN.replace("plugin_", "counted_"))
+    monkeypatch.delitem(sys.modules, "iodine_datasets_counted_sets", raising=False)
+    for key in ("counted_train", "counted_test"):
+        monkeypatch.delitem(DATASET_REGISTRY, key, raising=False)
+    train_net = load_tool("train_net")
+    calls = []
+    real = lib.prepare.prepare_missing
+
+    def counting(cfg, names):
+        calls.append(list(names))
+        return real(cfg, names)
+
+    monkeypatch.setattr(lib.prepare, "prepare_missing", counting)
+    monkeypatch.setattr(train_net, "prepare_missing", counting)
+    argv = ["OUTPUT_DIR", str(tmp_path / "run"), "MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", "16"]
+    argv += ["INPUT.RESIZE", "bilinear", "DATASETS.IMPORTS", f"('{tmp_path / 'counted_sets.py'}',)"]
+    argv += ["DATASETS.TRAIN", "counted_train", "DATASETS.TEST", "counted_test"]
+    argv += ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "2"]
+    argv += [
+        "MODEL.IODINE.NUM_SLOTS",
+        "2",
+        "MODEL.IODINE.NUM_ITERS",
+        "1",
+        "TEST.IMS_PER_BATCH",
+        "2",
+    ]
+    argv += ["MODEL.REFINEMENT.CONV_CHANNELS", "(4,)", "MODEL.DECODER.CONV_CHANNELS", "(4,)"]
+    argv += ["MODEL.REFINEMENT.MLP_SIZES", "(8,)", "MODEL.REFINEMENT.LSTM_SIZE", "8"]
+    argv += ["MODEL.IODINE.LATENT_DIM", "4", "DATALOADER.NUM_WORKERS", "0", "SEED", "1"]
+    assert train_net.main(argv) == 0
+    built = sys.modules["iodine_datasets_counted_sets"].BUILT
+    assert built.count(True) == 1 and built.count(False) == 1  # training set once, held-out once
+    assert calls == [["counted_train", "counted_test"]]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lib.data import make_dataset
-from lib.data.datasets.base import to_model_input
+from lib.data.datasets.base import ItemFormat
 from lib.data.datasets.folder import FolderDataset
 from tests.data.conftest import data_cfg
 
@@ -83,9 +83,9 @@ def test_nearest_resize_samples_image_and_labels_alike(tmp_path, size):
     assert exact.mean() < 0.5
 
 
-def test_unknown_resize_is_config_error():
+def test_unknown_resize_is_config_error(tmp_path):
     with pytest.raises(ValueError, match="INPUT.RESIZE"):
-        to_model_input(np.zeros((8, 8, 3), np.uint8), None, 4, resize="area")
+        ItemFormat.from_cfg(data_cfg(tmp_path, INPUT__RESIZE="area"), True, "folder")
 
 
 def test_folder_without_masks(tmp_path, caplog):
@@ -242,13 +242,15 @@ def test_registry_builds_a_folder_dataset(tmp_path):
 
 def test_provenance_and_stored_size_arrays(tmp_path):
     arrays = _write(tmp_path, ["b.png", "a.png"], size=(6, 10))
-    ds = FolderDataset(_cfg(tmp_path), False, str(tmp_path))
+    ds = FolderDataset(_cfg(tmp_path, INPUT__RESIZE=""), False, str(tmp_path))
     assert ds.provenance == {
         "source": "folder",
         "path": os.path.abspath(tmp_path),
         "layout": "images",
         "num_examples": 2,
         "has_masks": True,
+        "resize": "bilinear (the data's own protocol)",
+        "labels_at": "16 (model input)",
     }
     assert ds.mask_files == [str(tmp_path / "masks" / "a.png"), str(tmp_path / "masks" / "b.png")]
     # load_arrays: the file as stored (uint8, no crop, no resize).

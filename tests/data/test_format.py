@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lib.data
-from lib.data.datasets.base import to_model_input
 from lib.data.format import BUILTIN_DATASETS, CLEVR_CROP, builtin_of
+from tests.data.conftest import to_model_input
 
 
 @pytest.fixture
@@ -76,3 +76,10 @@ def test_reading_never_imports_the_writing_side():
             else:
                 continue
             assert not any(n.startswith("lib.prepare") for n in names), path
+
+
+def test_builtin_names_in_spec_are_the_registry_of_folders():
+    from lib import spec
+
+    assert tuple(BUILTIN_DATASETS) == spec.BUILTIN_NAMES
+    assert set(spec.SYNTH_OF.values()) <= set(BUILTIN_DATASETS)

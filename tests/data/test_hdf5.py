@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from lib.data.build import collate
 from lib.data.datasets.external import EXTERNAL_PREFIXES, make_external_dataset
 from lib.data.datasets.hdf5 import Hdf5Dataset, Hdf5FormatError
+from lib.errors import DatasetError, MissingDatasetError
 from tests.data.conftest import data_cfg
 
 SIDE = 4
@@ -263,3 +264,79 @@ def test_errors_name_file_and_key(tmp_path):
         make_external_dataset("hdf5:", cfg, True)
     with pytest.raises(ValueError, match="more than one split"):
         make_external_dataset(f"hdf5:{ocl}:train:test", cfg, True)
+
+
+@pytest.mark.parametrize("layout", ["ocl", "emorl"])
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_float_pixels_in_either_range_are_read_and_stated(tmp_path, layout, scale):
+    path = tmp_path / ("tetrominoes-full.hdf5" if layout == "ocl" else "t.h5")
+    images = _stamp(6)
+    floats = images.astype(np.float32) * (scale / 255.0)
+    with h5py.File(path, "w") as f:
+        if layout == "ocl":
+            f["image"], f["mask"] = floats, np.zeros((6, SIDE, SIDE, 1), np.uint8)
+        else:
+            f["train/imgs"] = floats
+    ds = make_external_dataset(
+        f"hdf5:{path}:all" if layout == "ocl" else f"hdf5:{path}", _cfg(tmp_path), True
+    )
+    for i in range(6):
+        np.testing.assert_array_equal(ds.load_arrays(i)[0], images[i])
+    assert ("[0, 1]" if scale == 1.0 else "[0, 255]") in ds.provenance["pixels"]
+
+
+def test_non_finite_or_out_of_range_pixels_are_refused_with_the_index(tmp_path):
+    images = _stamp(3).astype(np.float32)
+    images[1, 2, 3, 1] = np.nan
+    images[2, 0, 1, 0] = 300.0
+    path = tmp_path / "t.h5"
+    with h5py.File(path, "w") as f:
+        f["train/imgs"] = images
+    ds = make_external_dataset(f"hdf5:{path}", _cfg(tmp_path), True)
+    with pytest.raises(
+        DatasetError, match=r"t\.h5 key 'train/imgs' example 1: non-finite .* \(2, 3, 1\)"
+    ):
+        ds[1]
+    with pytest.raises(DatasetError, match=r"example 2: pixel values in \[.*, 300\], outside"):
+        ds[2]
+
+
+def test_missing_file_is_a_missing_dataset_error(tmp_path):
+    with pytest.raises(MissingDatasetError, match="no such file"):
+        make_external_dataset(f"hdf5:{tmp_path}/absent.h5", _cfg(tmp_path), True)
+
+
+def test_own_resize_protocols_and_the_library_tetrominoes_crop(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(2, 35, 35, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, size=(2, 35, 35), dtype=np.uint8)
+    emorl, ocl = tmp_path / "t.h5", tmp_path / "tetrominoes-full.hdf5"
+    with h5py.File(emorl, "w") as f:
+        f["train/imgs"] = images
+    with h5py.File(ocl, "w") as f:
+        f["image"], f["mask"] = images, labels
+    # EfficientMORL's own loader: PIL's default (bicubic) resize; stated in the provenance.
+    ds = make_external_dataset(
+        f"hdf5:{emorl}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=20, INPUT__RESIZE=""), True
+    )
+    want = np.asarray(Image.fromarray(images[1]).resize((20, 20)))
+    np.testing.assert_array_equal((ds[1][0] * 255).round().permute(1, 2, 0).numpy(), want)
+    assert ds.provenance["resize"] == "pil_bicubic (the data's own protocol)"
+    # INPUT.RESIZE set: the user's choice wins, and says so.
+    forced = make_external_dataset(
+        f"hdf5:{emorl}", data_cfg(tmp_path, INPUT__IMAGE_SIZE=20, INPUT__RESIZE="tf1"), True
+    )
+    assert forced.provenance["resize"] == "tf1 (INPUT.RESIZE)"
+    # The object-centric library's Tetrominoes: rows and columns 2:34, 32x32, no resize.
+    cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=32, INPUT__CROP=(2, 34, 2, 34))
+    image, mask = make_external_dataset(f"hdf5:{ocl}:all", cfg, True)[0]
+    np.testing.assert_array_equal(
+        (image * 255).round().permute(1, 2, 0).numpy(), images[0, 2:34, 2:34]
+    )
+    np.testing.assert_array_equal(mask.numpy(), labels[0, 2:34, 2:34])
+    with pytest.raises(DatasetError, match=r"crop \(2, 40, 2, 40\) is not a square in 35x35"):
+        make_external_dataset(
+            f"hdf5:{ocl}:all", data_cfg(tmp_path, INPUT__CROP=(2, 40, 2, 40)), True
+        )[0]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib.data.build import set_item_format
 from lib.data.datasets.prepared import PreparedDataset
 from lib.errors import DatasetError, MissingDatasetError
 from tests.data.conftest import data_cfg
@@ -92,15 +93,13 @@ def test_recorded_crop_is_applied(tmp_path):
 
 def test_return_uint8_only_without_resize(tmp_path):
     _, images, _ = _write_folder(tmp_path)
-    native = PreparedDataset(
-        data_cfg(tmp_path, INPUT__IMAGE_SIZE=H), False, "sprites", return_uint8=True
-    )
+    native = PreparedDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=H), False, "sprites")
+    set_item_format(native, False, True)
     image, _ = native[2]
     assert native.return_uint8 and image.dtype == torch.uint8
     np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), images[2])
-    resized = PreparedDataset(
-        data_cfg(tmp_path, INPUT__IMAGE_SIZE=4), False, "sprites", return_uint8=True
-    )
+    resized = PreparedDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=4), False, "sprites")
+    set_item_format(resized, False, True)
     assert not resized.return_uint8 and resized[2][0].dtype == torch.float32
 
 
@@ -116,7 +115,8 @@ def test_factors_and_released_factor_items(tmp_path):
     }
     _write_folder(tmp_path, dataset="tetrominoes", factors=factors)
     cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=H)
-    ds = PreparedDataset(cfg, False, "tetrominoes", "test", return_factors=True)
+    ds = PreparedDataset(cfg, False, "tetrominoes", "test")
+    set_item_format(ds, True, False)
     assert ds.return_factors and ds.factor_mapping is not None
     np.testing.assert_array_equal(ds.factors(1)["x"], x[4])  # test split: stored index 3 + 1
     image, mask, released = ds[0]
@@ -132,9 +132,11 @@ def test_factors_without_mapping_or_without_stored_factors(tmp_path, caplog):
     _write_folder(tmp_path, dataset="tetrominoes")
     cfg = data_cfg(tmp_path, INPUT__IMAGE_SIZE=H)
     with caplog.at_level(logging.INFO):
-        sprites = PreparedDataset(cfg, False, "sprites", return_factors=True)
-        tetrominoes = PreparedDataset(cfg, False, "tetrominoes", return_factors=True)
-    assert "have no released regressor mapping" in caplog.text
+        sprites = PreparedDataset(cfg, False, "sprites")
+        tetrominoes = PreparedDataset(cfg, False, "tetrominoes")
+    for ds in (sprites, tetrominoes):
+        set_item_format(ds, True, False)
+    assert "have no released mapping" in caplog.text
     assert "stores no factors" in caplog.text
     for ds in (sprites, tetrominoes):
         assert ds.factor_mapping is None and not ds.return_factors and len(ds[0]) == 2
@@ -192,3 +194,50 @@ def test_max_objects_error_names_the_stored_example(tmp_path):
     ds[0]  # stored example 3: labels 0..2
     with pytest.raises(DatasetError, match=r"sprites example 4: label map has 4 objects"):
         ds[1]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("", "not valid JSON"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "a list, not a JSON object"),
+        ('{"format_version": 7}', "format_version 7"),
+        ('{"format_version": 1, "source": "generated", "image_shape": [8, 8, 3]}', "num_examples"),
+    ],
+)
+def test_bad_meta_json_is_one_dataset_error(tmp_path, content, match):
+    path, _, _ = _write_folder(tmp_path)
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        f.write(content)
+    with pytest.raises(DatasetError, match=match) as info:
+        PreparedDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=H), False, "sprites")
+    assert "meta.json" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("num_test", [True, "2", 6, -1, 1.5])
+def test_invalid_num_test(tmp_path, num_test):
+    _write_folder(tmp_path, num_test=num_test)
+    with pytest.raises(DatasetError, match=r"meta.json: num_test .* is not an integer"):
+        PreparedDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=H), False, "sprites", "test")
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "garbage", "float32"])
+@pytest.mark.parametrize("name", ["images", "masks"])
+def test_bad_array_file_names_the_file(tmp_path, damage, name):
+    path, images, masks = _write_folder(tmp_path)
+    file = os.path.join(path, f"{name}.npy")
+    if damage == "missing":
+        os.remove(file)
+    elif damage == "float32":  # read as uint8 it would be divided by 255 twice: refused
+        np.save(file, (images if name == "images" else masks).astype(np.float32) / 255)
+    else:
+        data = open(file, "rb").read()
+        cut = {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"\x00junk" * 40}
+        open(file, "wb").write(cut[damage])
+    with pytest.raises(DatasetError) as info:
+        PreparedDataset(data_cfg(tmp_path, INPUT__IMAGE_SIZE=H), False, "sprites")
+    message = str(info.value)
+    assert file in message and "prepare the dataset again" in message and "\n" not in message
+    if damage == "float32":
+        assert "float32" in message

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from lib.data.datasets.base import to_model_input
+from tests.data.conftest import to_model_input
 
 FIXTURE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

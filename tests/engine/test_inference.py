@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
@@ -23,9 +22,10 @@ from lib.engine.inference import (
 from lib.model import build_model
 from lib.utils import comm
 from tests.engine.engine_helpers import StandIn, join_or_kill, labelled_images, tiny_cfg
+from tests.evaluation.test_segmentation import _ref_clevrtex_miou, _ref_oclf_fg_miou
 
 CPU = torch.device("cpu")
-NEW_KEYS = ("sc", "msc", "mbo", "miou", "count_acc", "fg_mse")
+NEW_KEYS = ("sc", "msc", "mbo", "miou", "fg_miou", "count_acc", "fg_mse", "fg_pixel_mse")
 
 
 def _data(num: int = 6, size: int = 8, seed: int = 0):
@@ -125,10 +125,10 @@ class _Recorder(nn.Module):
         return out
 
 
-def _reference_scores(true: np.ndarray, pred: np.ndarray) -> dict:
-    """One image's scores by plain numpy / scipy / scikit-learn, from the papers' definitions.
+def _reference_scores(true: np.ndarray, pred: np.ndarray, num_slots: int) -> dict:
+    """One image's scores by plain numpy / scipy / scikit-learn, from the sources' definitions.
 
-    true: (H, W) labels, 0 = background; pred: (H, W) argmax slot. None = undefined.
+    true: (H, W) labels 0..3, 0 = background; pred: (H, W) argmax slot. None = undefined.
     """
     t, p = true.ravel(), pred.ravel()
     fg = t > 0
@@ -137,23 +137,19 @@ def _reference_scores(true: np.ndarray, pred: np.ndarray) -> dict:
     iou = np.array([[(g & k).sum() / (g | k).sum() for k in slots] for g in segments])
     out = {"ari": adjusted_rand_score(t, p), "count_acc": float(len(segments) == len(slots))}
     if not fg.any():
-        return {**out, **dict.fromkeys(("fg_ari", "sc", "msc", "mbo", "miou"))}
-    has_bg = bool((t == 0).any())
-    objects = slice(1 if has_bg else 0, None)
+        return {**out, **dict.fromkeys(("fg_ari", "sc", "msc", "mbo", "miou", "fg_miou"))}
+    objects = slice(1 if (t == 0).any() else 0, None)
     best = iou.max(axis=1)[objects]
     sizes = np.array([g.sum() for g in segments])[objects]
-    rows, cols = linear_sum_assignment(-iou)  # ClevrTex: match everything, background included
-    matched = np.zeros(len(segments))
-    matched[rows] = iou[rows, cols]
-    # ClevrTex mIoU_fg: matched IoUs of the true objects over the pairs less the background's.
-    pairs = max(len(segments), len(slots)) - int(has_bg)
+    miou = _ref_clevrtex_miou(true, pred, num_slots, 4, True)[0]  # 4 label rows in each batch
     return {
         **out,
         "fg_ari": adjusted_rand_score(t[fg], p[fg]),
         "sc": float((sizes * best).sum() / sizes.sum()),
         "msc": float(best.mean()),
         "mbo": float(best.mean()),
-        "miou": float(matched[objects].sum() / pairs),
+        "miou": None if np.isnan(miou) else miou,
+        "fg_miou": _ref_oclf_fg_miou(true, pred, num_slots),
     }
 
 
@@ -184,25 +180,29 @@ def test_new_metrics_match_a_per_image_reference():
         per_image = []
         for i in range(len(images)):
             pred = masks[i, t].argmax(dim=0).numpy()
-            scores = _reference_scores(labels[i].numpy(), pred)
+            scores = _reference_scores(labels[i].numpy(), pred, masks.shape[2])
             fg = (labels[i] > 0).numpy()
             squared = ((recon[i, t] - images[i]) ** 2).numpy()  # (3, H, W)
-            scores["fg_mse"] = float(squared[:, fg].mean()) if fg.any() else None
+            scores["fg_mse"] = float((squared * fg).mean())  # the library's: over C x H x W
+            scores["fg_pixel_mse"] = float(squared[:, fg].mean()) if fg.any() else None
             per_image.append(scores)
         for key in reference:
             reference[key].append(_mean_defined([s[key] for s in per_image]))
     assert reference["count_acc"][-1] is not None
     for key in ("fg_ari", "ari", *NEW_KEYS):
         # fg_mse: float32 squares summed in a different order; the rest are exact counts.
-        tol = 1e-6 if key == "fg_mse" else 1e-9
+        tol = 1e-6 if "mse" in key else 1e-9
         assert result[f"{key}_per_iter"] == pytest.approx(reference[key], abs=tol), key
         assert result[key] == result[f"{key}_per_iter"][-1]
     assert result["fg_ari_num_images"] == 6
+    assert result["left_out"]["fg_ari"] == 1 and "fg_mse" not in result["left_out"]
+    assert "foreground" in result["left_out_reason"]
     # Not trivially equal keys: the untrained model is far from a perfect segmentation.
     assert 0 < result["miou"] < 1 and result["sc"] != result["msc"]
     assert result["msc"] == result["mbo"]
     line = format_metrics({"toy": result})
     assert "miou" in line and "count_acc" in line and "fg_mse" in line
+    assert reference["miou"][-1] != reference["fg_miou"][-1]
     doc = metrics_document({"toy": result}, "w.pth", 1, num_slots=3, num_iters=3)
     assert list(doc)[: len(METRIC_KEYS)] == list(METRIC_KEYS)
     assert all(doc[k] == result[k] for k in METRIC_KEYS)
@@ -213,9 +213,10 @@ def test_perfect_segmentation_new_metrics():
     labels[0] = 0
     images = labelled_images(labels)
     result = do_evaluate(StandIn(num_slots=4), [("toy", _batches(images, labels, 4))], CPU)["toy"]
-    for key in ("sc", "msc", "mbo", "miou", "count_acc"):
+    for key in ("sc", "msc", "mbo", "fg_miou", "count_acc"):
         assert result[key] == pytest.approx(1.0) and len(result[f"{key}_per_iter"]) == 3
-    assert result["fg_mse"] == 0.0
+    assert 0 < result["miou"] <= 1  # ClevrTex: a pair less for images without background
+    assert result["fg_mse"] == 0.0 and result["fg_pixel_mse"] == 0.0
 
 
 def _free_port() -> int:
@@ -299,3 +300,41 @@ def test_metrics_document_turns_non_finite_values_into_null():
         "datasets.d.mse",
         "datasets.d.fg_ari_per_iter[1]",
     }
+
+
+class _Broken(StandIn):
+    """A model whose outputs are NaN (e.g. NaN weights)."""
+
+    def forward(self, images, **kwargs):
+        out = super().forward(images, **kwargs)
+        return {**out, "masks": out["masks"] * float("nan"), "recon": out["recon"] * float("nan")}
+
+
+def test_non_finite_outputs_give_null_metrics_never_zero(tmp_path):
+    images, labels = _data()
+    result = do_evaluate(_Broken(), [("toy", _batches(images, labels, 4))], CPU)["toy"]
+    for key in ("fg_ari", "ari", "mse", *NEW_KEYS):
+        assert result[key] is None and result[f"{key}_per_iter"] == [None] * 3, key
+    assert result["non_finite_images"] == 6 and "not finite" in result["reason"]
+    doc = metrics_document({"toy": result}, "w.pth", None, num_slots=4, num_iters=2)
+    assert doc["fg_ari"] is None and doc["non_finite_images"] == 6
+    json.dumps(doc, allow_nan=False)
+
+
+def test_native_labels_upsample_the_masks_as_efficientmorl():
+    # Labels at 12x12, model at 8x8: each soft mask is resized with PIL's default (bicubic)
+    # filter, as EfficientMORL's evaluation does, then argmax; fg_mse uses the labels at 8x8.
+    gen = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (2, 12, 12), generator=gen)
+    images = torch.rand(2, 3, 8, 8, generator=gen)
+    model = _Recorder(
+        build_model(tiny_cfg(**{"INPUT.IMAGE_SIZE": 8, "MODEL.REFINEMENT.CONV_CHANNELS": (8,)}))
+    )
+    result = do_evaluate(model, [("toy", [(images, labels)])], CPU, num_iters=1)["toy"]
+    masks = model.outputs[0][0][:, -1]  # (2, K, 8, 8)
+    want = []
+    for b in range(2):
+        big = [np.asarray(Image.fromarray(m.numpy(), mode="F").resize((12, 12))) for m in masks[b]]
+        pred = np.argmax(np.stack(big), axis=0)
+        want.append(adjusted_rand_score(labels[b].numpy().ravel(), pred.ravel()))
+    assert result["ari"] == pytest.approx(np.mean(want), abs=1e-9)

@@ -17,9 +17,8 @@ Splits, the benchmark's (``CLEVRTEX.splits``), by fractions of the N scenes in n
 ``outd`` is not split (its ``test`` and ``all`` are every scene).
 
 Crop, the reference loader's: a centred square of int(0.8 * min(H, W)) pixels, for 240x320 rows
-24:216 and cols 64:256 (192x192), then the resize to ``INPUT.IMAGE_SIZE`` (the benchmark uses
-128: PIL bilinear for images, nearest for masks; ``INPUT.RESIZE bilinear`` is the antialiased
-equivalent).
+24:216 and cols 64:256 (192x192), then the resize to ``INPUT.IMAGE_SIZE`` by its protocol (the
+benchmark uses 128: PIL bilinear for images, nearest for labels) unless ``INPUT.RESIZE`` is set.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lib.data.datasets.base import check_max_objects, to_model_input
-from lib.errors import DatasetError
+from lib.data.datasets.base import ItemFormat, decode_image
+from lib.errors import DatasetError, MissingDatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +92,6 @@ def detect_variant(path: str) -> str:
     return "full"
 
 
-def _decode(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot decode the image, truncated or corrupt ({exc})") from exc
-
-
 class ClevrTexDataset(Dataset):
     """One split of one ClevrTex variant; see the module docstring for layout and rules.
 
@@ -123,7 +113,7 @@ class ClevrTexDataset(Dataset):
             scene's JSON).
 
     Raises:
-        FileNotFoundError: no such folder, no scene of the variant, a missing label map.
+        MissingDatasetError: no such folder, no scene of the variant, a missing label map.
         ClevrTexError: an unknown variant or split, a gap or duplicate in the scene numbers, an
             ``outd`` train/val split, an empty split.
     """
@@ -136,9 +126,6 @@ class ClevrTexDataset(Dataset):
         variant: str | None = None,
         split: str | None = None,
     ):
-        self.size = int(cfg.INPUT.IMAGE_SIZE)
-        self.resize = str(cfg.INPUT.RESIZE)
-        self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
         self.variant = variant if variant is not None else detect_variant(path)
         if self.variant not in VARIANTS:
             raise ClevrTexError(
@@ -158,10 +145,10 @@ class ClevrTexDataset(Dataset):
                 if ":" in os.path.basename(path)
                 else ""
             )
-            raise FileNotFoundError(f"clevrtex dataset {path}: no such folder{hint}")
+            raise MissingDatasetError(f"clevrtex dataset {path}: no such folder{hint}")
         self.root = _variant_dir(path, self.variant)
         if not os.path.isdir(self.root):
-            raise FileNotFoundError(
+            raise MissingDatasetError(
                 f"clevrtex dataset {path}: no folder {self.root} (variant {self.variant!r}); give "
                 "the clevrtex_<variant> folder or its parent"
             )
@@ -179,9 +166,8 @@ class ClevrTexDataset(Dataset):
         with Image.open(self.files[0]) as im:
             width, height = im.size
         self.crop = clevrtex_crop(height, width)
-        self.has_masks = True
-        self.factor_mapping = None
-        self.return_factors = False
+        self.has_masks, self.factor_mapping, self.return_factors = True, None, False
+        self.format = ItemFormat.from_cfg(cfg, is_train, "clevrtex")
         rule = (
             "outd: every scene (no split)"
             if self.variant == "outd"
@@ -198,15 +184,11 @@ class ClevrTexDataset(Dataset):
             "variant_scenes": n,
             "crop": list(self.crop),
             "has_masks": True,
+            **self.format.describe(not cfg.INPUT.RESIZE),
         }
         logger.info(
-            "clevrtex %s (%s split): scenes [%d, %d) of %d from %s",
-            self.variant,
-            self.split,
-            start,
-            stop,
-            n,
-            self.root,
+            "clevrtex %s (%s split): scenes [%d, %d) of %d from %s; resize %s",
+            *(self.variant, self.split, start, stop, n, self.root, self.format.resize),
         )
 
     def _index_scenes(self) -> tuple[list[str], list[str]]:
@@ -227,7 +209,7 @@ class ClevrTexDataset(Dataset):
                     )
                 found[number] = os.path.join(dirpath, name)
         if not found:
-            raise FileNotFoundError(
+            raise MissingDatasetError(
                 f"clevrtex dataset {self.root}: no CLEVRTEX_{self.variant}_NNNNNN.png image in it"
             )
         n = max(found) + 1
@@ -241,7 +223,7 @@ class ClevrTexDataset(Dataset):
         masks = [f[: -len(".png")] + "_flat.png" for f in images]
         for image, mask in zip(images, masks):
             if not os.path.isfile(mask):
-                raise FileNotFoundError(
+                raise MissingDatasetError(
                     f"clevrtex {self.root}: image {image} has no label map {mask}"
                 )
         return images, masks
@@ -250,28 +232,21 @@ class ClevrTexDataset(Dataset):
         return len(self.files)
 
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The scene as stored: image uint8 (H, W, 3), label map int64 (H, W).
-
-        Args:
-            index: position in this split.
-        """
+        """The scene as stored: image uint8 (H, W, 3), label map int64 (H, W)."""
         image_file, mask_file = self.files[index], self.mask_files[index]
-        im = _decode(image_file)
+        im = decode_image(image_file)
         # The reference loader keeps the first three channels of the (RGBA) PNG.
         image = np.array(im)[..., :3] if im.mode in ("RGB", "RGBA") else np.array(im.convert("RGB"))
-        mask_image = _decode(mask_file)
+        mask_image = decode_image(mask_file)
         if mask_image.mode not in MASK_MODES:
-            raise ValueError(
-                f"{mask_file}: label map has PIL mode {mask_image.mode!r}, expected one of "
-                f"{MASK_MODES}"
+            raise ClevrTexError(
+                f"{mask_file}: label map has PIL mode {mask_image.mode!r}, expected {MASK_MODES}"
             )
         mask = np.array(mask_image).astype(np.int64)  # palette: the indices are the labels
         if mask.shape != image.shape[:2]:
-            raise ValueError(
-                f"{mask_file}: label map is {mask.shape} (HxW) but {image_file} is "
-                f"{image.shape[:2]}"
+            raise ClevrTexError(
+                f"{mask_file}: label map is {mask.shape} (HxW), {image_file} {image.shape[:2]}"
             )
-        check_max_objects(mask, self.max_objects, mask_file)
         return image, mask
 
     def metadata(self, index: int) -> dict:
@@ -289,5 +264,6 @@ class ClevrTexDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_arrays(index)
-        crop = clevrtex_crop(*image.shape[:2])
-        return to_model_input(image, mask, self.size, crop, self.resize)
+        return self.format(
+            image, mask, clevrtex_crop(*image.shape[:2]), where=self.mask_files[index]
+        )

@@ -11,12 +11,6 @@
 ``train`` in ``DATASETS.TRAIN``, ``test`` in ``DATASETS.TEST``. Options follow the path after
 colons, in any order; they are read from the right, so a path may itself contain colons as
 long as its last component is not an option word.
-
-``make_dataset`` (``lib/data/build.py``) calls ``make_external_dataset`` first::
-
-    dataset = make_external_dataset(name, cfg, is_train)
-    if dataset is not None:
-        return dataset
 """
 
 from __future__ import annotations
@@ -106,9 +100,9 @@ def make_external_dataset(name: str, cfg, is_train: bool) -> Dataset | None:
 
     Raises:
         ExternalNameError: no path, or conflicting options.
-        FileNotFoundError: a missing file or folder.
-        ValueError: a file of the wrong layout, a missing key, a wrong shape (subclasses
-            ``Hdf5FormatError`` / ``ClevrTexError``; the message names the file and the key).
+        MissingDatasetError: a missing file or folder.
+        DatasetError: a file of the wrong layout, a missing key, a wrong shape (the message
+            names the file and the key).
     """
     if name.startswith(HDF5_PREFIX):
         path, options = split_options(name[len(HDF5_PREFIX) :], _is_hdf5_option)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lib.data.datasets.base import check_max_objects, to_model_input
+from lib.data.datasets.base import ItemFormat, decode_image
 from lib.errors import DatasetError, MissingDatasetError
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,6 @@ def _header(path: str) -> tuple[str, tuple[int, int]]:
     except OSError as exc:  # includes PIL.UnidentifiedImageError
         raise DatasetError(
             f"{path}: cannot read the image header, not a PNG or JPEG? ({exc})"
-        ) from exc
-
-
-def _decode(path: str) -> Image.Image:
-    """Fully decode an image file (so truncation is detected here, with the path)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated/corrupt PNG data
-        raise DatasetError(
-            f"{path}: cannot decode the image, truncated or corrupt ({exc})"
         ) from exc
 
 
@@ -78,7 +66,7 @@ class FolderDataset(Dataset):
         files: image paths in order; ``mask_files``: mask paths or None.
 
     Raises:
-        FileNotFoundError: the folder, any image in it, or a mask is missing.
+        MissingDatasetError: the folder, any image in it, or a mask is missing.
         ValueError: an unreadable image header, a mask of the wrong mode or a size different
             from its image, two images of one stem with masks; when an item is read:
             undecodable (truncated) data, or more objects than ``DATASETS.MAX_OBJECTS`` (> 0).
@@ -86,9 +74,7 @@ class FolderDataset(Dataset):
 
     def __init__(self, cfg, is_train: bool, path: str):
         self.root = path
-        self.size = int(cfg.INPUT.IMAGE_SIZE)
-        self.resize = str(cfg.INPUT.RESIZE)
-        self.max_objects = int(cfg.DATASETS.MAX_OBJECTS)
+        self.format = ItemFormat.from_cfg(cfg, is_train, "folder")
         if not os.path.isdir(path):
             raise MissingDatasetError(f"folder dataset {path}: no such folder")
         image_dir = os.path.join(path, "images")
@@ -150,6 +136,7 @@ class FolderDataset(Dataset):
             "layout": self.layout,
             "num_examples": len(self.files),
             "has_masks": self.has_masks,
+            **self.format.describe(not cfg.INPUT.RESIZE),
         }
 
     def __len__(self) -> int:
@@ -158,11 +145,11 @@ class FolderDataset(Dataset):
     def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The example at its stored size: image uint8 (H, W, 3), mask uint8 (H, W) or None."""
         image_file = self.files[index]
-        image = np.array(_decode(image_file).convert("RGB"))  # a writable copy for torch
+        image = np.array(decode_image(image_file).convert("RGB"))  # a writable copy for torch
         if self.mask_files is None:
             return image, None
         mask_file = self.mask_files[index]
-        mask_image = _decode(mask_file)
+        mask_image = decode_image(mask_file)
         if mask_image.mode not in MASK_MODES:
             raise DatasetError(f"{mask_file}: mask has PIL mode {mask_image.mode!r}, need L or P")
         mask = np.array(mask_image, dtype=np.uint8)  # palette: the indices are the labels
@@ -170,9 +157,9 @@ class FolderDataset(Dataset):
             raise DatasetError(
                 f"{mask_file}: mask is {mask.shape} (HxW) but {image_file} is {image.shape[:2]}"
             )
-        check_max_objects(mask, self.max_objects, mask_file)
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         image, mask = self.load_arrays(index)
-        return to_model_input(image, mask, self.size, resize=self.resize)
+        where = self.files[index] if self.mask_files is None else self.mask_files[index]
+        return self.format(image, mask, where=where)
