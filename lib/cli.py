@@ -5,20 +5,26 @@ Every tool is ``main(argv) -> exit status`` built from these pieces::
     parser = default_argument_parser("Evaluate IODINE.")
     return run_tool(argv, parser, evaluate)      # evaluate(cfg, args) does the work
 
-``run_tool`` loads the config (a bad file, key or value is one line ``error: ...`` on stderr
-and exit status 1) and reports the project's own errors (``lib.errors.IodineError``: unknown
-dataset, missing data, bad checkpoint, refused precision, ...) the same way; any other
-exception keeps its traceback. ``tool_session`` sets up processes, device and log.txt around
-the work and writes the traceback of a failure to log.txt as well. The engine never imports
-this module.
+``run_tool`` loads the config and reports a bad config, the project's own errors
+(``lib.errors.IodineError``) and a full or read-only disk as one line ``error: ...`` on
+stderr; any other exception keeps its traceback. ``tool_session`` sets up processes, device
+and log.txt around the work (and a training run's OUTPUT_DIR lock) and writes the traceback
+of a failure to log.txt as well. The engine never imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import logging
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -26,25 +32,19 @@ import torch
 from yacs.config import CfgNode
 
 from lib.engine.setup import resolve_device, setup_precision
-from lib.errors import IodineError
+from lib.errors import Interrupted, IodineError, RunError
 from lib.utils import comm
 from lib.utils.logger import close_logger, environment_info, setup_logger
 
 LOGGER_NAME = "iodine"
+RUN_LOCK = "train.lock"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def default_argument_parser(description: str) -> argparse.ArgumentParser:
-    """The tools' command line: ``--config-file CFG`` and ``KEY VALUE`` config overrides.
-
-    A tool adds its own options to the returned parser; parse it with ``parse_tool_args`` so
-    that the overrides may stand anywhere on the line (before, between or after options).
-
-    Args:
-        description: the tool's one-line description for ``--help``.
-
-    Returns:
-        The parser; its namespace has ``config_file`` and ``opts`` (the flat override list).
-    """
+    """The tools' command line: ``--config-file CFG`` and ``KEY VALUE`` config overrides
+    (namespace ``config_file`` and ``opts``). A tool adds its own options; ``parse_tool_args``
+    then takes the overrides wherever they stand."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config file")
     parser.add_argument(
@@ -54,18 +54,8 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_tool_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """Parse a tool's command line, collecting ``KEY VALUE`` pairs wherever they stand.
-
-    Args:
-        parser: from ``default_argument_parser`` (plus the tool's options), or any parser
-            whose namespace may have ``opts``.
-        argv: the arguments without the program name.
-
-    Returns:
-        The namespace; ``opts`` holds every override in command-line order.
-
-    Raises:
-        SystemExit: an unknown ``--option`` (argparse's usage message, status 2).
+    """Parse a tool's command line (without the program name): ``opts`` of the namespace
+    holds every ``KEY VALUE`` override in order; an unknown ``--option`` exits with status 2.
     """
     args, extra = parser.parse_known_args(list(argv))
     unknown = [a for a in extra if a.startswith("--")]
@@ -80,8 +70,19 @@ def parse_tool_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> arg
 def load_tool_cfg(args: argparse.Namespace) -> CfgNode:
     """The frozen config of ``--config-file`` and the overrides ``args.opts``."""
     from lib.config import load_cfg
+    from lib.model.refinement_inputs import check_inputs
 
-    return load_cfg(args.config_file or None, args.opts)
+    cfg = load_cfg(args.config_file or None, args.opts)
+    check_inputs(cfg.MODEL.REFINEMENT.IMAGE_INPUTS, cfg.MODEL.REFINEMENT.VECTOR_INPUTS)
+    return cfg
+
+
+# Errors of the storage, never of the code: one line naming the file.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
 
 
 def run_tool(
@@ -98,12 +99,11 @@ def run_tool(
         parser: the tool's parser (``default_argument_parser`` plus its options).
         run: ``(cfg, args) -> Any``, the tool's work; ``args.argv`` is the command line.
         errors: further exception types reported as one line (``IodineError`` always is).
-        make_cfg: ``args -> cfg`` (default: ``--config-file`` plus ``opts``); a tool whose
-            options set config keys passes its own.
+        make_cfg: ``args -> cfg`` (default: ``--config-file`` plus ``opts``).
 
     Returns:
-        The exit status: 0, or 1 after a one-line ``error: ...`` on stderr. A config error
-        (missing file, unknown key, bad value) is such a failure too.
+        The exit status: 0; or, after one line ``error: ...`` on stderr, 128 + the signal's
+        number for SIGTERM and SIGINT (training first writes a checkpoint), else 1.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_tool_args(parser, argv)
@@ -113,58 +113,107 @@ def run_tool(
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main_thread else {}
     try:
         run(cfg, args)
     except (IodineError, *errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 1)
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        print(f"error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
 
 
 @contextlib.contextmanager
+def output_dir_lock(folder: str) -> Iterator[None]:
+    """Hold ``folder/RUN_LOCK`` for the block, or raise RunError naming its holder.
+
+    A POSIX record lock (``lockf``): the kernel releases it when the process dies, and forked
+    DataLoader workers do not inherit it, so a killed run never blocks the next one.
+    """
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, RUN_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunError(
+                f"OUTPUT_DIR {folder} is in use by another training run ({holder}): wait for "
+                "it to end, or choose another OUTPUT_DIR"
+            ) from exc
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
 def tool_session(
-    cfg: CfgNode, argv: Sequence[str], log_name: str = "log.txt"
+    cfg: CfgNode, argv: Sequence[str], log_name: str = "log.txt", lock: bool = False
 ) -> Iterator[tuple[torch.device, logging.Logger]]:
-    """Processes, device and logging around a tool's work.
+    """Processes, device and logging around a tool's work; yields ``(device, logger)``.
 
-    On entry: the process group (under torchrun), the device, the logger (console, and
-    ``OUTPUT_DIR/log_name`` on rank 0) with the command, environment and config. On exit:
-    a failure's traceback goes to the log file (``run_tool`` prints a known failure's message
-    alone), then the log file is closed and the process group destroyed.
-
-    Args:
-        cfg: the frozen config.
-        argv: the command line, recorded in the log.
-        log_name: file in OUTPUT_DIR that rank 0 appends to.
-
-    Yields:
-        ``(device, logger)``.
+    On entry: the process group (under torchrun), the device, with ``lock`` (a training run)
+    the ``output_dir_lock`` on rank 0 before anything is written there, the logger (console,
+    and ``OUTPUT_DIR/log_name`` on rank 0) with the command ``argv``, environment and config.
+    On exit: a failure's traceback goes to the log file, which is closed, then the lock is
+    released and the process group destroyed.
     """
     device = resolve_device(cfg.MODEL.DEVICE)
     comm.init_distributed(device.type == "cuda")
     logger = None
-    try:
-        device = resolve_device(cfg.MODEL.DEVICE)  # LOCAL_RANK's GPU once distributed
-        logger = setup_logger(LOGGER_NAME, cfg.OUTPUT_DIR, comm.get_rank(), log_name)
-        logger.info("command: %s", " ".join([sys.executable, *argv]))
-        logger.info("world size %d\n%s", comm.get_world_size(), environment_info(device))
-        setup_precision(cfg, device, logger)
-        logger.info("config:\n%s", cfg.dump())
-        yield device, logger
-    except Exception as exc:
-        if logger is not None:
-            logger.debug("run failed: %s", exc, exc_info=True)
-        raise
-    finally:
-        if logger is not None:
-            close_logger(logger)
-        comm.destroy_distributed()
+    with contextlib.ExitStack() as held:
+        try:
+            device = resolve_device(cfg.MODEL.DEVICE)  # LOCAL_RANK's GPU once distributed
+            error = ""
+            if comm.is_main_process():
+                try:
+                    if lock:
+                        held.enter_context(output_dir_lock(cfg.OUTPUT_DIR))
+                    logger = setup_logger(LOGGER_NAME, cfg.OUTPUT_DIR, 0, log_name)
+                except RunError as exc:
+                    error = str(exc)
+                except OSError as exc:
+                    error = f"cannot write to OUTPUT_DIR {cfg.OUTPUT_DIR}: {exc.strerror}"
+            # Rank 0's verdict, for every rank (they would otherwise wait for it).
+            error = comm.all_gather_object(error)[0]
+            if error:
+                raise RunError(error)
+            logger = logger or setup_logger(LOGGER_NAME, cfg.OUTPUT_DIR, comm.get_rank())
+            logger.info("command: %s", " ".join([sys.executable, *argv]))
+            logger.info("world size %d\n%s", comm.get_world_size(), environment_info(device))
+            setup_precision(cfg, device, logger)
+            logger.info("config:\n%s", cfg.dump())
+            yield device, logger
+        except Exception as exc:
+            if logger is not None:
+                logger.debug("run failed: %s", exc, exc_info=True)
+            raise
+        finally:
+            if logger is not None:
+                close_logger(logger)
+            comm.destroy_distributed()
 
 
 def build_datasets(
-    cfg: CfgNode, names: Iterable[str], is_train: bool, logger: logging.Logger | None = None
+    cfg: CfgNode,
+    names: Iterable[str],
+    is_train: bool,
+    logger: logging.Logger | None = None,
+    prepare: bool = True,
 ) -> dict[str, torch.utils.data.Dataset]:
-    """Prepare missing built-in datasets, then build each dataset on this rank.
+    """Prepare missing built-in datasets (unless ``prepare`` is False: the caller did), then
+    build each dataset on this rank.
 
     Every rank calls it: ``lib.prepare.prepare_missing`` generates a missing built-in dataset
     under a file lock that the other ranks wait on, so no collective is involved.
@@ -186,7 +235,8 @@ def build_datasets(
 
     names = list(names)
     logger = logger or logging.getLogger(LOGGER_NAME)
-    prepare_missing(cfg, names)
+    if prepare:
+        prepare_missing(cfg, names)
     datasets = {}
     for name in names:
         datasets[name] = make_dataset(name, cfg, is_train)

@@ -1,9 +1,9 @@
 """The project's own error types: failures a user can fix, reported by the tools as one line.
 
-``lib.cli.run_tool`` prints an ``IodineError`` as ``error: <message>`` and exits with status
-1; every other exception keeps its traceback, so a bug (say a ``KeyError`` in a new dataset
-class) never reads like a typo in the config. Each type also derives from the builtin it
-refines, so ``except ValueError`` and the like keep working.
+``lib.cli.run_tool`` prints an ``IodineError`` as ``error: <message>`` and exits with its
+``exit_status`` (1); every other exception keeps its traceback, so a bug (say a ``KeyError``
+in a new dataset class) never reads like a typo in the config. Each type also derives from the
+builtin it refines, so ``except ValueError`` and the like keep working.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 class IodineError(Exception):
     """Base of the errors the tools report as one line: the message says what to fix."""
+
+    exit_status = 1
 
 
 class ConfigError(IodineError, ValueError):
@@ -32,3 +34,11 @@ class RunError(IodineError, RuntimeError):
 
 class DatasetExistsError(IodineError, FileExistsError):
     """A dataset folder to be written exists already (``--overwrite`` replaces it)."""
+
+
+class Interrupted(IodineError):
+    """SIGTERM or SIGINT ended the run; the exit status is 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signum

@@ -21,7 +21,6 @@ def test_refinement_input_groups():
     assert spec.VECTOR_INPUTS == ("dzp", "flat_capacity", "zp")
     assert spec.NORMALISED_INPUTS == ("counterfactual", "dcomponents", "dmask", "dzp", "log_prob")
     assert spec.LEGACY_INPUTS == ("capacity", "flat_capacity")
-    assert "coordinates" not in spec.IMAGE_INPUT_CHANNELS
     assert [spec.input_channels("coordinates", c, 3) for c in ("linear", "cosine")] == [2, 8]
     assert spec.input_channels("dzp", "linear", 3) == spec.input_channels("zp", "cosine", 3) == 6
     assert spec.used_inputs(("image", "capacity"), ("zp", "flat_capacity"), False) == (

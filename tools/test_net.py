@@ -30,50 +30,31 @@ from lib.utils.io import atomic_write_text
 
 
 def test(cfg: CfgNode, args: argparse.Namespace) -> dict:
-    """Evaluate the run's checkpoint (or MODEL.WEIGHT) on every test dataset.
-
-    Args:
-        cfg: the config.
-        args: the parsed command line (``args.argv`` is recorded in the log).
-
-    Returns:
-        The metrics.json document (identical on every rank; only rank 0 writes it).
-    """
+    """Evaluate the run's checkpoint (or MODEL.WEIGHT) on every test dataset (``args.argv``
+    goes to the log); returns the metrics.json document (rank 0 alone writes it)."""
     with tool_session(cfg, [__file__, *args.argv]) as (device, logger):
         seed_all(cfg.SEED)
         model = build_model(cfg).to(device)
         path, iteration = load_weights(cfg, model, logger)
         num_slots = cfg.TEST.NUM_SLOTS or model.num_slots
         num_iters = cfg.TEST.NUM_ITERS or model.num_iters
-        logger.info(
-            "evaluating %s (iteration %s) with K=%d slots, T=%d steps",
-            path,
-            iteration,
-            num_slots,
-            num_iters,
-        )
+        message = "evaluating %s (iteration %s) with K=%d slots, T=%d steps"
+        logger.info(message, path, iteration, num_slots, num_iters)
 
-        build_datasets(cfg, cfg.DATASETS.TEST, is_train=False, logger=logger)
+        test_sets = build_datasets(cfg, cfg.DATASETS.TEST, is_train=False, logger=logger)
         loaders = make_data_loader(
             cfg,
             False,
             comm.get_world_size(),
             comm.get_rank(),
             with_factors=getattr(model, "factor_regressor", None) is not None,
+            datasets=test_sets,
         )
-        predictions_dir = (
-            os.path.join(cfg.OUTPUT_DIR, "predictions") if cfg.TEST.SAVE_PREDICTIONS else None
-        )
+        save = os.path.join(cfg.OUTPUT_DIR, "predictions") if cfg.TEST.SAVE_PREDICTIONS else None
         results = do_evaluate(
-            model,
-            loaders,
-            device,
-            num_slots=num_slots,
-            num_iters=num_iters,
-            predictions_dir=predictions_dir,
-            logger=logger,
-            progress=True,
-        )
+            model, loaders, device, num_slots=num_slots, num_iters=num_iters,
+            predictions_dir=save, logger=logger, progress=True,
+        )  # fmt: skip
         doc = metrics_document(results, path, iteration, num_slots, num_iters)
         if comm.is_main_process():
             logger.info("metrics:\n%s", format_metrics(results))

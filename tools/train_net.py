@@ -38,35 +38,25 @@ from lib.utils.io import atomic_write_text
 
 
 def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
-    """Run (or resume) the training run a frozen config describes.
-
-    Args:
-        cfg: the config.
-        args: the parsed command line (``args.argv`` is recorded in the log).
-
-    Returns:
-        ``do_train``'s summary (final iteration, skipped steps, last held-out metrics).
-    """
-    with tool_session(cfg, [__file__, *args.argv]) as (device, logger):
+    """Run (or resume) the training run ``cfg`` describes (``args.argv`` goes to the log);
+    returns ``do_train``'s summary."""
+    with tool_session(cfg, [__file__, *args.argv], lock=True) as (device, logger):
         main = comm.is_main_process()
-        # Every dataset first: missing official data stops the run before any work, and
+        # Every dataset first: missing or unreadable data stops the run before any work, and
         # missing stand-ins are generated before the model is built.
-        names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
-        prepare_missing(cfg, names)
+        prepare_missing(cfg, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
+        train_sets = build_datasets(cfg, cfg.DATASETS.TRAIN, True, logger, prepare=False)
+        # Every test set is built (checked) even when evaluation is off; the first is held out.
+        test_sets = build_datasets(cfg, cfg.DATASETS.TEST, False, logger, prepare=False)
         if main:
             atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
         world, rank = comm.get_world_size(), comm.get_rank()
         per_process = per_process_batch(cfg, world)
-        logger.info(
-            "batch: %d images per iteration in total = %d processes x %d accumulation steps "
-            "x %d images per process (the loss and the released gradient inputs average over "
-            "the %d of a process)",
-            cfg.SOLVER.IMS_PER_BATCH,
-            world,
-            cfg.SOLVER.ACCUMULATE_STEPS,
-            per_process,
-            per_process,
-        )
+        message = "batch: %d images per iteration in total = %d processes x %d accumulation "
+        message += "steps x %d images per process (the loss and the released gradient inputs "
+        message += "average over the %d of a process)"
+        total, steps = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.ACCUMULATE_STEPS
+        logger.info(message, total, world, steps, per_process, per_process)
 
         # Same seed on every rank for the initialisation (DDP also broadcasts rank 0's).
         seed_all(cfg.SEED)
@@ -74,11 +64,8 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
         # Held-out evaluation during training divides like training did (per process).
         model.eval_grad_divisor = float(eval_grad_divisor(cfg, per_process))
         counts = trainable_parameter_counts(model)
-        logger.info(
-            "trainable parameters: IODINE %s, factor regressor %s",
-            f"{counts['iodine']:,}",
-            f"{counts['factor_regressor']:,}",
-        )
+        iodine, regressor = f"{counts['iodine']:,}", f"{counts['factor_regressor']:,}"
+        logger.info("trainable parameters: IODINE %s, factor regressor %s", iodine, regressor)
         optimizer = make_optimizer(cfg, model)
         scheduler = make_lr_scheduler(cfg, optimizer)
         checkpointer = Checkpointer(
@@ -88,7 +75,6 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
             logger.warning("removed %s, left by a run killed while writing it", name)
         start_iter = resume_or_start(cfg, checkpointer, scheduler, logger)
 
-        build_datasets(cfg, cfg.DATASETS.TRAIN, is_train=True, logger=logger)
         loader = make_data_loader(
             cfg,
             True,
@@ -97,12 +83,12 @@ def train(cfg: CfgNode, args: argparse.Namespace) -> dict:
             start_iter=start_iter,
             with_factors=model.factor_regressor is not None,
             uint8_images=device.type == "cuda",
+            datasets=train_sets,
         )
         heldout = None
         if cfg.TEST.EVAL_PERIOD > 0:
-            name = cfg.DATASETS.TEST[0]
-            dataset = build_datasets(cfg, [name], is_train=False, logger=logger)[name]
             per_rank = max(cfg.TEST.IMS_PER_BATCH // world, 1)
+            dataset = test_sets[cfg.DATASETS.TEST[0]]
             heldout = make_heldout_batches(dataset, cfg.TEST.EVAL_NUM_IMAGES, per_rank, rank, world)
 
         model = wrap_distributed(model, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import yaml
 from yacs.config import CfgNode
 
 from lib import spec
@@ -25,11 +26,9 @@ _CHOICES = {
     "MODEL.REFINEMENT.LSTM_INIT": spec.LSTM_INITS,
     "MODEL.REFINEMENT.PADDING": spec.PADDINGS,
     "MODEL.REFINEMENT.POOL": spec.POOLS,
-    "INPUT.RESIZE": spec.RESIZE_MODES,
+    "INPUT.RESIZE": spec.RESIZE_CHOICES,
     "SOLVER.ADAM": ("tf1", "torch"),
 }
-_IMAGE_INPUTS = set(spec.IMAGE_INPUTS)
-_VECTOR_INPUTS = set(spec.VECTOR_INPUTS)
 _POSITIVE = (
     "MODEL.IODINE.NUM_SLOTS",
     "MODEL.IODINE.NUM_ITERS",
@@ -44,9 +43,13 @@ _POSITIVE = (
     "SOLVER.CHECKPOINT_PERIOD",
     "SOLVER.CHECKPOINT_KEEP",
     "SOLVER.DECAY_STEPS",
+    "SOLVER.DECAY_RATE",
+    "SOLVER.MAX_NONFINITE",
+    "MODEL.REFINEMENT.STRIDE",
     "TEST.IMS_PER_BATCH",
 )
 _NON_NEGATIVE = (
+    "SEED",
     "DATASETS.MAX_OBJECTS",
     "MODEL.IODINE.INIT_POSTERIOR_SCALE",
     "DATASETS.TEST_SIZE",
@@ -87,21 +90,15 @@ def validate_cfg(cfg: CfgNode) -> None:
     for key in _NON_NEGATIVE:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key} = {_get(cfg, key)!r} must be >= 0")
-    unknown = set(cfg.MODEL.REFINEMENT.IMAGE_INPUTS) - _IMAGE_INPUTS
-    if unknown:
-        raise ConfigError(
-            f"config key MODEL.REFINEMENT.IMAGE_INPUTS has unknown names {sorted(unknown)}; "
-            f"known: {sorted(_IMAGE_INPUTS)}"
-        )
-    unknown = set(cfg.MODEL.REFINEMENT.VECTOR_INPUTS) - _VECTOR_INPUTS
-    if unknown:
-        raise ConfigError(
-            f"config key MODEL.REFINEMENT.VECTOR_INPUTS has unknown names {sorted(unknown)}; "
-            f"known: {sorted(_VECTOR_INPUTS)}"
-        )
     for key in ("MODEL.REFINEMENT.CONV_CHANNELS", "MODEL.DECODER.CONV_CHANNELS"):
         if len(_get(cfg, key)) == 0 or min(_get(cfg, key)) <= 0:
             raise ConfigError(f"config key {key} = {_get(cfg, key)!r} needs positive entries")
+    stride = cfg.MODEL.REFINEMENT.STRIDE ** len(cfg.MODEL.REFINEMENT.CONV_CHANNELS)
+    if cfg.INPUT.IMAGE_SIZE < stride:
+        raise ConfigError(
+            f"config key INPUT.IMAGE_SIZE = {cfg.INPUT.IMAGE_SIZE} is below the refinement "
+            f"convs' total stride {stride} (MODEL.REFINEMENT.STRIDE ** len(CONV_CHANNELS))"
+        )
     if not 0.0 <= cfg.SOLVER.BETA1 < 1.0 or not 0.0 <= cfg.SOLVER.BETA2 < 1.0:
         raise ConfigError("config keys SOLVER.BETA1 and SOLVER.BETA2 must lie in [0, 1)")
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
@@ -122,38 +119,48 @@ def _as_tuple(cfg: CfgNode) -> None:
 def _synth_suffix(names: Sequence[str], stem: str) -> str:
     # A paper config trained on the generated stand-ins writes to logs/<stem>_synth, so its
     # folder does not pass for a run on the official data.
-    from lib.data.format import SYNTH_OF, builtin_of
-
-    synth = set(SYNTH_OF.values())
-    if "synth" not in stem and any(builtin_of(name) in synth for name in names):
+    synth = set(spec.SYNTH_OF.values())
+    if "synth" not in stem and any(spec.builtin_of(name) in synth for name in names):
         return "_synth"
     return ""
+
+
+def _read_yaml(path: str) -> CfgNode:
+    # yacs would run a .py config and name no file in a YAML error; the top level must map.
+    if not path.endswith((".yaml", ".yml")):
+        raise ConfigError(f"config file {path} is not a .yaml or .yml file")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            problem = " ".join(str(exc).split())
+            raise ConfigError(f"config file {path} is not valid YAML: {problem}") from exc
+    if not isinstance(data, dict | None):
+        raise ConfigError(
+            f"config file {path} holds a {type(data).__name__}; it must map keys to values, "
+            "e.g. SOLVER: {BASE_LR: 0.001}"
+        )
+    return CfgNode(data or {})
 
 
 def load_cfg(
     config_file: str | None = None, opts: Sequence[str] = (), freeze: bool = True
 ) -> CfgNode:
-    """Build the configuration of a run: defaults, then a YAML file, then ``KEY VALUE`` overrides.
-
-    Args:
-        config_file: path of a YAML file that sets only what differs from the defaults, or None.
-        opts: flat list of trailing overrides, ``["SOLVER.MAX_ITER", "100", ...]``.
-        freeze: freeze the returned node.
-
-    Returns:
-        The validated config. ``OUTPUT_DIR`` defaults to ``logs/<config file stem>``, plus
-        ``_synth`` when DATASETS.TRAIN reads a generated stand-in of a paper dataset.
+    """The validated config of a run: defaults, then ``config_file`` (YAML, setting what
+    differs), then the flat ``KEY VALUE`` list ``opts``. ``OUTPUT_DIR`` defaults to
+    ``logs/<config file stem>``, plus ``_synth`` when DATASETS.TRAIN reads a generated
+    stand-in of a paper dataset.
 
     Raises:
         FileNotFoundError: the config file does not exist.
-        KeyError / ValueError: a key that does not exist or a value of the wrong type or range;
-            the message names the key (and the file).
+        KeyError / ValueError: a bad file, an unknown key, or a value of the wrong type or
+            range; the message names the file or key.
     """
     cfg = get_cfg()
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file {config_file} does not exist")
-        loaded = CfgNode.load_cfg(open(config_file, encoding="utf-8"))
+        loaded = _read_yaml(config_file)
         # A bare string for DATASETS.TRAIN/TEST would fail yacs' check against the tuple default.
         for key in ("TRAIN", "TEST"):
             value = loaded.get("DATASETS", {}).get(key)

@@ -2,7 +2,7 @@
 
 * ``trainer``: ``train_step`` (one optimiser step), ``Trainer`` (the loop, ``run_step``) and
   ``do_train`` (builds a Trainer with train_net's hooks),
-* ``hooks``: the Trainer's hooks (statistics, images, evaluation, checkpoints, progress, timing),
+* ``hooks``: the Trainer's hooks (scalar logs, images, evaluation, checkpoints, progress),
 * ``inference``: ``do_evaluate`` (metrics, shared by training and ``tools/test_net.py``),
 * ``checkpoint``: ``Checkpointer``, RNG states, strict model-state loading,
 * ``solver``: optimiser and learning-rate schedule,

@@ -1,24 +1,22 @@
-"""Atomic checkpoints: save, keep the newest few, resume, and load weights with clear errors.
+"""Atomic, verified checkpoints: save, keep the newest few, resume, load weights.
 
 A checkpoint ``OUTPUT_DIR/model_0001000.pth`` holds the model, optimiser and scheduler states,
-the iteration, every rank's RNG states and the config (YAML text). Every file is written
-atomically (``lib.utils.io``: a temporary sibling, fsync, ``os.replace``, fsync of the folder).
-The order of a save is: checkpoint file, then ``last_checkpoint`` (the newest file's name
-relative to OUTPUT_DIR), then deletion of old checkpoints, never the one ``last_checkpoint``
-names. A process killed at any moment
-therefore leaves a ``last_checkpoint`` that names a complete file; stray temporary files are
-removed when the next run starts.
-
-Checkpoints contain only tensors and plain Python values, so they load with
-``torch.load(weights_only=True)``.
+the iteration, every rank's RNG states and the config (YAML text), as tensors and plain values
+(``torch.load(weights_only=True)``). Files are written atomically (``lib.utils.io``) in the
+order: checkpoint, ``last_checkpoint`` (its name relative to OUTPUT_DIR), deletion of old
+ones; so a process killed at any moment leaves a ``last_checkpoint`` naming a complete file,
+and the next run removes the temporary files. Every load checks the CRC-32 of each entry of
+torch's zip archive, so a corrupted file is refused rather than evaluated.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
 import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +29,7 @@ from lib.utils.io import TMP_MARK, atomic_torch_save, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
 _CHECKPOINT_RE = re.compile(r"^model_(\d{7,})\.pth$")
+_WRITTEN = re.compile(r"^(model_\d{7,}\.pth|last_checkpoint|config\.yaml)" + re.escape(TMP_MARK))
 
 
 class CheckpointError(IodineError, RuntimeError):
@@ -38,11 +37,8 @@ class CheckpointError(IodineError, RuntimeError):
 
 
 def get_rng_states() -> dict[str, Any]:
-    """This process's RNG states (Python, NumPy, torch CPU, every CUDA device).
-
-    Returns:
-        Dict of tensors and plain values only (loadable with ``weights_only=True``).
-    """
+    """This process's RNG states (Python, NumPy, torch CPU, every CUDA device), as tensors
+    and plain values (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -62,15 +58,9 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
     """Restore RNG states saved by ``get_rng_states``."""
     random.setstate(_as_tuple(states["python"]))
     np_state = states["numpy"]
-    np.random.set_state(
-        (
-            np_state["name"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
+    keys = np_state["keys"].numpy().astype(np.uint32)
+    fields = (np_state[k] for k in ("pos", "has_gauss", "cached_gaussian"))
+    np.random.set_state((np_state["name"], keys, *fields))
     torch.set_rng_state(states["torch"])
     cuda_states = states.get("cuda", [])
     if cuda_states and torch.cuda.is_available():
@@ -84,11 +74,7 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
 
 def _as_tuple(value: Any) -> Any:
     # random.setstate needs tuples all the way down; serialisation keeps them, but be lenient.
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_as_tuple(v) for v in value)
-    return value
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -115,17 +101,12 @@ logger = logging.getLogger(__name__)
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load a state dict strictly, with an error naming every mismatched key and shape.
-
-    Args:
-        model: the model (possibly wrapped).
-        state: parameter name -> tensor, as saved by ``model_state_dict`` (wrapper prefixes
-            are ignored on both sides).
-        source: file name used in error messages.
+    """Load a state dict (``model_state_dict``'s names; wrapper prefixes are ignored on both
+    sides) into a possibly wrapped model strictly; ``source`` names the file in messages.
 
     Raises:
-        CheckpointError: keys missing from / unexpected in the checkpoint, or shape mismatches
-            (missing ``factor_regressor.*`` keys only warn: it keeps its initialisation).
+        CheckpointError: naming every key missing from / unexpected in the checkpoint and
+            every shape mismatch (missing ``factor_regressor.*`` keys only warn).
     """
     target = unwrap_model(model)
     own = target.state_dict()
@@ -161,23 +142,31 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint file onto the CPU.
+    """Load a checkpoint file onto the CPU once the CRC-32 of every archive entry matches.
 
     Args:
-        path: a ``.pth`` written by ``Checkpointer`` or a bare model state dict.
+        path: a ``.pth`` written by ``Checkpointer`` (or ``tools/convert_checkpoint.py``), or a
+            bare model state dict.
 
     Returns:
         Dict with at least ``model`` (state dict); a bare state dict is wrapped as such.
 
     Raises:
-        CheckpointError: the file does not exist or cannot be read.
+        CheckpointError: the file is missing, truncated, corrupted or no checkpoint.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            raw = io.BytesIO(f.read())
+        with zipfile.ZipFile(raw) as archive:
+            corrupt = archive.testzip()
+        raw.seek(0)
+        data = None if corrupt else torch.load(raw, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated?): {exc}") from exc
+    if corrupt:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its {corrupt} fails its CRC-32")
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a dict")
     if "model" not in data:
@@ -187,18 +176,18 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return data
 
 
-class Checkpointer:
-    """Saves and restores training state in one folder.
+def _readable(path: str) -> bool:
+    try:
+        read_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
-    Args:
-        model: the model (possibly wrapped by DDP).
-        optimizer: its optimiser, or None (evaluation).
-        scheduler: its learning-rate scheduler, or None.
-        save_dir: the run's OUTPUT_DIR.
-        keep: number of newest checkpoints kept on disk.
-        save_to_disk: whether this process writes files (rank 0 only).
-        logger: where to report saves and loads.
-    """
+
+class Checkpointer:
+    """Saves and restores the training state (``model``, possibly wrapped; ``optimizer`` and
+    ``scheduler`` or None) in ``save_dir``, the run's OUTPUT_DIR, keeping the newest ``keep``
+    checkpoints; only a process with ``save_to_disk`` (rank 0) writes."""
 
     def __init__(
         self,
@@ -210,24 +199,17 @@ class Checkpointer:
         save_to_disk: bool = True,
         logger: logging.Logger | None = None,
     ) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.save_dir = save_dir
-        self.keep = keep
-        self.save_to_disk = save_to_disk
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.save_dir, self.keep, self.save_to_disk = save_dir, keep, save_to_disk
         self.logger = logger or logging.getLogger(__name__)
 
     def remove_stale_tmp_files(self) -> list[str]:
-        """Delete temporary files left by a process killed mid-write; returns their names."""
+        """Delete the temporary files of writes killed midway; returns their names."""
         if not self.save_to_disk or not os.path.isdir(self.save_dir):
             return []
-        removed = []
-        for name in os.listdir(self.save_dir):
-            base = name.split(TMP_MARK)[0]
-            if TMP_MARK in name and (_CHECKPOINT_RE.match(base) or base == LAST_CHECKPOINT):
-                os.remove(os.path.join(self.save_dir, name))
-                removed.append(name)
+        removed = sorted(n for n in os.listdir(self.save_dir) if _WRITTEN.match(n))
+        for name in removed:
+            os.remove(os.path.join(self.save_dir, name))
         return removed
 
     def save(
@@ -237,18 +219,9 @@ class Checkpointer:
         rng_states: Any = None,
         extra: dict[str, Any] | None = None,
     ) -> str | None:
-        """Write ``model_<iteration>.pth``, point ``last_checkpoint`` at it, prune old ones.
-
-        Args:
-            iteration: completed optimiser steps.
-            cfg_yaml: the run's config as YAML text.
-            rng_states: list of every rank's ``get_rng_states()`` (gathered by the caller,
-                since every rank must take part).
-            extra: further entries of the file (e.g. ``per_process_batch``).
-
-        Returns:
-            The written path, or None on processes that do not save.
-        """
+        """Write ``model_<iteration>.pth`` with the config (YAML text), every rank's
+        ``get_rng_states()`` (gathered by the caller: a collective) and ``extra`` entries;
+        point ``last_checkpoint`` at it, prune old ones. Returns its path (None: no writer)."""
         if not self.save_to_disk:
             return None
         name = f"model_{iteration:07d}.pth"
@@ -270,48 +243,55 @@ class Checkpointer:
         self.logger.info("saved checkpoint %s", path)
         return path
 
+    def _checkpoints(self) -> list[str]:
+        # The checkpoint files in save_dir, oldest first.
+        found = [n for n in os.listdir(self.save_dir) if _CHECKPOINT_RE.match(n)]
+        return sorted(found, key=lambda n: int(_CHECKPOINT_RE.match(n).group(1)))
+
     def _prune(self, keep_name: str) -> None:
-        found = []
-        for name in os.listdir(self.save_dir):
-            match = _CHECKPOINT_RE.match(name)
-            if match:
-                found.append((int(match.group(1)), name))
-        found.sort()
-        for _, name in found[: max(len(found) - self.keep, 0)]:
+        found = self._checkpoints()
+        for name in found[: max(len(found) - self.keep, 0)]:
             if name != keep_name:
                 os.remove(os.path.join(self.save_dir, name))
 
-    def last_checkpoint(self) -> str | None:
+    def last_checkpoint(self, fall_back: bool = False) -> str | None:
         """Path of the checkpoint named by ``OUTPUT_DIR/last_checkpoint``, or None if absent.
 
+        Args:
+            fall_back: when that file is missing or unreadable, the newest intact checkpoint
+                in OUTPUT_DIR instead, with a warning naming both (a resume).
+
         Raises:
-            CheckpointError: ``last_checkpoint`` names a file that does not exist.
+            CheckpointError: ``last_checkpoint`` names a missing file (without ``fall_back``),
+                or no checkpoint is intact.
         """
         pointer = os.path.join(self.save_dir, LAST_CHECKPOINT)
         if not os.path.isfile(pointer):
             return None
         with open(pointer, encoding="utf-8") as f:
             name = f.read().strip()
-        if not name:
-            raise CheckpointError(f"{pointer} is empty")
-        path = name if os.path.isabs(name) else os.path.join(self.save_dir, name)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{pointer} names {name}, which does not exist")
-        return path
+        path = os.path.join(self.save_dir, name)  # an absolute name stays itself
+        if not fall_back:
+            if not name or not os.path.isfile(path):
+                raise CheckpointError(f"{pointer} names {name or 'nothing'}, which does not exist")
+            return path
+        try:
+            read_checkpoint(path)
+            return path
+        except CheckpointError as exc:
+            problem = str(exc)
+        for older in reversed(self._checkpoints()):
+            candidate = os.path.join(self.save_dir, older)
+            if older == name or not _readable(candidate):
+                continue
+            self.logger.warning("%s; resuming from %s, the newest intact one", problem, candidate)
+            return candidate
+        raise CheckpointError(f"{problem}; no other checkpoint in {self.save_dir} is intact")
 
     def load(self, path: str, weights_only: bool = False) -> dict[str, Any]:
-        """Restore the model (and, unless ``weights_only``, optimiser and scheduler) from a file.
-
-        Args:
-            path: checkpoint file.
-            weights_only: load only the model weights (a fresh start from MODEL.WEIGHT).
-
-        Returns:
-            The checkpoint dict (``iteration``, ``rng_states``, ``cfg`` as saved).
-
-        Raises:
-            CheckpointError: unreadable file, missing entries, or an architecture mismatch.
-        """
+        """Restore the model and, unless ``weights_only`` (a fresh start from MODEL.WEIGHT),
+        the optimiser and scheduler from a file; returns the checkpoint dict. CheckpointError:
+        an unreadable or corrupted file, missing entries, or an architecture mismatch."""
         data = read_checkpoint(path)
         load_model_state(self.model, data["model"], path)
         if not weights_only:

@@ -1,7 +1,7 @@
 """Arithmetic precision and determinism of a run: MODEL.PRECISION and MODEL.DETERMINISTIC.
 
-``resolve_precision(cfg, device)`` reads the key, ``apply_precision`` sets torch's process-wide switches once at start, and
-``autocast_factory`` gives the forward's context. The model keeps its numerically sensitive
+``check_precision`` refuses what the device cannot run, ``apply_precision`` sets torch's
+process-wide switches once at start, and ``autocast_factory`` gives the forward's context. The model keeps its numerically sensitive
 parts (likelihood, KL, LayerNorm inputs, gradient inputs, decoder output layer) in fp32 under
 autocast itself (``lib.model.iodine``).
 """
@@ -14,12 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from yacs.config import CfgNode
 
-from lib import spec
 from lib.errors import IodineError
 
-PRECISIONS = spec.PRECISIONS
 # cuBLAS needs a fixed workspace for deterministic results (CUDA docs, "Reproducibility").
 CUBLAS_WORKSPACE = ":4096:8"
 
@@ -29,15 +26,9 @@ class PrecisionError(IodineError, RuntimeError):
 
 
 def cpu_bf16_support(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[bool, str]:
-    """Whether this CPU has native bf16 arithmetic, and how that was decided.
-
-    Args:
-        cpuinfo_path: the Linux CPU description (its ``flags`` line is read).
-
-    Returns:
-        ``(native, source)``: native is True with the ``avx512_bf16`` or ``amx_bf16`` flag in
-        ``cpuinfo_path``; where that file is absent, oneDNN's own bf16 check decides.
-    """
+    """``(native, source)``: whether this CPU has native bf16 arithmetic (the
+    ``avx512_bf16`` or ``amx_bf16`` flag of ``cpuinfo_path``; without that file, oneDNN's own
+    check), and how that was decided."""
     try:
         with open(cpuinfo_path) as f:
             flags = next(
@@ -52,35 +43,8 @@ def cpu_bf16_support(cpuinfo_path: str = "/proc/cpuinfo") -> tuple[bool, str]:
     return native, f"torch.ops.mkldnn._is_mkldnn_bf16_supported() = {native}"
 
 
-def resolve_precision(cfg: CfgNode, device: torch.device, warn: bool = True) -> str:
-    """The precision the run uses: MODEL.PRECISION.
-
-    Args:
-        cfg: the config (MODEL.PRECISION).
-        device: where the model runs (unused; kept for the callers' signature).
-        warn: unused (the deprecated SOLVER.AMP that it warned about is gone).
-
-    Returns:
-        One of ``PRECISIONS``.
-
-    Raises:
-        ValueError: an unknown MODEL.PRECISION.
-    """
-    precision = cfg.MODEL.PRECISION
-    if precision not in PRECISIONS:
-        raise ValueError(f"config key MODEL.PRECISION = {precision!r} is not one of {PRECISIONS}")
-    return precision
-
-
 def check_precision(precision: str, device: torch.device) -> str:
-    """Refuse a precision the device cannot run natively; say what supports it.
-
-    Args:
-        precision: one of ``PRECISIONS``.
-        device: where the model runs.
-
-    Returns:
-        A one-line description of the support found (for the log).
+    """A one-line description of the support found for ``precision`` on ``device``.
 
     Raises:
         PrecisionError: bf16 on a CPU without AVX512-BF16/AMX or a GPU without bf16.
@@ -103,7 +67,7 @@ def apply_precision(precision: str, deterministic: bool, device: torch.device) -
     """Set torch's process-wide TF32, cuDNN and determinism switches for this run.
 
     Args:
-        precision: one of ``PRECISIONS``; "tf32" turns TF32 on for CUDA matmul and cuDNN,
+        precision: one of ``lib.spec.PRECISIONS``; "tf32" turns TF32 on for CUDA matmul and cuDNN,
             the others turn it off (fp32 parity; bf16 autocast runs its matmuls in bf16).
         deterministic: deterministic algorithms everywhere and no cuDNN benchmark; else
             cuDNN benchmark on CUDA.
@@ -137,16 +101,8 @@ def apply_precision(precision: str, deterministic: bool, device: torch.device) -
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
-    """The context factory of the forward: bf16 autocast for "bf16", else no context at all
-    (so an fp32 step runs exactly the operations of a plain forward).
-
-    Args:
-        precision: one of ``PRECISIONS``.
-        device: where the model runs.
-
-    Returns:
-        A zero-argument callable returning a context manager.
-    """
+    """The zero-argument context factory of the forward: bf16 autocast for "bf16", else no
+    context at all (so an fp32 step runs exactly the operations of a plain forward)."""
     if precision == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext

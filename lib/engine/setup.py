@@ -1,13 +1,11 @@
 """Process set-up shared by training, evaluation and the benchmark: the device, seeds,
-precision, weights (a fresh start or the resume of a run) and the DDP wrapper. No command-line or tool code (that is ``lib.cli``).
-"""
+precision, weights (a fresh start or the resume of a run) and the DDP wrapper."""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
-import warnings
 from typing import Any
 
 import numpy as np
@@ -23,33 +21,14 @@ from lib.engine.checkpoint import (
     set_rng_states,
     unwrap_model,
 )
-from lib.engine.precision import PrecisionError, apply_precision, check_precision, resolve_precision
+from lib.engine.precision import PrecisionError, apply_precision, check_precision
 from lib.errors import RunError
 from lib.utils import comm
 
-__all__ = [
-    "RunError",
-    "load_weights",
-    "resolve_device",
-    "resume_or_start",
-    "seed_all",
-    "setup_precision",
-    "wrap_distributed",
-]
-
 
 def resolve_device(name: str) -> torch.device:
-    """The device MODEL.DEVICE asks for.
-
-    Args:
-        name: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
-
-    Returns:
-        ``torch.device``; under torchrun on CUDA, the GPU of LOCAL_RANK.
-
-    Raises:
-        RunError: "cuda" requested but no CUDA device is available.
-    """
+    """The device MODEL.DEVICE ``name`` asks for ("auto": CUDA when available, else CPU);
+    under torchrun on CUDA, the GPU of LOCAL_RANK. RunError: "cuda" without a CUDA device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -70,32 +49,19 @@ def seed_all(seed: int) -> None:
 def setup_precision(
     cfg: CfgNode, device: torch.device, logger: logging.Logger | None = None
 ) -> dict[str, Any]:
-    """Resolve, check and apply MODEL.PRECISION and MODEL.DETERMINISTIC (``lib.engine.precision``).
-
-    Args:
-        cfg: the config (MODEL.PRECISION, MODEL.DETERMINISTIC, the deprecated SOLVER.AMP).
-        device: where the model runs.
-        logger: where the settings are logged (INFO); a SOLVER.AMP warning is logged too.
+    """Check and apply MODEL.PRECISION and MODEL.DETERMINISTIC (``lib.engine.precision``).
 
     Returns:
-        The settings made (``apply_precision``'s dict plus ``support``).
+        The settings made (``apply_precision``'s dict plus ``support``), logged to ``logger``.
 
     Raises:
-        RunError: the precision cannot run on this device (bf16 without native support).
+        RunError: the precision cannot run on this device (from a ``PrecisionError``).
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        precision = resolve_precision(cfg, device)
-    for warning in caught:
-        # Re-issued for the caller (tests, the console) and kept in log.txt.
-        warnings.warn(str(warning.message), warning.category, stacklevel=3)
-        if logger is not None:
-            logger.warning("%s", warning.message)
     try:
-        support = check_precision(precision, device)
+        support = check_precision(cfg.MODEL.PRECISION, device)
     except PrecisionError as exc:
         raise RunError(str(exc)) from exc
-    settings = apply_precision(precision, cfg.MODEL.DETERMINISTIC, device)
+    settings = apply_precision(cfg.MODEL.PRECISION, cfg.MODEL.DETERMINISTIC, device)
     settings["support"] = support
     if logger is not None:
         logger.info("precision: %s", ", ".join(f"{key} {value}" for key, value in settings.items()))
@@ -105,19 +71,11 @@ def setup_precision(
 def load_weights(
     cfg: CfgNode, model: nn.Module, logger: logging.Logger | None = None, purpose: str = "evaluate"
 ) -> tuple[str, int | None]:
-    """Load MODEL.WEIGHT if set, else the checkpoint named by ``OUTPUT_DIR/last_checkpoint``.
-
-    Args:
-        cfg: the config (MODEL.WEIGHT, OUTPUT_DIR).
-        model: the model to load into (possibly wrapped).
-        logger: where the load is reported.
-        purpose: the verb of the error message ("nothing to <purpose>").
-
-    Returns:
-        ``(checkpoint path, its iteration or None)``.
+    """Load MODEL.WEIGHT if set, else the checkpoint named by ``OUTPUT_DIR/last_checkpoint``
+    (no fallback: a corrupted file is refused); returns ``(path, its iteration or None)``.
 
     Raises:
-        RunError: MODEL.WEIGHT is empty and OUTPUT_DIR has no ``last_checkpoint``.
+        RunError: neither exists ("nothing to <purpose>").
         CheckpointError: the file is missing, unreadable or does not fit the model.
     """
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
@@ -174,27 +132,19 @@ def resume_or_start(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     logger: logging.Logger,
 ) -> int:
-    """Restore a run from ``OUTPUT_DIR/last_checkpoint``, or start fresh (from MODEL.WEIGHT).
-
-    Also seeds this rank's noise stream: the checkpoint's RNG states when it has one per
+    """Restore a run from ``OUTPUT_DIR/last_checkpoint`` (or the newest intact checkpoint
+    when that one is unreadable), or start fresh (from MODEL.WEIGHT); returns the completed
+    iterations. Seeds this rank's noise: the checkpoint's RNG state when it has one per
     process, else ``SEED + rank`` (plus an offset on a resume with another process count).
-
-    Args:
-        cfg: the config (SOLVER.RESUME, MODEL.WEIGHT, SEED, OUTPUT_DIR, the schedule keys).
-        checkpointer: holds the model, optimiser and scheduler.
-        scheduler: from ``make_lr_scheduler``; a resumed run keeps the checkpoint's schedule
-            (a warning names each key whose config value differs).
-        logger: where the start is reported.
-
-    Returns:
-        The completed iterations to start after (0 on a fresh start).
+    A resumed run keeps the checkpoint's schedule (``scheduler``), warning about each key
+    whose config value differs.
 
     Raises:
-        CheckpointError: an unreadable or mismatched checkpoint or MODEL.WEIGHT, or MODEL.WEIGHT
-            set while OUTPUT_DIR holds a checkpoint to resume (the message says how to choose).
+        CheckpointError: no intact checkpoint, an unreadable or mismatched MODEL.WEIGHT, or
+            MODEL.WEIGHT set while OUTPUT_DIR holds a run to resume (the message says how).
     """
     rank, world = comm.get_rank(), comm.get_world_size()
-    last = checkpointer.last_checkpoint() if cfg.SOLVER.RESUME else None
+    last = checkpointer.last_checkpoint(fall_back=True) if cfg.SOLVER.RESUME else None
     if last is not None and cfg.MODEL.WEIGHT and _started_from(last) != cfg.MODEL.WEIGHT:
         # Resuming would silently ignore the weights the user asked for. (A run started from
         # these weights resumes as usual: rerunning its command continues it.)
@@ -212,11 +162,8 @@ def resume_or_start(
         if len(rng) == world:
             set_rng_states(rng[rank])
         else:
-            logger.warning(
-                "checkpoint has RNG states of %d processes, this run has %d: reseeding",
-                len(rng),
-                world,
-            )
+            message = "checkpoint has RNG states of %d processes, this run has %d: reseeding"
+            logger.warning(message, len(rng), world)
             seed_all(cfg.SEED + rank + 7919 * start_iter)
         logger.info("resumed from %s at iteration %d", last, start_iter)
         _warn_schedule_change(cfg, scheduler, logger)
@@ -258,10 +205,6 @@ def _warn_schedule_change(
     for key, value in saved.items():
         wanted = cfg.SOLVER[key.split(".")[1]]
         if abs(float(value) - float(wanted)) > 1e-12 * max(abs(float(wanted)), 1.0):
-            logger.warning(
-                "%s = %s in the config, but the resumed checkpoint's schedule uses %s: "
-                "the checkpoint's value is kept (start a new OUTPUT_DIR to change it)",
-                key,
-                wanted,
-                value,
-            )
+            message = "%s = %s in the config, but the resumed checkpoint's schedule uses %s: "
+            message += "the checkpoint's value is kept (start a new OUTPUT_DIR to change it)"
+            logger.warning(message, key, wanted, value)

@@ -40,12 +40,8 @@ def masked_step(
 
 
 def undo_host_steps(optimizer: torch.optim.Optimizer, count: int) -> None:
-    """Take ``count`` bad steps back off the host-held step counters (Adam's ``step``).
-
-    Args:
-        optimizer: the optimiser that ``masked_step`` stepped.
-        count: how many of its steps were bad.
-    """
+    """Take ``count`` bad steps of ``masked_step`` back off the host-held step counters
+    (Adam's ``step``)."""
     if count <= 0:
         return
     for param, state in optimizer.state.items():
@@ -90,14 +86,7 @@ class TF1Adam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One update of every parameter that has a gradient.
-
-        Args:
-            closure: re-evaluates the model and returns the loss (optional).
-
-        Returns:
-            The closure's loss, or None.
-        """
+        """One update of every parameter that has a gradient; returns ``closure()`` or None."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -135,13 +124,7 @@ def make_optimizer(cfg: CfgNode, model: nn.Module) -> Optimizer:
 
     With ``SOLVER.DECODER_LR_FACTOR`` != 1 the decoder's parameters form a second group at
     ``BASE_LR * factor``; the scheduler scales both groups alike. 1.0 (released) keeps one group.
-
-    Args:
-        cfg: config (SOLVER.ADAM, BASE_LR, DECODER_LR_FACTOR, BETA1, BETA2, EPS).
-        model: the model (possibly wrapped in DDP or torch.compile).
-
-    Returns:
-        The optimiser.
+    ``model`` may be wrapped (DDP, torch.compile).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups: list[dict] = [{"params": params}]
@@ -165,15 +148,11 @@ def make_optimizer(cfg: CfgNode, model: nn.Module) -> Optimizer:
 
 
 class _LrFactor:
-    """lr(it) / BASE_LR: exponential decay times an optional linear warm-up.
-
-    A callable object rather than a closure so that the scheduler's state dict carries it.
-    """
+    """lr(it) / BASE_LR: exponential decay times an optional linear warm-up (an object rather
+    than a closure so that the scheduler's state dict carries it)."""
 
     def __init__(self, decay_rate: float, decay_steps: int, warmup_iters: int) -> None:
-        self.decay_rate = decay_rate
-        self.decay_steps = decay_steps
-        self.warmup_iters = warmup_iters
+        self.decay_rate, self.decay_steps, self.warmup_iters = decay_rate, decay_steps, warmup_iters
 
     def __call__(self, iteration: int) -> float:
         factor = self.decay_rate ** (iteration / self.decay_steps)
@@ -190,13 +169,6 @@ def make_lr_scheduler(cfg: CfgNode, optimizer: Optimizer) -> LambdaLR:
     The scheduler is stepped once per iteration (also for skipped non-finite steps), so its
     ``last_epoch`` equals the number of completed iterations and the rate is a function of the
     iteration alone, which makes resuming exact.
-
-    Args:
-        cfg: config (SOLVER.DECAY_RATE, DECAY_STEPS, WARMUP_ITERS).
-        optimizer: the optimiser whose groups start at BASE_LR.
-
-    Returns:
-        The scheduler.
     """
     factor = _LrFactor(cfg.SOLVER.DECAY_RATE, cfg.SOLVER.DECAY_STEPS, cfg.SOLVER.WARMUP_ITERS)
     return LambdaLR(optimizer, lr_lambda=factor)

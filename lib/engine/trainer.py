@@ -1,16 +1,12 @@
-"""Training: ``train_step`` (one optimiser step) and ``do_train`` (the iteration loop).
+"""Training: ``train_step`` (one optimiser step), ``Trainer`` (the loop) and ``do_train``.
 
-One iteration: forward and backward over SOLVER.ACCUMULATE_STEPS micro-batches, gradient norm
-and clipping, a finite check agreed by every rank (a non-finite loss or gradient skips the
-step), the optimiser and scheduler steps, then, at their periods, scalar logs, image
-summaries, the held-out evaluation and a checkpoint. ``tools/benchmark.py`` times the same
-``Trainer.run_step``.
-
-Host syncs: ``do_train`` decides the finite check on the device (a bad step's update is undone
-with ``torch.where``) and keeps its statistics there, reading them once per LOG.PERIOD and
-before each checkpoint. So the GPU is never waited on between those reads (the host loads the
-next batch while it computes), a skipped step is logged up to LOG.PERIOD iterations late, and
-SOLVER.MAX_NONFINITE stops the run at the first read after the limit, before any checkpoint.
+An iteration is ``train_step`` over SOLVER.ACCUMULATE_STEPS micro-batches, the scheduler step,
+then the hooks (``lib.engine.hooks``). The finite check is decided on the device and the
+statistics stay there until ``Trainer.read_stats`` brings them to the host, once per LOG.PERIOD
+and before each checkpoint: the host never waits for the GPU in between, a skipped step is
+logged up to LOG.PERIOD iterations late, and SOLVER.MAX_NONFINITE consecutive bad steps stop
+the run at that read, before any checkpoint. SIGTERM (preemption; torchrun forwards it) and
+SIGINT end the run at the next step boundary, agreed by every rank, with a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,31 +31,29 @@ from lib.engine.hooks import (
     HeldoutEvaluation,
     HookBase,
     ImageSummaries,
-    NonFiniteError,  # noqa: F401  (re-exported: the tools catch it from here)
     PeriodicCheckpoint,
-    PeriodicStats,
     ProgressBar,
+    ScalarLogs,
 )
 from lib.engine.inference import Batch
-from lib.engine.precision import autocast_factory, resolve_precision
-from lib.engine.solver import masked_step
+from lib.engine.precision import autocast_factory
+from lib.engine.solver import masked_step, undo_host_steps
+from lib.errors import Interrupted, IodineError
 from lib.utils import comm
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteError(IodineError, RuntimeError):
+    """Training produced SOLVER.MAX_NONFINITE consecutive non-finite losses or gradients."""
 
 
 @dataclass
 class StepResult:
-    """What ``train_step`` did.
-
-    Attributes:
-        stats: named statistics of the step on the device: ``loss`` (scalar), ``nll`` and
-            ``kl`` ((T+1,) per-step batch means), means over the micro-batches, and
-            ``grad_norm`` (scalar, the global gradient norm before clipping).
-        skipped: True when the step was not taken (non-finite loss or gradient on some rank);
-            None with ``defer_check`` (read ``bad`` later).
-        bad: 0-dim float32 on the device, 1.0 when the step was not taken, else 0.0 (agreed
-            by every rank).
-        images: (b, 3, H, W) the last micro-batch.
-        out: the model's output on it.
+    """What ``train_step`` did: ``stats`` on the device by name (``loss``, ``nll`` and ``kl``
+    (T+1,) per step, means over the micro-batches; ``grad_norm`` before clipping); ``skipped``
+    (None with ``defer_check``); ``bad`` (0-dim, 1.0 when the step was not taken, the same on
+    every rank); ``images`` (b, 3, H, W), the last micro-batch, and ``out``, the model's output.
     """
 
     stats: dict[str, torch.Tensor]
@@ -65,13 +61,6 @@ class StepResult:
     bad: torch.Tensor
     images: torch.Tensor
     out: dict[str, torch.Tensor]
-
-
-def _micro_batch_context(model: nn.Module, sync: bool):
-    # DDP all-reduces gradients in backward; skip that for all but the last micro-batch.
-    if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    return contextlib.nullcontext()
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, dict]:
@@ -83,16 +72,8 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, dict]:
 
 
 def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a batch of images to the device as float32 in [0, 1].
-
-    Args:
-        images: (B, 3, H, W) float in [0, 1], or uint8 in 0..255 (a quarter of the bytes to
-            copy), converted on the device as the datasets convert: float32 then ``/ 255``,
-            so the values are bitwise the same.
-
-    Returns:
-        (B, 3, H, W) float on ``device``.
-    """
+    """(B, 3, H, W) images to the device as float32 in [0, 1]: uint8 (a quarter of the bytes
+    to copy) is converted there as the datasets convert (float32, then ``/ 255``), bitwise."""
     images = images.to(device, non_blocking=True)
     if images.dtype == torch.uint8:
         images = images.to(torch.float32).div_(255.0)
@@ -100,8 +81,7 @@ def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor
 
 
 def _batch_to_device(batch: Sequence, device: torch.device) -> Any:
-    # (images, masks) -> images; (images, labels, factors) from a loader built with factors
-    # (``make_data_loader(with_factors=True)``) feeds the factor regressor too.
+    # (images, masks) -> images; (images, labels, factors) also feeds the factor regressor.
     if len(batch) < 3:
         return images_to_device(batch[0], device)
     images, labels, factors = batch
@@ -115,7 +95,7 @@ def _batch_to_device(batch: Sequence, device: torch.device) -> Any:
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    micro_batches: Sequence[torch.Tensor],
+    micro_batches: Sequence[Any],
     params: Sequence[torch.Tensor],
     clip: float = math.inf,
     autocast: Callable[[], Any] = contextlib.nullcontext,
@@ -123,39 +103,31 @@ def train_step(
 ) -> StepResult:
     """One optimiser step: forward and backward, clip, check, update.
 
-    Each micro-batch's loss (its own batch mean) is divided by the number of micro-batches
-    before ``backward``, so with equal micro-batches the summed gradient is that of the mean
-    over all of them. Then the global gradient norm is clipped at ``clip``, every rank agrees
-    whether the loss or the norm is non-finite, and the optimiser steps, or the step is
-    dropped. The scheduler, logs and checkpoints are the caller's.
+    Each micro-batch's loss (its batch mean) is divided by their number before ``backward``:
+    the summed gradient is that of the mean over equal micro-batches.
 
     Args:
-        model: returns a dict with ``loss`` (scalar), ``nll`` and ``kl`` ((T+1,) each); may be
-            wrapped in DistributedDataParallel (gradients are synchronised once, in the last
-            micro-batch's backward).
+        model: returns ``loss`` (scalar), ``nll`` and ``kl`` ((T+1,) each); may be wrapped in
+            DDP (gradients synchronised once, in the last micro-batch's backward).
         optimizer: its optimiser.
-        micro_batches: (b, 3, H, W) image batches on the model's device, at least one; or
-            ``(images, labels (b, H, W), factors {name: (b, L, ...)})`` tuples feeding the
-            model's factor regressor.
+        micro_batches: (b, 3, H, W) images on the model's device, or ``(images, labels
+            (b, H, W), factors {name: (b, L, ...)})`` feeding the factor regressor.
         params: the trainable parameters (clipped together).
         clip: global gradient-norm limit (``math.inf``: no clipping).
-        autocast: factory of the forward's context (``lib.engine.precision.autocast_factory``).
-        defer_check: decide on the device instead of the host: the optimiser always steps,
-            then parameters and the optimiser state on the parameters' device are put back
-            where the step was bad (``torch.where``), so no host sync happens. Optimiser
-            state held on the host (Adam's ``step`` counter on a GPU run) still counts the bad
-            step: the caller corrects it (``lib.engine.solver.undo_host_steps``) once it reads
-            ``bad``.
-
-    Returns:
-        A ``StepResult``.
+        autocast: factory of the forward's context (``autocast_factory``).
+        defer_check: no host sync: the optimiser always steps and ``masked_step`` puts the
+            device state back after a bad step; host-held counters (Adam's ``step``) are the
+            caller's to correct (``undo_host_steps``).
     """
     optimizer.zero_grad(set_to_none=True)
     count = len(micro_batches)
     losses, nlls, kls = [], [], []
     for index, batch in enumerate(micro_batches):
         images, extra = _unpack(batch)
-        with _micro_batch_context(model, sync=index == count - 1):
+        ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        # DDP all-reduces gradients in backward: only in the last micro-batch's.
+        sync = model.no_sync() if ddp and index < count - 1 else contextlib.nullcontext()
+        with sync:
             with autocast():
                 out = model(images, **extra)
             (out["loss"] / count if count > 1 else out["loss"]).backward()
@@ -184,26 +156,30 @@ def train_step(
     return StepResult(stats, skipped, bad, images, out)
 
 
-class _PeriodMeter:
-    """Training statistics since the last read, kept on the device: no host sync per step.
+class PeriodStats(NamedTuple):
+    """The statistics since the last read: ``mean`` by name (floats, lists for per-step ones,
+    averaged over ranks; None without a good step), ``counts`` (``good``, ``bad``, ``run``,
+    ``longest``: steps, and the current and longest runs of bad ones) and ``images_per_s``."""
 
-    Per step it adds the good steps' named statistics (flattened in their order), counts good
-    and bad steps and tracks the run of consecutive bad steps; ``read`` brings everything to
-    the host in one transfer.
-    """
+    mean: dict[str, Any] | None
+    counts: dict[str, int]
+    images_per_s: float
+
+
+class _PeriodMeter:
+    """Sums of the good steps' statistics and step counts, on the device (no sync per step)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.sums: torch.Tensor | None = None
         self.layout: list[tuple[str, int, bool]] = []  # (name, size, scalar) of each statistic
-        # [good steps, bad steps, current run of bad steps, longest run] since the last read;
-        # the current run carries over a read.
+        # [good, bad, current run of bad, longest run]; the current run carries over a read.
         self.counts = torch.zeros(4, dtype=torch.float64, device=device)
         self.images = 0
         self.start = time.perf_counter()
 
     def add(self, stats: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
-        """stats: this step's named statistics; bad: 0-dim, 1.0 when the step was skipped."""
+        """stats: this step's statistics by name; bad: 0-dim, 1.0 when the step was skipped."""
         if not self.layout:  # the same names and sizes every step
             self.layout = [(k, v.numel(), v.dim() == 0) for k, v in stats.items()]
         values = torch.cat([v.detach().reshape(-1).double() for v in stats.values()])
@@ -214,61 +190,45 @@ class _PeriodMeter:
         run = (run + 1) * bad
         self.counts = torch.stack([good + 1 - bad, skipped + bad, run, torch.maximum(longest, run)])
 
-    def read(self) -> tuple[dict[str, Any] | None, dict[str, int], float]:
-        """The period's mean statistics by name (floats, lists for per-step ones; averaged over
-        ranks; None if no good step), the step counts (``good``, ``bad``, ``run``,
-        ``longest``) and images/s; one host sync; resets."""
-        good = self.counts[0]
+    def read(self) -> PeriodStats:
+        """The period's ``PeriodStats`` in one host sync; starts the next period."""
         mean = None
         if self.sums is not None:
-            mean = comm.all_reduce_mean(self.sums / good.clamp(min=1))
-        packed = self.counts if mean is None else torch.cat([self.counts, mean])
-        host = packed.tolist()  # the one host sync of the period
+            mean = comm.all_reduce_mean(self.sums / self.counts[0].clamp(min=1))
+        host = (self.counts if mean is None else torch.cat([self.counts, mean])).tolist()
         counts = dict(zip(("good", "bad", "run", "longest"), (int(v) for v in host[:4])))
         elapsed = time.perf_counter() - self.start
         rate = self.images / elapsed if elapsed > 0 else 0.0
-        self.sums, self.images = None, 0
+        self.sums, self.images, self.start = None, 0, time.perf_counter()
         self.counts = torch.tensor(
             [0.0, 0.0, host[2], host[2]], dtype=torch.float64, device=self.device
         )
-        self.counts = self.counts.to(self.device)
-        self.start = time.perf_counter()
         if not counts["good"]:
-            return None, counts, rate
+            return PeriodStats(None, counts, rate)
         means, start = {}, 4
         for name, size, scalar in self.layout:
             means[name] = host[start] if scalar else host[start : start + size]
             start += size
-        return means, counts, rate
+        return PeriodStats(means, counts, rate)
 
 
 class Trainer:
-    """The training loop: ``run_step`` each iteration, then the hooks, in list order.
-
-    ``run_step`` is one optimiser step over SOLVER.ACCUMULATE_STEPS micro-batches
-    (``train_step`` with the finite check decided on the device, so no host sync), the
-    statistics added to ``meter`` on the device, and the scheduler step. Everything else
-    (logs, the non-finite stop, pictures, evaluation, checkpoints, a progress bar, timing)
-    is a hook (``lib.engine.hooks``).
+    """The training loop: ``run_step`` each iteration, then the hooks (in any order).
 
     Args:
-        model: IODINE, possibly wrapped in DistributedDataParallel.
-        optimizer: its optimiser.
-        data_loader: endless iterable of ``(images, masks)`` or ``(images, labels, factors)``
-            batches (factors: the loader was built with them).
+        data_loader: endless iterable of ``(images, masks)`` or ``(images, labels, factors)``.
         scheduler: per-iteration LR scheduler, or None (the benchmark).
-        device: where the model runs.
         start_iter: completed iterations; the loop runs ``start_iter + 1 .. max_iter``.
-        max_iter: the last iteration.
-        hooks: the hooks.
-        accumulate: micro-batches per iteration (SOLVER.ACCUMULATE_STEPS).
-        clip: global gradient-norm limit (``math.inf``: none).
-        autocast: the forward's context factory.
+        accumulate, clip, autocast: SOLVER.ACCUMULATE_STEPS, the clipping norm and the
+            forward's context factory (``train_step``).
+        max_nonfinite: consecutive skipped steps that stop the run (SOLVER.MAX_NONFINITE).
+        model, optimizer, device, hooks, logger: as named.
 
     Attributes:
         iter: the current iteration; ``step``: its ``StepResult``; ``lr``: its learning rate;
-        ``meter``: device statistics since the last read; ``stop``: set by a hook to end the
-        loop after the current iteration.
+        ``skipped_steps``: skipped steps found so far; ``stop``: set by a hook to end the loop
+        after this iteration; ``stop_signal``: the signal ending it there (0: none; the
+        same on every rank); ``last_eval``: the last held-out metrics.
     """
 
     def __init__(
@@ -284,26 +244,31 @@ class Trainer:
         accumulate: int = 1,
         clip: float = math.inf,
         autocast: Callable[[], Any] = contextlib.nullcontext,
+        *,
+        max_nonfinite: float = math.inf,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.data_loader, self.device = data_loader, device
         self.start_iter, self.max_iter = start_iter, max_iter
         self.hooks = list(hooks)
         self.accumulate, self.clip, self.autocast = accumulate, clip, autocast
+        self.max_nonfinite = max_nonfinite
+        self.logger = logger or logging.getLogger(__name__)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.meter = _PeriodMeter(device)
         self.iter = start_iter
         self.step: StepResult | None = None
         self.lr = optimizer.param_groups[0]["lr"]
-        self.stop = False
-        self.last_mean: dict[str, Any] | None = None
+        self.stop, self.stop_signal, self.skipped_steps = False, 0, 0
         self.last_eval: dict[str, Any] | None = None
-        self.skipped_steps = 0
         self._data_iter = None
+        self._read: tuple[int, PeriodStats] | None = None
+        self._signal = 0
 
     def run_step(self) -> StepResult:
         """One iteration's optimiser step (no host sync); returns its ``StepResult``."""
-        if self._data_iter is None:  # run_step called directly (the benchmark), not by train()
+        if self._data_iter is None:  # called directly (the benchmark), not by train()
             self._data_iter = iter(self.data_loader)
         micro_batches = [
             _batch_to_device(next(self._data_iter), self.device) for _ in range(self.accumulate)
@@ -321,10 +286,48 @@ class Trainer:
         self.step = step
         return step
 
+    def read_stats(self) -> PeriodStats:
+        """The statistics since the last read, brought to the host at most once per iteration
+        (whoever asks first); the skipped steps are taken back off the host-held optimiser
+        counters.
+
+        Raises:
+            NonFiniteError: ``max_nonfinite`` consecutive steps were skipped.
+        """
+        if self._read is not None and self._read[0] == self.iter:
+            return self._read[1]
+        stats = self.meter.read()
+        bad = stats.counts["bad"]
+        if bad:
+            undo_host_steps(self.optimizer, bad)
+            self.skipped_steps += bad
+            log = self.logger.warning if comm.is_main_process() else self.logger.debug
+            log(
+                "iterations up to %d: %d non-finite step(s) skipped (%d in all)",
+                self.iter, bad, self.skipped_steps,
+            )  # fmt: skip
+        if stats.counts["longest"] >= self.max_nonfinite:
+            raise NonFiniteError(
+                f"stopping at iteration {self.iter}: {stats.counts['longest']} consecutive "
+                f"non-finite losses or gradients (SOLVER.MAX_NONFINITE = "
+                f"{self.max_nonfinite}); the last good checkpoint is untouched"
+            )
+        self._read = (self.iter, stats)
+        return stats
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        self._signal = self._signal or signum
+
     def train(self) -> None:
         """Run the iterations; the hooks' ``after_train`` runs also when one raises."""
+        group = comm.host_group()  # collective: every rank calls train()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            # Noted, not raised; forked DataLoader workers inherit the handlers, so a Ctrl-C
+            # sent to the whole process group does not kill them mid-step either.
+            handlers = {s: signal.signal(s, self._note_signal) for s in STOP_SIGNALS}
         # Creating a DataLoader iterator draws a base seed from torch's global generator;
-        # undo that draw so the training noise depends only on the restored RNG state, and a
+        # undo that draw so that the noise depends only on the restored RNG state, and a
         # resumed run continues exactly as the uninterrupted one would.
         rng_state = torch.get_rng_state()
         self._data_iter = iter(self.data_loader)
@@ -338,66 +341,21 @@ class Trainer:
                 for hook in self.hooks:
                     hook.before_step(self)
                 self.run_step()
+                self.stop_signal = comm.max_over_ranks(self._signal, group)
                 for hook in self.hooks:
                     start = time.perf_counter()
                     hook.after_step(self)
                     if not hook.training_time:  # images/s measures training alone
                         self.meter.start += time.perf_counter() - start
-                if self.stop:
+                if self.stop or self.stop_signal:
                     break
+            if self.step is not None:
+                self.read_stats()  # the skipped steps of a loop that stopped early
         finally:
             for hook in self.hooks:
                 hook.after_train(self)
-
-
-def _training_hooks(
-    cfg: CfgNode,
-    checkpointer: Checkpointer,
-    device: torch.device,
-    heldout: Sequence[Batch] | None,
-    heldout_name: str,
-    writer: Any,
-    logger: logging.Logger,
-) -> list[HookBase]:
-    """The hooks of a training run, in the order they run after each step.
-
-    ``PeriodicStats`` comes first: past SOLVER.MAX_NONFINITE bad steps it raises before
-    ``PeriodicCheckpoint`` can write that iteration's checkpoint.
-
-    Args:
-        cfg: the run's config (LOG, SOLVER, TEST sections).
-        checkpointer: saves every SOLVER.CHECKPOINT_PERIOD iterations and at the end.
-        device: where the model runs.
-        heldout: this rank's share of the fixed evaluation batch, or None (no evaluation hook).
-        heldout_name: its dataset name (logs and TensorBoard tags).
-        writer: TensorBoard SummaryWriter on rank 0, None elsewhere.
-        logger: where to log.
-
-    Returns:
-        ``PeriodicStats``, ``ImageSummaries``, ``HeldoutEvaluation`` (with ``heldout``),
-        ``PeriodicCheckpoint`` and ``ProgressBar``.
-    """
-    # Recorded in each checkpoint: evaluation divides the gradient inputs by it.
-    batch = per_process_batch(cfg, comm.get_world_size())
-    hooks: list[HookBase] = [
-        PeriodicStats(
-            cfg.LOG.PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_NONFINITE, writer, logger
-        ),
-        ImageSummaries(writer, cfg.LOG.IMAGE_PERIOD, cfg.LOG.NUM_IMAGES),
-    ]
-    if heldout is not None:
-        hooks.append(
-            HeldoutEvaluation(
-                cfg, heldout, heldout_name, cfg.TEST.EVAL_PERIOD, device, writer, logger
-            )
-        )
-    hooks += [
-        PeriodicCheckpoint(
-            checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.dump(), {"per_process_batch": batch}
-        ),
-        ProgressBar(),
-    ]
-    return hooks
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
 
 
 def do_train(
@@ -414,50 +372,61 @@ def do_train(
     writer: Any = None,
     logger: logging.Logger | None = None,
 ) -> dict[str, Any]:
-    """Train from iteration ``start_iter`` to SOLVER.MAX_ITER: a ``Trainer`` with the hooks of
-    a training run (``_training_hooks``).
-
-    Collective in a distributed run: every rank calls it; rank 0 alone writes (its
-    ``writer`` and ``checkpointer.save_to_disk``).
+    """Train from iteration ``start_iter`` to SOLVER.MAX_ITER with a training run's hooks.
+    Collective under torchrun: every rank calls it; rank 0 alone writes.
 
     Args:
         cfg: the run's config (SOLVER, TEST, LOG sections).
-        model: IODINE, possibly wrapped in DistributedDataParallel; returns a dict with
-            ``loss`` (scalar), ``nll``, ``kl`` (T+1,), ``recon``, ``masks``, ``components``.
         data_loader: endless iterator of ``(images (b, 3, H, W), masks or None)`` (or with
             factors), b the per-process micro-batch.
-        optimizer: Adam from ``make_optimizer``.
-        scheduler: per-iteration scheduler from ``make_lr_scheduler`` (its ``last_epoch`` is
-            ``start_iter``).
-        checkpointer: saves every SOLVER.CHECKPOINT_PERIOD iterations and at the end.
-        device: where the model runs.
+        checkpointer: saves every SOLVER.CHECKPOINT_PERIOD iterations, at the end and on a
+            stop signal.
         start_iter: completed iterations (0 on a fresh start, the checkpoint's on resume).
-        heldout: this rank's share of the fixed evaluation batch (``make_heldout_batches``),
-            evaluated every TEST.EVAL_PERIOD iterations and at the end; None = never.
-        heldout_name: its dataset name (logs and TensorBoard tags).
+        heldout: this rank's share of the fixed held-out batch (``make_heldout_batches``),
+            evaluated every TEST.EVAL_PERIOD iterations and at the end; None = never; its
+            dataset name ``heldout_name`` tags the logs.
         writer: TensorBoard SummaryWriter on rank 0, None elsewhere.
-        logger: where to log.
+        model, optimizer, scheduler, device, logger: as named.
 
     Returns:
-        ``{"iteration", "skipped_steps", "last_eval"}``: the final iteration, the number of
-        skipped non-finite steps and the last held-out metrics (or None).
+        ``{"iteration", "skipped_steps", "last_eval"}``.
 
     Raises:
         NonFiniteError: SOLVER.MAX_NONFINITE consecutive steps were non-finite; no
             checkpoint is written after the last good one.
+        Interrupted: SIGTERM or SIGINT; the checkpoint of the iteration reached is written.
     """
     logger = logger or logging.getLogger(__name__)
     clip = cfg.SOLVER.GRAD_CLIP_NORM if cfg.SOLVER.GRAD_CLIP_NORM > 0 else math.inf
-    hooks = _training_hooks(cfg, checkpointer, device, heldout, heldout_name, writer, logger)
+    # Recorded in each checkpoint: evaluation divides the gradient inputs by it.
+    extra = {"per_process_batch": per_process_batch(cfg, comm.get_world_size())}
+    hooks: list[HookBase] = [
+        ScalarLogs(cfg.LOG.PERIOD, writer, logger),
+        ImageSummaries(writer, cfg.LOG.IMAGE_PERIOD, cfg.LOG.NUM_IMAGES),
+        ProgressBar(cfg.LOG.PERIOD),
+        PeriodicCheckpoint(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.dump(), extra),
+    ]
+    if heldout is not None:
+        period = cfg.TEST.EVAL_PERIOD
+        hooks.append(HeldoutEvaluation(cfg, heldout, heldout_name, period, device, writer, logger))
     trainer = Trainer(
         model, optimizer, data_loader, scheduler, device, start_iter, cfg.SOLVER.MAX_ITER,
         hooks, cfg.SOLVER.ACCUMULATE_STEPS, clip,
-        autocast_factory(resolve_precision(cfg, device, warn=False), device),
+        autocast_factory(cfg.MODEL.PRECISION, device),
+        max_nonfinite=cfg.SOLVER.MAX_NONFINITE, logger=logger,
     )  # fmt: skip
     logger.info("start training at iteration %d of %d", start_iter, cfg.SOLVER.MAX_ITER)
     trainer.train()
     if writer is not None:
         writer.flush()
+    if trainer.stop_signal and trainer.iter < cfg.SOLVER.MAX_ITER:
+        name = signal.Signals(trainer.stop_signal).name
+        message = (
+            f"{name}: stopped at iteration {trainer.iter} with checkpoint "
+            f"model_{trainer.iter:07d}.pth in {cfg.OUTPUT_DIR}; the same command resumes"
+        )
+        logger.warning("%s", message)
+        raise Interrupted(trainer.stop_signal, message)
     logger.info(
         "training done at iteration %d (%d steps skipped)", trainer.iter, trainer.skipped_steps
     )

@@ -18,7 +18,7 @@ from lib.model.factor_regressor import Factor, FactorRegressor
 from lib.model.iodine import IODINE, released_initial_posterior
 from lib.model.layers import released_init_
 from lib.model.refinement import RefinementNetwork
-from lib.model.refinement_inputs import refinement_channels
+from lib.model.refinement_inputs import check_inputs, refinement_channels
 
 FACTOR_SWITCH = {"auto": None, "true": True, "on": True, "false": False, "off": False}
 
@@ -84,6 +84,7 @@ def factor_regressor_mapping(cfg: CfgNode) -> tuple[Factor, ...] | None:
 
 def _used_inputs(cfg: CfgNode) -> tuple[tuple[str, ...], tuple[str, ...]]:
     r = cfg.MODEL.REFINEMENT
+    check_inputs(r.IMAGE_INPUTS, r.VECTOR_INPUTS)
     return spec.used_inputs(r.IMAGE_INPUTS, r.VECTOR_INPUTS, cfg.MODEL.IODINE.LEGACY_CONSTANTS)
 
 

@@ -25,8 +25,6 @@ from lib.model.factor_regressor import add_factor_loss
 from lib.model.layers import autocast_enabled, cosine_coordinates, linear_coordinates
 from lib.model.refinement_inputs import StepTensors, assemble_inputs, make_input_norms
 
-# Channels of each image-sized refinement input but coordinates (lib.spec; importers use it).
-IMAGE_INPUT_CHANNELS = spec.IMAGE_INPUT_CHANNELS
 # What the loop records per step, stacked on dim 1 of the outputs.
 _RECORDED = (
     "nll",
@@ -315,10 +313,12 @@ class IODINE(nn.Module):
                 grad_loss, [lam, mu, mask_logits], retain_graph=keep_chain
             )  # (B, K, 2D), (B, K, 3, H, W), (B, K, H, W)
             with maybe_no_grad():
-                lam, state = self._refine(
-                    images, coords, lam, state, mu, mask_logits, log_masks, comp_lp, log_px,
+                flat_lam = lam.reshape(b * k, -1)  # (B*K, 2D)
+                tensors = StepTensors(
+                    images, coords, flat_lam, mu, mask_logits, log_masks, comp_lp, log_px,
                     d_lam, d_mu, d_logits,
                 )  # fmt: skip
+                lam, state = self._refine(tensors, state)
         return self._outputs(record, total_loss, keep_chain)
 
     @staticmethod
@@ -366,39 +366,18 @@ class IODINE(nn.Module):
             grad_loss = (nll.sum() + kl.sum()) / self.eval_grad_divisor
         return comp_lp, log_masks, log_px, nll, kl, step_loss, grad_loss
 
-    def _refine(
-        self,
-        images: torch.Tensor,
-        coords: torch.Tensor,
-        lam: torch.Tensor,
-        state,
-        mu: torch.Tensor,
-        mask_logits: torch.Tensor,
-        log_masks: torch.Tensor,
-        comp_lp: torch.Tensor,
-        log_px: torch.Tensor,
-        d_lam: torch.Tensor,
-        d_mu: torch.Tensor,
-        d_logits: torch.Tensor,
-    ):
+    def _refine(self, s: StepTensors, state) -> tuple[torch.Tensor, object]:
         """Assemble the refinement inputs and update lambda.
 
         Args:
-            images: (B, 3, H, W); coords: (c, H, W); lam: (B, K, 2D); state: LSTM state.
-            mu: (B, K, 3, H, W); mask_logits, log_masks, comp_lp: (B, K, H, W);
-            log_px: (B, H, W); d_lam: (B, K, 2D); d_mu: (B, K, 3, H, W); d_logits: (B, K, H, W).
+            s: the step's tensors (``StepTensors``); state: the LSTM state.
 
         Returns:
             new lambda (B, K, 2D) and the new LSTM state.
         """
-        b, k = lam.shape[:2]
-        flat_lam = lam.reshape(b * k, -1)  # (B*K, 2D)
-        tensors = StepTensors(
-            images, coords, flat_lam, mu, mask_logits, log_masks, comp_lp, log_px,
-            d_lam, d_mu, d_logits,
-        )  # fmt: skip
+        b, k = s.mu.shape[:2]
         image_in, vector_in = assemble_inputs(
-            tensors, self.image_inputs, self.vector_inputs, self.input_norms
+            s, self.image_inputs, self.vector_inputs, self.input_norms
         )  # (B*K, C_in, H, W), (B*K, V)
-        new_lam, state = self.refinement(image_in, vector_in, flat_lam, state)
+        new_lam, state = self.refinement(image_in, vector_in, s.flat_lam, state)
         return new_lam.view(b, k, -1), state

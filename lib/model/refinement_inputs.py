@@ -1,9 +1,5 @@
-"""The refinement inputs: one table from each input's name to how it is made.
-
-Which inputs exist, their channels, which are LayerNorm-ed and which are legacy constants are
-facts of the released model, kept torch-free in ``lib.spec.REFINEMENT_INPUTS``; each entry of
-``REFINEMENT_INPUT_TABLE`` pairs that fact with the function that computes the input, so the
-assembly and the channel count cannot fall out of step.
+"""The refinement inputs: one table from each input's name to its facts and how it is made,
+so the assembly, the channel count and the LayerNorms cannot fall out of step.
 
 Shapes: B images, K slots, D latent size, H x W pixels; c coordinate channels.
 """
@@ -18,6 +14,7 @@ from torch import nn
 
 import lib.model.distributions as dist
 from lib import spec
+from lib.errors import ConfigError
 from lib.model.layers import SlotLayerNorm
 
 
@@ -46,9 +43,22 @@ class StepTensors(NamedTuple):
     d_logits: torch.Tensor
 
 
+# The table: name -> (facts, maker). The released inputs take their facts from
+# ``lib.spec.REFINEMENT_INPUTS``, the frozen record of the released architecture that the paper
+# configs and the converter read. A new input is one row at the end of the table, with its own
+# facts, plus its maker function: the released configs, the converter and their tests do not
+# change.
 # Image-sized makers return (B or 1, K or 1, C, H or 1, W or 1): a per-image input keeps a
 # slot axis of 1 so that its LayerNorm (if any) sees one image, then it is broadcast over K
-# with expand (never repeat-then-view, which scrambles images across the batch).
+# with expand (never repeat-then-view, which scrambles images across the batch). Vector makers
+# return (B*K, C) or (1, C).
+class InputEntry(NamedTuple):
+    """One row of the table: the input's facts (vector?, channels, LayerNorm) and its maker."""
+
+    spec: spec.RefinementInput
+    make: Callable[[StepTensors], torch.Tensor]
+
+
 def _counterfactual(s: StepTensors) -> torch.Tensor:
     # log p(x) - log p(x without slot k), all k at once; stop-gradient.
     with torch.no_grad():
@@ -56,7 +66,7 @@ def _counterfactual(s: StepTensors) -> torch.Tensor:
         return (s.log_px.detach()[:, None] - loo)[:, :, None]  # (B, K, 1, H, W)
 
 
-_IMAGE_MAKERS: dict[str, Callable[[StepTensors], torch.Tensor]] = {
+_MAKERS: dict[str, Callable[[StepTensors], torch.Tensor]] = {
     "capacity": lambda s: s.mu.new_full((1, 1, 1, 1, 1), 0.5),
     "components": lambda s: s.mu,
     "coordinates": lambda s: s.coords[None, None],  # (1, 1, c, H, W)
@@ -68,26 +78,40 @@ _IMAGE_MAKERS: dict[str, Callable[[StepTensors], torch.Tensor]] = {
     "mask": lambda s: s.mask_logits[:, :, None],
     "posterior": lambda s: dist.component_posterior(s.comp_lp)[:, :, None],
     "pred_mask": lambda s: s.log_masks.exp()[:, :, None],
-}
-# Vector makers return (B*K, C) or (1, C).
-_VECTOR_MAKERS: dict[str, Callable[[StepTensors], torch.Tensor]] = {
     "dzp": lambda s: s.d_lam.reshape(s.flat_lam.shape),
     "flat_capacity": lambda s: s.flat_lam.new_full((1, 1), 0.5),
     "zp": lambda s: s.flat_lam,
 }
-
-
-class InputEntry(NamedTuple):
-    """One row of the table: the released facts (channels, LayerNorm) and the maker."""
-
-    spec: spec.RefinementInput
-    make: Callable[[StepTensors], torch.Tensor]
-
-
 REFINEMENT_INPUT_TABLE: dict[str, InputEntry] = {
-    name: InputEntry(fact, (_VECTOR_MAKERS if fact.vector else _IMAGE_MAKERS)[name])
-    for name, fact in spec.REFINEMENT_INPUTS.items()
+    **{name: InputEntry(fact, _MAKERS[name]) for name, fact in spec.REFINEMENT_INPUTS.items()},
+    # New inputs here, e.g. "edges": InputEntry(spec.RefinementInput("edges", False, 1), _edges),
 }
+
+
+def input_channels(name: str, coord_type: str, latent_dim: int) -> int:
+    """Channels of one input of the table (a vector input's size).
+
+    Raises:
+        KeyError: an input the table does not have.
+    """
+    fixed = REFINEMENT_INPUT_TABLE[name].spec.channels
+    return fixed or spec.input_channels(name, coord_type, latent_dim)
+
+
+def check_inputs(image_inputs: Sequence[str], vector_inputs: Sequence[str]) -> None:
+    """Refuse names the table does not have, or an input on the wrong side.
+
+    Raises:
+        ConfigError: naming the config key and the unknown inputs.
+    """
+    for key, names, vector in (("IMAGE", image_inputs, False), ("VECTOR", vector_inputs, True)):
+        known = sorted(n for n, e in REFINEMENT_INPUT_TABLE.items() if e.spec.vector == vector)
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"config key MODEL.REFINEMENT.{key}_INPUTS has unknown names {unknown}; "
+                f"known: {known}"
+            )
 
 
 def refinement_channels(
@@ -104,7 +128,7 @@ def refinement_channels(
         (image channels, vector size).
     """
     size = [
-        sum(spec.input_channels(n, coord_type, latent_dim) for n in names)
+        sum(input_channels(n, coord_type, latent_dim) for n in names)
         for names in (image_inputs, vector_inputs)
     ]
     return size[0], size[1]
@@ -123,9 +147,9 @@ def make_input_norms(used: Sequence[str], coord_type: str, latent_dim: int) -> n
     """
     return nn.ModuleDict(
         {
-            n: SlotLayerNorm(spec.input_channels(n, coord_type, latent_dim))
-            for n in spec.NORMALISED_INPUTS
-            if n in used
+            n: SlotLayerNorm(input_channels(n, coord_type, latent_dim))
+            for n in sorted(used)
+            if REFINEMENT_INPUT_TABLE[n].spec.normalised
         }
     )
 

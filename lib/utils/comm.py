@@ -41,19 +41,10 @@ def is_main_process() -> bool:
 
 
 def init_distributed(use_cuda: bool, timeout_minutes: int = 30) -> bool:
-    """Initialise the default process group from torchrun's environment variables.
-
-    Does nothing unless ``WORLD_SIZE`` > 1. Uses NCCL when running on CUDA, gloo otherwise,
-    and binds this process to GPU ``LOCAL_RANK % device_count``.
-
-    Args:
-        use_cuda: whether the run uses CUDA devices.
-        timeout_minutes: collective timeout: the longest one rank may wait for the others
-            (e.g. while rank 0 writes a checkpoint or prediction PNGs).
-
-    Returns:
-        True when a process group was initialised (or already was).
-    """
+    """Initialise the default process group from torchrun's environment variables when
+    ``WORLD_SIZE`` > 1 (returns whether one exists): NCCL on CUDA (this process bound to GPU
+    ``LOCAL_RANK % device_count``), else gloo. ``timeout_minutes``: the longest one rank waits
+    for the others (e.g. while rank 0 writes a checkpoint or prediction PNGs)."""
     if is_dist():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -93,34 +84,45 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all processes.
-
-    Args:
-        tensor: any shape; left unchanged.
-
-    Returns:
-        A new tensor (same shape, dtype and device as ``tensor``) holding the sum over ranks.
-    """
+def _all_reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
     if not is_dist() or get_world_size() == 1:
         return tensor.clone()
     buffer = tensor.detach().to(_collective_device()).clone()
-    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buffer, op=op)
     return buffer.to(tensor.device)
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """A new tensor (shape, dtype and device of ``tensor``): its sum over all processes."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over all processes (same contract as ``all_reduce_sum``)."""
+    """The mean of a tensor over all processes (as ``all_reduce_sum``)."""
     return all_reduce_sum(tensor) / get_world_size()
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum of a tensor over all processes (same contract as all_reduce_sum)."""
+    """The element-wise maximum of a tensor over all processes (as ``all_reduce_sum``)."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
+
+
+def host_group() -> Any:
+    """A group for small host-side collectives (``max_over_ranks``): the default group on
+    gloo, a new gloo group beside NCCL (collective: every rank calls it), None alone."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return dist.new_group(backend="gloo")
+    return None
+
+
+def max_over_ranks(value: int, group: Any = None) -> int:
+    """The maximum of an int over all processes, on the CPU through ``group`` (from
+    ``host_group``): no device sync."""
     if not is_dist() or get_world_size() == 1:
-        return tensor.clone()
-    buffer = tensor.detach().to(_collective_device()).clone()
-    dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
-    return buffer.to(tensor.device)
+        return value
+    buffer = torch.tensor([value], dtype=torch.int64, device="cpu")
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=group)
+    return int(buffer.item())
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -2,11 +2,13 @@
 
 Each write goes to a temporary sibling (``<path>.tmp.<pid>``), is flushed and fsync'ed, then
 renamed over the target with ``os.replace`` (atomic on POSIX); the folder is fsync'ed so the
-rename survives a crash.
+rename survives a crash. A failed write (a full disk) removes the temporary file and raises
+the ``OSError`` with ``filename`` the target.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from typing import IO, Any
@@ -41,9 +43,11 @@ def atomic_write_bytes(path: str, write: Callable[[IO[bytes]], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            exc.filename = path  # the file meant, not its temporary name
         raise
     _fsync_dir(folder)
 
@@ -55,4 +59,6 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` atomically (see ``atomic_write_bytes``)."""
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()  # serialised first: a write error is then an OSError, not torch's
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))

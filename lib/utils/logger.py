@@ -34,23 +34,12 @@ def setup_logger(
     filename: str = "log.txt",
     packages: tuple[str, ...] = ("lib",),
 ) -> logging.Logger:
-    """Configure a logger: INFO to stdout and ``save_dir/filename`` on rank 0, WARNING only else.
+    """Configure logger ``name``: INFO to stdout and to ``save_dir/filename`` (appended to,
+    DEBUG records too: tracebacks) on rank 0, WARNING only elsewhere.
 
-    The loggers of ``packages`` (module loggers such as ``lib.prepare.missing``, which announces
-    dataset generation) get the same handlers at INFO level, so their messages reach the
-    console and log.txt too. Calling it again replaces (and closes) the handlers a previous
+    The loggers of ``packages`` (module loggers such as ``lib.prepare.missing``) get the same
+    handlers at INFO level. Calling it again replaces (and closes) the handlers a previous
     call installed, so a process may set up several runs in turn (as the tests do).
-
-    Args:
-        name: logger name (``"iodine"`` for the tools); DEBUG records (tracebacks of failed
-            runs) go to the log file only.
-        save_dir: folder of the log file; None for console only.
-        rank: global rank of this process.
-        filename: log file name (appended to, so a resumed run keeps its history).
-        packages: further logger names routed to the same handlers.
-
-    Returns:
-        The configured ``logging.Logger``.
     """
     loggers = [logging.getLogger(n) for n in (name, *packages)]
     for each in loggers:
@@ -90,43 +79,31 @@ def close_logger(logger: logging.Logger, packages: tuple[str, ...] = ("lib",)) -
 
 
 def git_description(repo_dir: str | None = None) -> str:
-    """Commit hash of the source tree (plus ``-dirty`` with uncommitted changes), or why not.
-
-    Args:
-        repo_dir: a folder inside the repository; defaults to this package's folder.
-
-    Returns:
-        e.g. ``"3f2a9c1... (dirty)"`` or ``"unknown (not a git checkout)"``.
-    """
+    """Commit of the source tree at ``repo_dir`` (default: this package), e.g.
+    ``"3f2a9c1... (dirty)"`` with uncommitted changes, or ``"unknown (<why>)"``."""
     repo_dir = repo_dir or os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=10
         )
+
+    try:
+        commit = git("rev-parse", "HEAD")
         if commit.returncode != 0:
             return "unknown (" + (commit.stderr.strip().splitlines() or ["git failed"])[-1] + ")"
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo_dir,
-            capture_output=True,
-            text=True,
-            timeout=10,
+        dirty = (
+            " (dirty)"
+            if git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+            else ""
         )
-        dirty = " (dirty)" if status.stdout.strip() else ""
         return commit.stdout.strip() + dirty
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({exc})"
 
 
 def environment_info(device: torch.device) -> str:
-    """Multi-line description of the software and hardware a run uses (for log.txt).
-
-    Args:
-        device: the device the model runs on.
-
-    Returns:
-        Lines ``key: value``: git commit, Python, PyTorch, NumPy, CUDA and device name.
-    """
+    """Lines ``key: value`` for log.txt: git commit, Python, PyTorch, NumPy, CUDA, device."""
     lines = [
         f"git commit: {git_description()}",
         f"python: {sys.version.split()[0]} ({platform.platform()})",

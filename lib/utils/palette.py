@@ -39,17 +39,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 
 def colorize_labels(labels: Tensor) -> Tensor:
-    """Colour a label map with the fixed ``PALETTE``.
-
-    Args:
-        labels: (..., H, W) integer labels >= 0 (true label maps or argmax slots).
-
-    Returns:
-        (..., 3, H, W) float32 RGB in [0, 1]; label i gets ``PALETTE[i % len(PALETTE)]``.
-
-    Raises:
-        TypeError: ``labels`` is a floating-point tensor.
-    """
+    """(..., H, W) integer labels >= 0 (true label maps or argmax slots) as (..., 3, H, W)
+    float32 RGB in [0, 1], label i in ``PALETTE[i % len(PALETTE)]``; TypeError for floats."""
     if labels.dtype.is_floating_point:
         raise TypeError(f"colorize_labels takes integer label maps, got dtype {labels.dtype}")
     palette = torch.tensor(PALETTE, dtype=torch.float32, device="cpu") / 255.0  # (P, 3)
@@ -59,31 +50,14 @@ def colorize_labels(labels: Tensor) -> Tensor:
 
 
 def gray_to_rgb(values: Tensor) -> Tensor:
-    """Repeat a grey map on three channels.
-
-    Args:
-        values: (..., H, W) floats in [0, 1] (e.g. a mask).
-
-    Returns:
-        (..., 3, H, W) float32 (an expanded view).
-    """
+    """A grey map (..., H, W) in [0, 1] on three channels: (..., 3, H, W) float32 (a view)."""
     return values.float().unsqueeze(-3).expand(*values.shape[:-2], 3, *values.shape[-2:])
 
 
 def masked_components(masks: Tensor, components: Tensor, background: str = "white") -> Tensor:
-    """Each slot's component shown through its mask: m_k * mu_k + (1 - m_k) * background.
-
-    Args:
-        masks: (..., K, H, W) softmax masks.
-        components: (..., K, 3, H, W) decoded means mu_k.
-        background: "white" or "black" (the colour where the mask is 0).
-
-    Returns:
-        (..., K, 3, H, W) float32 in [0, 1].
-
-    Raises:
-        ValueError: unknown ``background``.
-    """
+    """Each slot's component through its mask, m_k * mu_k + (1 - m_k) * background
+    ("white" or "black"): masks (..., K, H, W), components (..., K, 3, H, W) -> (..., K, 3,
+    H, W) float32 in [0, 1]."""
     if background not in ("white", "black"):
         raise ValueError(f"background must be 'white' or 'black', got {background!r}")
     m = masks.float().unsqueeze(-3)
@@ -92,16 +66,8 @@ def masked_components(masks: Tensor, components: Tensor, background: str = "whit
 
 
 def slot_tile(mask: Tensor, masked: Tensor) -> Tensor:
-    """One slot as a single picture: its mask (grey) above its masked component.
-
-    Args:
-        mask: (H, W) mask in [0, 1].
-        masked: (3, H, W) masked component (``masked_components``).
-
-    Returns:
-        (3, 2H + 3, W + 2) float32: a one-column ``torchvision.utils.make_grid`` with a white
-        1-pixel border.
-    """
+    """One slot as one picture: its mask (H, W) in grey above its masked component (3, H, W);
+    (3, 2H + 3, W + 2) float32, a one-column ``make_grid`` with a white 1-pixel border."""
     tiles = torch.stack([gray_to_rgb(mask.cpu()), masked.float().cpu()])
     from torchvision.utils import make_grid  # imported here: torchvision costs ~1 s to import
 
@@ -109,18 +75,8 @@ def slot_tile(mask: Tensor, masked: Tensor) -> Tensor:
 
 
 def upscale_factor(tile_size: int, min_tile: int = 64) -> int:
-    """The smallest integer factor that makes a tile at least ``min_tile`` pixels wide.
-
-    Args:
-        tile_size: side of one tile in pixels (> 0).
-        min_tile: wanted smallest side after upscaling.
-
-    Returns:
-        ``max(1, ceil(min_tile / tile_size))``.
-
-    Raises:
-        ValueError: ``tile_size`` < 1.
-    """
+    """The smallest integer factor making a ``tile_size`` tile (>= 1, else ValueError) at
+    least ``min_tile`` pixels wide: ``max(1, ceil(min_tile / tile_size))``."""
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
     return max(1, math.ceil(min_tile / tile_size))

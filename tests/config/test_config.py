@@ -45,8 +45,11 @@ def test_unknown_key_names_key_and_file(tmp_path):
     [
         ("MODEL.IODINE.LIKELIHOOD", "'laplace'", "LIKELIHOOD"),
         ("SOLVER.BASE_LR", "-1.0", "BASE_LR"),
-        ("MODEL.REFINEMENT.IMAGE_INPUTS", "('image', 'depth')", "depth"),
         ("SOLVER.MAX_ITER", "'ten'", "MAX_ITER"),
+        ("SEED", "-1", "SEED"),
+        ("SOLVER.DECAY_RATE", "0.0", "DECAY_RATE"),
+        ("SOLVER.MAX_NONFINITE", "0", "MAX_NONFINITE"),
+        ("INPUT.IMAGE_SIZE", "3", "total stride 16"),
     ],
 )
 def test_bad_values_fail_naming_the_key(key, value, match):

@@ -95,14 +95,58 @@ def test_save_to_disk_false_writes_nothing(tmp_path):
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    for name in ("model_0000005.pth.tmp.123", "last_checkpoint.tmp.9", "notes.tmp.1"):
+    names = ("model_0000005.pth.tmp.123", "last_checkpoint.tmp.9", "config.yaml.tmp.7")
+    for name in (*names, "notes.tmp.1"):
         (tmp_path / name).write_bytes(b"x")
     ckpt = Checkpointer(_net(), save_dir=str(tmp_path))
-    assert sorted(ckpt.remove_stale_tmp_files()) == [
-        "last_checkpoint.tmp.9",
-        "model_0000005.pth.tmp.123",
-    ]
+    assert sorted(ckpt.remove_stale_tmp_files()) == sorted(names)
     assert os.listdir(tmp_path) == ["notes.tmp.1"]
+
+
+def _corrupt(path: str, offset_in_tensor: int = 8) -> None:
+    """Invert 16 bytes inside the data of the file's first tensor, found by an independent
+    read of the zip's local header (30 bytes + name + extra field)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename)
+    raw = bytearray(open(path, "rb").read())
+    name_len, extra_len = struct.unpack(
+        "<HH", raw[info.header_offset + 26 : info.header_offset + 30]
+    )
+    start = info.header_offset + 30 + name_len + extra_len + offset_in_tensor
+    raw[start : start + 16] = bytes(b ^ 0xFF for b in raw[start : start + 16])
+    open(path, "wb").write(bytes(raw))
+
+
+def test_a_corrupted_or_truncated_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, caplog):
+    model, optimizer, scheduler = _trainer_state(hidden=64)
+    ckpt = Checkpointer(model, optimizer, scheduler, str(tmp_path), keep=3)
+    for iteration in (1, 2, 3):
+        ckpt.save(iteration)
+    newest, middle = str(tmp_path / "model_0000003.pth"), str(tmp_path / "model_0000002.pth")
+    _corrupt(newest)
+    # torch.load alone still reads it: the tensor is silently wrong.
+    assert torch.load(newest, weights_only=True)["iteration"] == 3
+    with pytest.raises(CheckpointError, match="model_0000003.pth is corrupted.*CRC-32"):
+        read_checkpoint(newest)
+    with pytest.raises(CheckpointError, match="model_0000003.pth"):
+        ckpt.load(ckpt.last_checkpoint())  # evaluation: refused, no fallback
+    with caplog.at_level("WARNING"):
+        assert ckpt.last_checkpoint(fall_back=True) == middle
+    assert "model_0000003.pth" in caplog.text and "model_0000002.pth" in caplog.text
+    # Truncated too: the resume goes back one further; nothing intact is an error.
+    with open(middle, "r+b") as f:
+        f.truncate(os.path.getsize(middle) // 2)
+    (tmp_path / LAST_CHECKPOINT).write_text("model_0000002.pth\n")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*model_0000002.pth"):
+        read_checkpoint(middle)
+    assert ckpt.last_checkpoint(fall_back=True) == str(tmp_path / "model_0000001.pth")
+    assert ckpt.load(str(tmp_path / "model_0000001.pth"))["iteration"] == 1
+    os.remove(tmp_path / "model_0000001.pth")
+    with pytest.raises(CheckpointError, match="no other checkpoint .* is intact"):
+        ckpt.last_checkpoint(fall_back=True)
 
 
 def test_missing_and_dangling_checkpoints_are_clear_errors(tmp_path):

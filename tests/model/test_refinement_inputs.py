@@ -134,3 +134,33 @@ def test_input_norms_only_for_used_normalised_inputs_in_released_order():
     norms = make_input_norms(("image", "dmask", "zp", "dzp", "counterfactual"), "linear", D)
     assert list(norms) == ["counterfactual", "dmask", "dzp"]
     assert [n.weight.numel() for n in norms.values()] == [1, 1, 2 * D]
+
+
+def test_a_new_input_is_one_table_row_and_leaves_the_released_facts_alone(monkeypatch):
+    import copy
+
+    from lib.errors import ConfigError
+    from lib.model import build_model
+    from lib.model.refinement_inputs import InputEntry
+    from tests.model.conftest import tiny_cfg
+
+    released = copy.deepcopy((spec.REFINEMENT_INPUTS, spec.PAPER_ARCHS, spec.IMAGE_INPUTS))
+    cfg = tiny_cfg(**{"MODEL.REFINEMENT.IMAGE_INPUTS": spec.IMAGE_INPUTS + ("edges",)})
+    with pytest.raises(ConfigError, match="IMAGE_INPUTS has unknown names \\['edges'\\]"):
+        build_model(cfg)
+
+    def edges(s):  # (B, 1, 1, H, W): per image, like "image"
+        return (s.images - s.images.roll(1, dims=2)).abs().sum(1)[:, None, None]
+
+    row = InputEntry(spec.RefinementInput("edges", False, 1, normalised=True), edges)
+    monkeypatch.setitem(REFINEMENT_INPUT_TABLE, "edges", row)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    plain = build_model(tiny_cfg())
+    in_ch = [p.shape[1] for p in model.refinement.parameters() if p.dim() == 4][0]
+    plain_ch = [p.shape[1] for p in plain.refinement.parameters() if p.dim() == 4][0]
+    assert in_ch == plain_ch + 1 and "edges" in model.input_norms
+    assert list(model.input_norms) == sorted(model.input_norms)  # the released order, extended
+    out = model(torch.rand(2, 3, 16, 16))
+    assert torch.isfinite(out["loss"])
+    assert (spec.REFINEMENT_INPUTS, spec.PAPER_ARCHS, spec.IMAGE_INPUTS) == released

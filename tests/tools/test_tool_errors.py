@@ -31,6 +31,29 @@ def test_config_errors(tmp_path, data_root, capsys):
     bad.write_text("SOLVER:\n  MAX_ITERS: 3\n")
     _fails(train_net, ["--config-file", str(bad)], capsys, "bad.yaml", "SOLVER.MAX_ITERS")
     _fails(train_net, ["--config-file", config, "SOLVER.MAX_ITER", "0"], capsys, "SOLVER.MAX_ITER")
+    out = str(tmp_path / "run")
+    # A YAML syntax error names the file and line; a list is no config; a .py is not run.
+    bad.write_text("SOLVER:\n  BASE_LR: 1\n  MAX_ITER: [1,\n")
+    _fails(train_net, ["--config-file", str(bad)], capsys, f"config file {bad}", "line 4")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- SOLVER.MAX_ITER\n- 3\n")
+    _fails(train_net, ["--config-file", str(listed)], capsys, "list.yaml holds a list")
+    marker = tmp_path / "ran"
+    python = tmp_path / "config.py"
+    python.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _fails(train_net, ["--config-file", str(python)], capsys, "config.py is not a .yaml")
+    assert not marker.exists()
+    # Values that would fail (or silently do nothing) once training runs.
+    for key, value in (
+        ("SEED", "-1"),
+        ("SOLVER.DECAY_RATE", "-0.5"),
+        ("SOLVER.DECAY_RATE", "0.0"),
+        ("SOLVER.MAX_NONFINITE", "0"),
+        ("INPUT.IMAGE_SIZE", "1"),
+        ("INPUT.IMAGE_SIZE", "3"),
+    ):
+        _fails(train_net, ["--config-file", config, "OUTPUT_DIR", out, key, value], capsys, key)
+    assert not os.path.exists(out)  # refused before any work
 
 
 def test_dataset_errors(tmp_path, data_root, capsys):
@@ -43,12 +66,14 @@ def test_dataset_errors(tmp_path, data_root, capsys):
         capsys,
         "nowhere",
     )
-    _fails(
-        train_net,
-        ["--config-file", config, "OUTPUT_DIR", out, "DATASETS.TEST", "no_such_set"],
-        capsys,
-        "no_such_set",
-    )
+    for period in ("1", "0"):  # an unknown test set is refused even with evaluation off
+        _fails(
+            train_net,
+            ["--config-file", config, "OUTPUT_DIR", out, "DATASETS.TEST", "no_such_set"]
+            + ["TEST.EVAL_PERIOD", period],
+            capsys,
+            "no_such_set",
+        )
     _fails(
         test_net,
         ["--config-file", config, "OUTPUT_DIR", out, "DATASETS.TEST", f"folder:{missing}"],
@@ -137,3 +162,62 @@ def test_weight_with_a_checkpoint_in_output_dir(tmp_path, data_root, capsys):
     # SOLVER.RESUME False starts over from the weights in the same folder.
     assert train_net.main([*short, "MODEL.WEIGHT", weight, "SOLVER.RESUME", "False"]) == 0
     assert open(os.path.join(out, "log.txt")).read().count("fresh start from the weights") == 1
+
+
+def test_unwritable_output_dir(tmp_path, data_root, capsys):
+    config = write_config(str(tmp_path), data_root)
+    if os.geteuid() == 0:  # root writes through permissions; sysfs refuses new folders
+        out = "/sys/iodine_test_run"
+    else:
+        os.makedirs(tmp_path / "ro")
+        os.chmod(tmp_path / "ro", 0o500)
+        out = str(tmp_path / "ro" / "run")
+    for tool in (train_net, test_net):
+        _fails(tool, ["--config-file", config, "OUTPUT_DIR", out], capsys, f"OUTPUT_DIR {out}")
+
+
+def test_corrupted_weights_are_refused(tmp_path, data_root, capsys):
+    from tests.engine.test_checkpoint import _corrupt
+
+    config = write_config(str(tmp_path), data_root)
+    Checkpointer(build_model(load_cfg(config)), save_dir=str(tmp_path / "w")).save(0)
+    weight = str(tmp_path / "w" / "model_0000000.pth")
+    _corrupt(weight)
+    argv = ["--config-file", config, "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.WEIGHT", weight]
+    _fails(test_net, argv, capsys, f"checkpoint {weight} is corrupted")
+    _fails(train_net, argv, capsys, f"checkpoint {weight} is corrupted")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, data_root):
+    import resource
+    import signal
+    import subprocess
+
+    from tests.tools.tools_helpers import PYTHON, REPO, subprocess_env
+
+    config = write_config(str(tmp_path), data_root)
+    out = str(tmp_path / "run")
+    command = [PYTHON, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config]
+    command += ["OUTPUT_DIR", out, "TEST.EVAL_PERIOD", "0", "LOG.IMAGE_PERIOD", "0"]
+    assert train_net.main([*command[2:], "SOLVER.MAX_ITER", "2"]) == 0
+    size = os.path.getsize(os.path.join(out, "model_0000002.pth"))
+
+    def small_files():  # a file-size limit fails writes as a full disk does
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    result = subprocess.run(
+        [*command, "SOLVER.MAX_ITER", "4"], env=subprocess_env(), preexec_fn=small_files,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: cannot write {os.path.join(out, 'model_0000004.pth')}")
+    assert "Traceback" not in result.stderr
+    assert sorted(f for f in os.listdir(out) if "model_" in f) == ["model_0000002.pth"]
+    assert (
+        Checkpointer(build_model(load_cfg(config)), save_dir=out)
+        .last_checkpoint()
+        .endswith("model_0000002.pth")
+    )

@@ -4,8 +4,11 @@ torchrun's environment variables, which saves two interpreter start-ups on a slo
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -36,26 +39,37 @@ def _torchrun(tool: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def _rank_main(rank, port, tool, argv, queue):
+def _signal_when(path, text, signum):
+    # A thread of one rank: that rank alone gets ``signum`` once ``text`` is in ``path``.
+    while not (os.path.exists(path) and text in open(path).read()):
+        time.sleep(0.02)
+    os.kill(os.getpid(), signum)
+
+
+def _rank_main(rank, port, tool, argv, queue, signal_rank1=None):
     os.environ.update(
         WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
+    if rank == 1 and signal_rank1 is not None:
+        threading.Thread(target=_signal_when, args=signal_rank1, daemon=True).start()
     queue.put((rank, tool.main(argv)))
 
 
-def _two_ranks(tool, argv) -> None:
-    """Run ``tool.main(argv)`` as ranks 0 and 1 of a gloo group (forked, else spawned)."""
+def _two_ranks(tool, argv, signal_rank1=None, status=0) -> None:
+    """Run ``tool.main(argv)`` as ranks 0 and 1 of a gloo group (forked, else spawned);
+    ``signal_rank1``: (file, text, signal) sent to rank 1 once the file holds the text."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     queue = mp.get_context(method).SimpleQueue()
     context = mp.start_processes(
-        _rank_main, args=(port, tool, argv, queue), nprocs=2, start_method=method, join=False
-    )
+        _rank_main, args=(port, tool, argv, queue, signal_rank1), nprocs=2, start_method=method,
+        join=False,
+    )  # fmt: skip
     join_or_kill(context, timeout=240)
-    assert sorted(queue.get() for _ in range(2)) == [(0, 0), (1, 0)]
+    assert sorted(queue.get() for _ in range(2)) == [(0, status), (1, status)]
 
 
 @pytest.mark.slow
@@ -100,3 +114,21 @@ def test_two_processes_train_resume_and_evaluate(tmp_path, data_root):
             Image.open(os.path.join(single, "predictions", "tetrominoes_synth_test", name))
         )
         assert (a == b).mean() > 0.99, name  # batched convs are not bit-identical: near-ties
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_rank_stops_both_with_one_checkpoint(tmp_path, data_root):
+    config = write_config(str(tmp_path), data_root)
+    out = str(tmp_path / "ddp")
+    opts = ["--config-file", config, "OUTPUT_DIR", out, "LOG.IMAGE_PERIOD", "0"]
+    opts += ["TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    log = os.path.join(out, "log.txt")
+    sigterm = (log, "iter 3/", signal.SIGTERM)
+    _two_ranks(train_net, [*opts, "SOLVER.MAX_ITER", "1000"], sigterm, 128 + signal.SIGTERM)
+    name = open(os.path.join(out, "last_checkpoint")).read().strip()
+    reached = int(name[len("model_") : -len(".pth")])
+    assert reached >= 3 and open(log).read().count("WARNING iodine: SIGTERM: stopped at") == 1
+    state = torch.load(os.path.join(out, name), weights_only=True)
+    assert state["iteration"] == reached and len(state["rng_states"]) == 2
+    _two_ranks(train_net, [*opts, "SOLVER.MAX_ITER", str(reached + 1)])
+    assert f"training done at iteration {reached + 1}" in open(log).read()
