@@ -1,31 +1,17 @@
 """Measure IODINE's speed: images/s, peak memory, FLOPs, and with --profile the top operators.
 
-    python tools/benchmark.py --config-file configs/tetrominoes.yaml [--configs B.yaml ...]
-        [--batch-size B] [--steps N] [--warmup W] [--mode train|infer|both]
-        [--profile-steps P] [--threads N] [--json OUT.json] [--device auto|cpu|cuda]
-        [--precision fp32|tf32|bf16 ...] [--compile on|off] [--profile] [KEY VALUE ...]
+    python tools/benchmark.py --config-file CFG [--configs CFG2 ...] [--precision P ...]
+        [--json OUT.json] [options] [KEY VALUE ...]
 
-Random uniform images in [0, 1] at INPUT.IMAGE_SIZE (no dataset), batch SOLVER.IMS_PER_BATCH
-unless --batch-size, device MODEL.DEVICE. ``KEY VALUE`` pairs anywhere on the line override
-every config, so any shape or speed switch can be measured (MODEL.CHANNELS_LAST,
-MODEL.COMPILE, MODEL.DECODER.FACTORIZED_FIRST_LAYER), e.g. the earlier port's shape:
-
-    python tools/benchmark.py INPUT.IMAGE_SIZE 32 MODEL.IODINE.NUM_SLOTS 4 \\
-        MODEL.DECODER.CONV_CHANNELS "(32,32,32,32)" --batch-size 16
-
-Every config (``--config-file``, then ``--configs``) runs at every ``--precision``; ``--json``
-gets them all as ``{"runs": [...]}``. A whole GPU check is one command:
-
-    python tools/benchmark.py --config-file configs/clevr6_prop.yaml \\
-        --configs configs/multi_dsprites.yaml configs/tetrominoes.yaml \\
-        --precision fp32 tf32 bf16 --batch-size 32 --profile --json gpu.json
-
-What each number measures: ``lib/engine/benchmark.py``.
+Every config (``--config-file``, then ``--configs``) runs at every ``--precision``, with the
+``KEY VALUE`` overrides; ``--json`` gets them all as ``{"runs": [...]}``. The options and
+measurements: ``tools/README.md``; what each number measures: ``lib/engine/benchmark.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -46,52 +32,19 @@ from lib.utils.io import atomic_write_text
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the shared ``--config-file`` and overrides, plus the options below."""
     parser = default_argument_parser("Benchmark IODINE (images/s, memory, FLOPs).")
-    parser.epilog = (
-        "KEY VALUE pairs anywhere on the line override the config, e.g. "
-        'INPUT.IMAGE_SIZE 32 MODEL.DECODER.CONV_CHANNELS "(32,32,32,32)".'
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=0, help="images per step (0: SOLVER.IMS_PER_BATCH)"
-    )
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, per mode")
-    parser.add_argument(
-        "--profile-steps",
-        type=int,
-        default=0,
-        help="steps profiled with --profile (0: min(steps, 3))",
-    )
-    parser.add_argument("--mode", choices=("train", "infer", "both"), default="both")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)"
-    )
-    parser.add_argument("--json", default="", metavar="OUT.json", help="also write the results")
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default=None, help="MODEL.DEVICE"
-    )
-    parser.add_argument(
-        "--precision",
-        nargs="+",
-        choices=spec.PRECISIONS,
-        default=None,
-        help="MODEL.PRECISION; several values run each in turn",
-    )
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help="more YAML config files, run after --config-file",
-    )
-    parser.add_argument(
-        "--compile", choices=("on", "off"), default=None, help="MODEL.COMPILE (torch.compile)"
-    )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="also profile --profile-steps steps per mode with torch.profiler: the top "
-        "operators and the decoder and refinement ranges",
-    )
+    add = parser.add_argument
+    add("--configs", nargs="+", default=[], metavar="FILE", help="run after --config-file")
+    add("--precision", nargs="+", choices=spec.PRECISIONS, help="MODEL.PRECISION, each in turn")
+    add("--batch-size", type=int, default=0, help="images per step (0: SOLVER.IMS_PER_BATCH)")
+    add("--steps", type=int, default=10, help="timed steps per mode")
+    add("--warmup", type=int, default=2, help="untimed steps first, per mode")
+    add("--mode", choices=("train", "infer", "both"), default="both")
+    add("--profile", action="store_true", help="also list torch.profiler's top operators")
+    add("--profile-steps", type=int, default=0, help="steps profiled (0: min(steps, 3))")
+    add("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    add("--device", choices=("auto", "cpu", "cuda"), help="MODEL.DEVICE")
+    add("--compile", choices=("on", "off"), help="MODEL.COMPILE (torch.compile)")
+    add("--json", default="", metavar="OUT.json", help="also write the results")
     return parser
 
 
@@ -119,38 +72,17 @@ def benchmark_cfg(
     return load_cfg(config_file or None, opts)
 
 
-def _one_run(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
-    """``run_benchmark`` of ``cfg`` as the command line asks; a refused precision is
-    ``{"refused": message}``."""
-    try:
-        return run_benchmark(
-            cfg,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            warmup=args.warmup,
-            mode=args.mode,
-            profile_steps=args.profile_steps,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True),
-            profile=args.profile,
-        )
-    except RunError as exc:
-        if not isinstance(exc.__cause__, PrecisionError):
-            raise
-        # This machine cannot run the precision: a result too, recorded with the others.
-        return {"refused": str(exc)}
-
-
 def benchmark(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
     """Run every config at every precision, print the tables, write the JSON.
 
     Args:
-        cfg: the first run's config (``benchmark_cfg(args)``, loaded by ``run_tool``).
+        cfg: the first run's config (unused: every config is loaded again here).
         args: the parsed command line (``args.argv``: the arguments as given).
 
     Returns:
         ``{"runs": [...], "command": ...}``: per config and precision, ``run_benchmark``'s
-        result (or ``{"refused": message}``) with ``config_file``, ``precision`` and
-        ``overrides``.
+        result or ``{"refused": message}``, with ``config_file``, ``precision``, ``device``
+        and ``overrides``.
 
     Raises:
         ConfigError: a ``--configs`` file cannot be loaded.
@@ -158,28 +90,32 @@ def benchmark(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
     """
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    files = [args.config_file, *args.configs]
-    precisions = args.precision or [None]  # None: each config's own MODEL.PRECISION
     # Every config loaded before any run: a bad file fails in seconds, not after the others.
     try:
         cfgs = [
-            (f, p, cfg if i == 0 and j == 0 else benchmark_cfg(args, f, p))
-            for i, f in enumerate(files)
-            for j, p in enumerate(precisions)
+            (file, benchmark_cfg(args, file, precision))
+            for file in [args.config_file, *args.configs]
+            for precision in args.precision or [None]  # None: the config's own
         ]
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+    log = functools.partial(print, file=sys.stderr, flush=True)
+    names = ("batch_size", "steps", "warmup", "mode", "profile_steps", "profile")
     runs = []
-    for config_file, _, run_cfg in cfgs:
-        run = _one_run(run_cfg, args)
+    for config_file, run_cfg in cfgs:
+        try:
+            run = run_benchmark(run_cfg, log=log, **{name: getattr(args, name) for name in names})
+            print(format_report(run))
+        except RunError as exc:
+            if not isinstance(exc.__cause__, PrecisionError):
+                raise
+            run = {"refused": str(exc)}  # a result too, recorded with the others
         run.update(
             config_file=config_file,
             precision=run_cfg.MODEL.PRECISION,
             device=run_cfg.MODEL.DEVICE,
             overrides=list(args.opts),
         )
-        if "refused" not in run:
-            print(format_report(run))
         runs.append(run)
     result = {"runs": runs, "command": shlex.join(["python", "tools/benchmark.py", *args.argv])}
     if args.json:
@@ -191,15 +127,8 @@ def benchmark(cfg: CfgNode, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point.
-
-    Args:
-        argv: arguments without the program name (None: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status: 0, or 1 with a one-line message on a config, device or argument error
-        or a precision this machine refuses (recorded in ``--json`` as ``refused``).
-    """
+    """Entry point: the exit status, 0, or 1 with one line on a config, device or argument
+    error or a precision this machine refuses (recorded in ``--json`` as ``refused``)."""
     return run_tool(argv, build_parser(), benchmark, make_cfg=benchmark_cfg)
 
 

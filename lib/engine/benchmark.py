@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
-from torch.utils.module_tracker import ModuleTracker
 from yacs.config import CfgNode
 
 from lib.engine.precision import autocast_factory
@@ -36,7 +35,7 @@ from lib.errors import ConfigError
 from lib.model import build_model
 
 MODES = ("train", "infer")
-PARTS = ("decoder", "refinement")  # the model's submodules counted and profiled apart
+PARTS = ("decoder", "refinement")  # the submodules whose time --profile reports apart
 TOP_OPERATORS = 15
 
 
@@ -54,50 +53,21 @@ def _peak_memory(device: torch.device) -> int:
     return int(rss) if platform.system() == "Darwin" else int(rss) * 1024
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # no load average on this platform
-        return None
-
-
-class _ForwardTracker(ModuleTracker):
-    """FlopCounterMode's module tracker, following module calls in the forward only: the stock
-    one also attributes backward work by gradient hooks, which fail on IODINE's refinement
-    inputs under ``no_grad`` (views of a leaf) and overlap (the autograd engine interleaves
-    branches). A part's count is then exactly its forward calls; backward is in the total."""
-
-    def _fw_pre_hook(self, mod: torch.nn.Module, inputs: Any) -> None:
-        super()._fw_pre_hook(mod, ())  # no tensors: no gradient hook
-
-    def _fw_post_hook(self, mod: torch.nn.Module, inputs: Any, output: Any) -> None:
-        super()._fw_post_hook(mod, inputs, ())
-
-
-def _count_flops(cfg: CfgNode, mode: str, images: torch.Tensor) -> dict[str, Any]:
+def _count_flops(cfg: CfgNode, mode: str, images: torch.Tensor) -> int:
     """FLOPs of one step of ``mode`` (forward, plus ``loss.backward()`` when training), on a
     fresh uncompiled fp32 model of the same shape (the counter cannot see into compiled code;
-    the optimiser has no matrix product or convolution, the only ops it counts).
-
-    Returns:
-        ``{"total": int, "decoder": int, "refinement": int}``: the two parts are
-        FlopCounterMode's own per-module counts of their forward calls (``_ForwardTracker``).
-    """
+    the optimiser has no matrix product or convolution, the only ops it counts)."""
     plain = cfg.clone()
     plain.defrost()
     plain.MODEL.COMPILE = False
     model = build_model(plain).to(images.device).train(mode == "train")
-    counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _ForwardTracker()
-    grad = torch.enable_grad() if mode == "train" else torch.no_grad()
-    with counter, grad:
+    # Gradients stay on for inference too: the counter's module hooks fail under no_grad on
+    # IODINE's refinement inputs, and the counted ops are the same either way.
+    with FlopCounterMode(display=False) as counter:
         out = model(images.float())
         if mode == "train":
             out["loss"].backward()
-    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = type(model).__name__  # the tracker names submodules "<root class>.<attribute>"
-    result = {part: int(counts.get(f"{root}.{part}", 0)) for part in PARTS}
-    return {"total": int(counts.get("Global", 0)), **result}
+    return counter.get_total_flops()
 
 
 @contextlib.contextmanager
@@ -123,30 +93,39 @@ def _part_ranges(model: torch.nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def _profile(model: torch.nn.Module, step: Callable[[], None], n: int, device: torch.device):
-    """``top_operators`` (largest self time; device time too on CUDA) and the two parts'
-    ``ranges`` over ``n`` steps under ``torch.profiler``."""
+def _profile(
+    model: torch.nn.Module, step: Callable[[], None], n: int, device: torch.device
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Over ``n`` steps under ``torch.profiler``: the TOP_OPERATORS operators of largest self
+    time (device time on CUDA, reported too) and the time of each part's forward calls
+    (``ranges``: "iodine.decoder", "iodine.refinement"; the share of time per part)."""
+    cuda = device.type == "cuda"
     acts = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
+    if cuda:
         acts.append(torch.profiler.ProfilerActivity.CUDA)
     with _part_ranges(model), torch.profiler.profile(activities=acts) as prof:
         for _ in range(n):
             step()
         _sync(device)
-    cuda = device.type == "cuda"
+    fields = {"self_time_s": "self_cpu_time_total", "total_time_s": "cpu_time_total"}
+    if cuda:
+        fields.update(
+            self_device_time_s="self_device_time_total", device_time_s="device_time_total"
+        )
 
     def row(e: Any) -> dict[str, Any]:
-        r = {"name": e.key, "calls": e.count, "self_time_s": e.self_cpu_time_total / 1e6}
-        r["total_time_s"] = e.cpu_time_total / 1e6
-        if cuda:
-            r["self_device_time_s"] = e.self_device_time_total / 1e6
-            r["device_time_s"] = e.device_time_total / 1e6
-        return r
+        return {
+            "name": e.key,
+            "calls": e.count,
+            **{k: getattr(e, a) / 1e6 for k, a in fields.items()},
+        }
 
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = prof.key_averages()
-    ops = [e for e in events if not e.key.startswith("iodine.")]  # ranges are reported apart
-    ops.sort(
-        key=lambda e: e.self_device_time_total if cuda else e.self_cpu_time_total, reverse=True
+    ops = sorted(
+        (e for e in events if not e.key.startswith("iodine.")),
+        key=lambda e: getattr(e, key),
+        reverse=True,
     )
     # A range is a CPU event (on CUDA a GPU annotation of the same name is listed too).
     names = {f"iodine.{p}" for p in PARTS}
@@ -198,25 +177,23 @@ def run_benchmark(
         A JSON-serialisable dict: ``env``, ``setup``, ``config`` (YAML) and per mode
         (``train`` / ``infer``): ``images_per_s`` (batch / median step time),
         ``step_time_s`` ({"median", "all"}), ``peak_memory_bytes``,
-        ``peak_memory_increase_bytes``, ``flops_per_image``, ``flops_per_image_by_part``
-        (decoder, refinement), ``gflops_per_s``; with ``profile`` also ``top_operators`` and
-        ``ranges`` ("iodine.decoder", "iodine.refinement").
+        ``peak_memory_increase_bytes``, ``flops_per_image``, ``gflops_per_s``; with
+        ``profile`` also ``top_operators`` and ``ranges`` (time per part).
 
     Raises:
         ConfigError: a bad argument.
         RunError: MODEL.DEVICE "cuda" without CUDA, or a precision this device refuses.
     """
     log = log or (lambda _: None)
-    if steps < 1 or warmup < 0 or profile_steps < 0:
-        raise ConfigError("need steps >= 1, warmup >= 0 and profile_steps >= 0")
-    if mode not in (*MODES, "both"):
-        raise ConfigError(f"mode must be train, infer or both, got {mode!r}")
     batch = batch_size or cfg.SOLVER.IMS_PER_BATCH
-    if batch < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch}")
+    if steps < 1 or warmup < 0 or profile_steps < 0 or batch < 1 or mode not in (*MODES, "both"):
+        raise ConfigError(
+            "need steps >= 1, warmup >= 0, profile_steps >= 0, batch size >= 1 and mode train, "
+            f"infer or both; got {steps}, {warmup}, {profile_steps}, {batch} and {mode!r}"
+        )
     profile_steps = profile_steps or min(steps, 3)
     device = resolve_device(cfg.MODEL.DEVICE)
-    load_before = _load()
+    load_before = [round(x, 2) for x in os.getloadavg()]
 
     # Built in a training run's order, so weights and images depend only on SEED.
     seed_all(cfg.SEED)
@@ -242,58 +219,47 @@ def run_benchmark(
         seed_all(cfg.SEED)  # each mode draws the same noise, whichever runs first
         model.train(name == "train")
         step = trainer.run_step if name == "train" else infer_step
-        log(f"{name}: {warmup} warm-up and {steps} timed step(s)")
+        log(f"{name}: {warmup} warm-up and {steps} timed step(s), then the FLOP count")
         times, peak, increase = _measure(step, device, steps, warmup)
         median = statistics.median(times)
-        log(f"{name}: counting FLOPs")
         flops = _count_flops(cfg, name, images)
-        res = {
+        results[name] = {
             "images_per_s": batch / median,
             "step_time_s": {"median": median, "all": [round(t, 6) for t in times]},
             "peak_memory_bytes": peak,
             "peak_memory_increase_bytes": increase,
-            "flops_per_image": flops["total"] / batch,
-            "flops_per_image_by_part": {p: flops[p] / batch for p in PARTS},
-            "gflops_per_s": flops["total"] / median / 1e9,
+            "flops_per_image": flops / batch,
+            "gflops_per_s": flops / median / 1e9,
         }
         if profile:
             log(f"{name}: {profile_steps} profiled step(s)")
-            res["top_operators"], res["ranges"] = _profile(model, step, profile_steps, device)
-        results[name] = res
+            results[name]["top_operators"], results[name]["ranges"] = _profile(
+                model, step, profile_steps, device
+            )
     model.train()
 
-    m, cuda = cfg.MODEL.IODINE, device.type == "cuda"
+    m = cfg.MODEL.IODINE
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     env = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": device.type,
-        "device_name": (
-            torch.cuda.get_device_name(device) if cuda
-            else platform.processor() or platform.machine()
-        ),
+        "device_name": gpu or platform.processor() or platform.machine(),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "load_average_before": load_before,
-        "load_average_after": _load(),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
     setup = {
         "batch_size": batch, "steps": steps, "warmup": warmup, "profile_steps": profile_steps,
         "image_size": size, "num_slots": m.NUM_SLOTS, "num_iters": m.NUM_ITERS,
         "latent_dim": m.LATENT_DIM, "channels_last": cfg.MODEL.CHANNELS_LAST,
-        "compile": cfg.MODEL.COMPILE, "profile": profile,
-        "amp_active": precision["precision"] == "bf16", "precision": precision,
+        "compile": cfg.MODEL.COMPILE, "profile": profile, "precision": precision,
     }  # fmt: skip
     return {"env": env, "setup": setup, "config": cfg.dump(), **results}
 
 
 def format_report(result: dict[str, Any]) -> str:
-    """The results as a readable table.
-
-    Args:
-        result: ``run_benchmark``'s output.
-
-    Returns:
-        Multi-line text.
-    """
+    """``run_benchmark``'s result as a readable table (multi-line text)."""
     env, s = result["env"], result["setup"]
     lines = [
         f"IODINE benchmark  {env['date']}  torch {env['torch']}  "

@@ -1,4 +1,4 @@
-"""lib.engine.benchmark: the Trainer's own step is timed, bad arguments, profile hooks removed."""
+"""lib.engine.benchmark: the Trainer's own step is timed, bad arguments, no hook left behind."""
 
 import pytest
 import torch
@@ -22,18 +22,32 @@ def test_training_steps_are_the_trainers_run_step(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "got"),
     [
-        ({"steps": 0}, "steps >= 1"),
-        ({"warmup": -1}, "warmup >= 0"),
-        ({"profile_steps": -1}, "profile_steps >= 0"),
-        ({"mode": "both ways"}, "mode must be"),
-        ({"batch_size": -2}, "batch size must be >= 1"),
+        ({"steps": 0}, "got 0, 2, 0, 4 and 'both'"),
+        ({"warmup": -1}, "got 10, -1, 0, 4 and 'both'"),
+        ({"profile_steps": -1}, "got 10, 2, -1, 4 and 'both'"),
+        ({"mode": "both ways"}, "got 10, 2, 0, 4 and 'both ways'"),
+        ({"batch_size": -2}, "got 10, 2, 0, -2 and 'both'"),
     ],
 )
-def test_bad_arguments_raise_config_errors(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+def test_bad_arguments_raise_config_errors(kwargs, got):
+    # tiny_cfg's SOLVER.IMS_PER_BATCH is 4; the message names every constraint and value.
+    with pytest.raises(ConfigError, match="need steps >= 1, warmup >= 0") as info:
         benchmark.run_benchmark(tiny_cfg(), **kwargs)
+    assert str(info.value).endswith(got)
+
+
+def test_flop_count_leaves_no_global_hook():
+    # FlopCounterMode's module tracker registers global module hooks; none stays.
+    from torch.nn.modules import module
+
+    before = (len(module._global_forward_pre_hooks), len(module._global_forward_hooks))
+    images = torch.rand(1, 3, 16, 16)
+    train, infer = (benchmark._count_flops(tiny_cfg(), m, images) for m in ("train", "infer"))
+    assert train > infer > 0  # the final backward on top
+    after = (len(module._global_forward_pre_hooks), len(module._global_forward_hooks))
+    assert after == before
 
 
 def test_part_ranges_leave_no_hook_behind():
@@ -49,14 +63,3 @@ def test_part_ranges_leave_no_hook_behind():
     assert {"iodine.decoder", "iodine.refinement"} <= names
     for part in (model.decoder, model.refinement):
         assert not part._forward_pre_hooks and not part._forward_hooks
-
-
-def test_flop_count_leaves_no_global_hook():
-    # FlopCounterMode's module tracker registers global module hooks; none stays.
-    from torch.nn.modules import module
-
-    before = (len(module._global_forward_pre_hooks), len(module._global_forward_hooks))
-    counts = benchmark._count_flops(tiny_cfg(), "train", torch.rand(1, 3, 16, 16))
-    assert counts["total"] > counts["decoder"] + counts["refinement"] > 0
-    after = (len(module._global_forward_pre_hooks), len(module._global_forward_hooks))
-    assert after == before
