@@ -14,17 +14,13 @@ from lib.data.build import (
     make_dataset,
     register_dataset,
 )
-from lib.data.format import BUILTIN_DATASETS, dataset_dir, load_meta
 
 __all__ = [
-    "BUILTIN_DATASETS",
     "DATASET_REGISTRY",
     "InfiniteShuffleSampler",
     "UnknownDatasetError",
     "collate",
-    "dataset_dir",
     "dataset_provenance",
-    "load_meta",
     "make_data_loader",
     "make_dataset",
     "register_dataset",

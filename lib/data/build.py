@@ -1,19 +1,10 @@
 """Dataset registry (``make_dataset``) and data loaders (``make_data_loader``).
 
-Adding a dataset: a ``torch.utils.data.Dataset`` class whose constructor takes
-``(cfg, is_train, **kwargs)`` and whose items are ``(image float32 (3, S, S) in [0, 1], mask
-int64 (S, S) label map with 0 = background, or None)``, S = ``INPUT.IMAGE_SIZE``, registers
-itself in its own module::
-
-    from lib.data.build import register_dataset
-
-    @register_dataset("my_set_train", split="train")
-    @register_dataset("my_set_test", split="test")
-    class MyDataset(torch.utils.data.Dataset): ...
-
-and the config names that module in ``DATASETS.IMPORTS`` (a dotted module name or a .py file),
-so the tools import it before they build datasets; ``DATASETS.TRAIN`` / ``TEST`` then use its
-names. Optional attributes: ``provenance`` (a dict, logged and in metrics.json), ``has_masks``.
+Adding a dataset (data/README.md): a ``Dataset`` class built as ``cls(cfg, is_train, **kwargs)``
+with items ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S) label map, 0 = background,
+or None)``, S = ``INPUT.IMAGE_SIZE``, decorated with ``@register_dataset("my_set_train",
+split="train")`` in a module that ``DATASETS.IMPORTS`` names (a dotted module or a .py file).
+Optional attributes: ``provenance`` (a dict, logged and in metrics.json), ``has_masks``.
 """
 
 from __future__ import annotations
@@ -32,9 +23,9 @@ from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, S
 from lib.data.datasets.external import EXTERNAL_PREFIXES, make_external_dataset
 from lib.data.datasets.folder import FolderDataset
 from lib.data.datasets.prepared import PreparedDataset
-from lib.data.format import BUILTIN_DATASETS, SPLIT_SUFFIXES
+from lib.data.format import BUILTIN_DATASETS
 from lib.errors import ConfigError, DatasetError, IodineError
-from lib.spec import dataset_names
+from lib.spec import SPLIT_SUFFIXES, dataset_names
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +92,9 @@ def import_dataset_modules(modules: Sequence[str]) -> None:
 
 
 def set_item_format(dataset: Dataset, with_factors: bool, uint8_images: bool) -> None:
-    """Choose what a dataset's items carry, where it supports it (before any loader copies it).
-
-    Args:
-        dataset: from ``make_dataset``.
-        with_factors: ``(image, mask, factors)`` items where the dataset has a
-            ``factor_mapping`` (its ``return_factors`` then says True).
-        uint8_images: uint8 images where its stored frames need no resize (``native_size``;
-            ``return_uint8`` says whether).
-    """
+    """Choose what a dataset's items carry, where it supports it (before any loader copies it):
+    ``(image, mask, factors)`` with ``with_factors`` where it has a ``factor_mapping``, uint8
+    images with ``uint8_images`` where its frames need no resize (``native_size``)."""
     if getattr(dataset, "factor_mapping", None) is not None:
         dataset.return_factors = bool(with_factors)
     if hasattr(dataset, "native_size"):
@@ -157,16 +142,9 @@ def make_dataset(
 
 
 def dataset_provenance(dataset) -> list[dict]:
-    """Provenance of a dataset, looking through ConcatDataset and wrappers.
-
-    Args:
-        dataset: a dataset from ``make_dataset``, or anything that wraps one in a
-            ``dataset`` attribute (``Subset``, a ``DataLoader``), or a ``ConcatDataset``.
-
-    Returns:
-        One dict (a copy) per underlying dataset, in order; ``{"source": class name}`` for a
-        dataset that records none.
-    """
+    """Provenance of a dataset, looking through ``ConcatDataset`` and wrappers with a
+    ``dataset`` attribute (``Subset``, ``DataLoader``): one dict (a copy) per underlying
+    dataset, in order; ``{"source": class name}`` for a dataset that records none."""
     if isinstance(dataset, ConcatDataset):
         return [p for d in dataset.datasets for p in dataset_provenance(d)]
     provenance = getattr(dataset, "provenance", None)
@@ -183,8 +161,7 @@ def collate(batch: Sequence[tuple]) -> tuple:
 
     Args:
         batch: B items ``(image (3, H, W) float32, mask (H, W) int64 or None)``, or
-            ``(image, mask, factors)`` from a dataset with ``return_factors`` set (factors:
-            ``{name: tensor (L, ...)}``, the same names in every item).
+            ``(image, mask, factors {name: (L, ...)})`` (``return_factors``).
 
     Returns:
         ``(images (B, 3, H, W), masks (B, H, W))``; masks is None when any item has none (ARI
@@ -234,30 +211,13 @@ class InfiniteShuffleSampler(Sampler[int]):
             epoch += 1
 
 
-def _loader_kwargs(cfg) -> dict:
-    workers = int(cfg.DATALOADER.NUM_WORKERS)
-    device = str(cfg.MODEL.DEVICE)
-    return {
-        "num_workers": workers,
-        "collate_fn": collate,
-        "pin_memory": device != "cpu" and torch.cuda.is_available(),
-    }
-
-
 def per_process_batch(cfg, num_replicas: int) -> int:
-    """The training micro-batch of one process: what each loss (and the released gradient
-    inputs' batch mean) averages over.
-
-    Args:
-        cfg: the config (SOLVER.IMS_PER_BATCH, the total over processes and accumulation
-            steps; SOLVER.ACCUMULATE_STEPS).
-        num_replicas: number of processes.
-
-    Returns:
-        ``IMS_PER_BATCH // (num_replicas * ACCUMULATE_STEPS)`` (a warning when not exact).
+    """The training micro-batch of one process (what each loss averages over):
+    ``SOLVER.IMS_PER_BATCH // (num_replicas * SOLVER.ACCUMULATE_STEPS)``, with a warning when
+    not exact.
 
     Raises:
-        ValueError: it would be 0.
+        ConfigError: it would be 0.
     """
     accumulate = int(cfg.SOLVER.ACCUMULATE_STEPS)
     batch = int(cfg.SOLVER.IMS_PER_BATCH) // (num_replicas * accumulate)
@@ -304,28 +264,22 @@ def make_data_loader(
 ) -> DataLoader | list[tuple[str, DataLoader]]:
     """Build the training loader or the evaluation loaders.
 
-    Training: one endless loader over the concatenation of ``DATASETS.TRAIN``. Each process
-    gets micro-batches of ``per_process_batch`` images (the trainer takes
-    ``SOLVER.ACCUMULATE_STEPS`` of them per iteration), shuffled by ``InfiniteShuffleSampler``
-    seeded with ``cfg.SEED``, disjoint across ranks; a run resumed at ``start_iter`` gets the
-    batches the uninterrupted run would have had from that iteration on.
-
+    Training: one endless loader over the concatenation of ``DATASETS.TRAIN``, micro-batches
+    of ``per_process_batch`` images shuffled by ``InfiniteShuffleSampler`` (seed ``cfg.SEED``,
+    disjoint across ranks); resumed at ``start_iter``, it continues the uninterrupted stream.
     Evaluation: one loader per ``DATASETS.TEST`` name, in dataset order, batches of
-    ``TEST.IMS_PER_BATCH // num_replicas``; rank r reads indices ``r::num_replicas``, with no
-    padding, so the ranks together see every image exactly once.
+    ``TEST.IMS_PER_BATCH // num_replicas``; rank r reads indices ``r::num_replicas`` (no
+    padding).
 
     Args:
         cfg: the config.
         is_train: training loader or evaluation loaders.
         num_replicas, rank: number of processes and this one.
         start_iter: training iteration to resume from.
-        with_factors: ``(image, mask, factors)`` batches (a factor regressor to train or
-            score): training only when every training dataset has factors (else a warning);
-            evaluation per dataset. Fixed for the loaders' life (persistent workers).
-        uint8_images: training only: uint8 images when no training set needs a resize (a
-            quarter of the bytes to copy to a GPU; ``images_to_device`` converts them).
-        datasets: ``{name: dataset}`` already built (``lib.cli.build_datasets``); the names
-            missing from it are built here.
+        with_factors: ``(image, mask, factors)`` batches: training only when every training
+            dataset has factors (else a warning); evaluation per dataset.
+        uint8_images: training only: uint8 images when no training set needs a resize.
+        datasets: ``{name: dataset}`` already built; the names missing from it are built here.
 
     Returns:
         Training: a ``DataLoader`` yielding ``(images (B, 3, S, S), masks (B, S, S) int64 or
@@ -334,7 +288,8 @@ def make_data_loader(
     Raises:
         ConfigError: a per-process batch of 0. DatasetError: an empty training set.
     """
-    kwargs = _loader_kwargs(cfg)
+    kwargs = {"num_workers": int(cfg.DATALOADER.NUM_WORKERS), "collate_fn": collate}
+    kwargs["pin_memory"] = str(cfg.MODEL.DEVICE) != "cpu" and torch.cuda.is_available()
     names = dataset_names(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
     built = dict(datasets or {})
     for name in names:

@@ -76,16 +76,9 @@ BUILTIN_DATASETS: dict[str, BuiltinSpec] = {
     "sprites": BuiltinSpec(None),
     "sprites5": BuiltinSpec(None),
 }
-# Paper dataset -> its generated stand-in, and name -> built-in dataset (facts in lib.spec).
-SYNTH_OF = spec.SYNTH_OF
-builtin_of = spec.builtin_of
-SPLIT_SUFFIXES = spec.SPLIT_SUFFIXES
-
-# The released factor regressor's mapping per dataset family is ``lib.spec.FACTOR_MAPPINGS``,
-# a dataset's family ``lib.spec.DATASET_FACTOR_FAMILY`` (both re-exported here);
-# ``released_factors`` makes its inputs from what a prepared folder stores.
-FACTOR_FAMILY = spec.DATASET_FACTOR_FAMILY
-factor_mapping = spec.factor_mapping
+# Facts kept in lib.spec, re-exported for lib.prepare and the tests.
+SYNTH_OF, builtin_of = spec.SYNTH_OF, spec.builtin_of
+FACTOR_FAMILY, factor_mapping = spec.DATASET_FACTOR_FAMILY, spec.factor_mapping
 
 
 def released_factors(
@@ -158,15 +151,20 @@ def load_meta(path: str) -> dict:
         The metadata dict.
 
     Raises:
-        MissingDatasetError: no ``meta.json``.
+        MissingDatasetError: no ``meta.json`` (the message says how to prepare it).
         DatasetError: not a JSON object, an unsupported format version, missing keys, or a
             ``num_test`` that is not an integer in ``[0, num_examples]`` (the message names
             the file and says to prepare the dataset again).
     """
     meta_path = os.path.join(path, "meta.json")
+    command = prepare_command(os.path.basename(path), os.path.dirname(path))
     if not os.path.isfile(meta_path):
-        raise MissingDatasetError(f"{meta_path} does not exist: not a prepared dataset folder")
-    again = "; prepare the dataset again (tools/prepare_data.py --overwrite)"
+        raise MissingDatasetError(
+            f"{path} exists but has no meta.json: it was not written by tools/prepare_data.py "
+            f"(or is incomplete); remove it and prepare the dataset again (`{command} "
+            "--overwrite`)"
+        )
+    again = f"; prepare the dataset again (`{command} --overwrite`)"
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -199,16 +197,9 @@ def _is_count(value) -> bool:
 
 
 def recorded_test_size(meta: dict, path: str) -> int:
-    """Size of the test split of a prepared dataset: ``num_test`` as recorded at preparation.
-
-    Args:
-        meta: from ``load_meta(path)``.
-        path: the dataset folder, for the warning.
-
-    Returns:
-        ``meta["num_test"]``; for a folder prepared before it was recorded,
-        ``min(LEGACY_TEST_SIZE, num_examples)`` with a warning naming the folder.
-    """
+    """Size of the test split of the prepared dataset at ``path`` (``meta`` its ``load_meta``):
+    ``meta["num_test"]``; for a folder prepared before it was recorded,
+    ``min(LEGACY_TEST_SIZE, num_examples)`` with a warning naming the folder."""
     if meta.get("num_test") is not None:
         return int(meta["num_test"])
     logger.warning(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from lib.data import dataset_provenance
+from lib.data import collate, dataset_provenance
 from lib.engine.checkpoint import unwrap_model
 from lib.evaluation.segmentation import SCORE_KEYS, foreground_mse, segmentation_scores
 from lib.model.factor_regressor import FactorMetrics
@@ -72,18 +72,16 @@ def _upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _Accumulator:
-    """Sums of per-image scores (and counts of defined ones) for each of the T+1 steps, kept on
-    the masks' device until ``metrics`` reads them once.
+    """Sums of per-image scores over the T+1 steps, on the masks' device until ``metrics``.
 
-    Rows: the MSE sum, the count of images with non-finite outputs, then a (sum, count of
-    defined images) pair per ``MASK_METRICS`` key; columns: steps.
+    Rows of ``sums``: the MSE sum, the count of images with non-finite outputs, then a (sum,
+    count of defined images) pair per ``MASK_METRICS`` key; columns: steps.
     """
 
     def __init__(self, steps: int, device: torch.device | str = "cpu") -> None:
         rows = 2 + 2 * len(MASK_METRICS)
         self.sums = torch.zeros(rows, steps, dtype=torch.float64, device=device)
-        self.num_images = 0
-        self.num_with_masks = 0
+        self.num_images = self.num_with_masks = 0
 
     @staticmethod
     def _row(key: str) -> int:
@@ -140,13 +138,9 @@ class _Accumulator:
 
     def reduce(self) -> None:
         """Sum the accumulators over every rank (collective: all ranks must call it)."""
-        counts = torch.tensor(
-            [self.num_images, self.num_with_masks], dtype=torch.float64, device="cpu"
-        )
+        counts = torch.tensor([self.num_images, self.num_with_masks], dtype=torch.float64)
         self.sums = comm.all_reduce_sum(self.sums)
-        self.num_images, self.num_with_masks = (
-            int(c) for c in comm.all_reduce_sum(counts).tolist()
-        )
+        self.num_images, self.num_with_masks = map(int, comm.all_reduce_sum(counts).tolist())
 
     def metrics(self, has_masks: bool) -> dict[str, Any]:
         """Means over images as the metrics.json entry of one dataset (one host read)."""
@@ -158,17 +152,10 @@ class _Accumulator:
 
         mse = mean(0, [self.num_images] * len(bad))
         out: dict[str, Any] = {"num_images": self.num_images, "mse": mse[-1], "mse_per_iter": mse}
-        none = [None] * len(bad)
-        per_key = {
-            k: mean(self._row(k), sums[self._row(k) + 1]) if has_masks else none
-            for k in MASK_METRICS
-        }
-        out.update(
-            fg_ari=per_key["fg_ari"][-1],
-            ari=per_key["ari"][-1],
-            fg_ari_per_iter=per_key["fg_ari"],
-            ari_per_iter=per_key["ari"],
-        )
+        for key in MASK_METRICS:
+            row = self._row(key)
+            per_iter = mean(row, sums[row + 1]) if has_masks else [None] * len(bad)
+            out[key], out[f"{key}_per_iter"] = per_iter[-1], per_iter
         if has_masks:
             counts = {k: int(sums[self._row(k) + 1][-1]) for k in MASK_METRICS}
             out["fg_ari_num_images"] = counts["fg_ari"]
@@ -181,30 +168,7 @@ class _Accumulator:
         if any(bad):
             out["non_finite_images"] = int(max(sums[1]))
             out["reason"] = NON_FINITE_REASON
-        out.update({key: per_key[key][-1] for key in MASK_METRICS[2:]})
-        out.update({f"{key}_per_iter": per_key[key] for key in MASK_METRICS[2:]})
         return out
-
-
-def _gather_in_order(local: list[np.ndarray]) -> list[np.ndarray]:
-    """Interleave every rank's predictions back into dataset order (rank r has r::W)."""
-    gathered = comm.all_gather_object(local)
-    total = sum(len(part) for part in gathered)
-    return [gathered[i % len(gathered)][i // len(gathered)] for i in range(total)]
-
-
-def _factor_dataset(loader: Any, net: nn.Module) -> Any:
-    # The loader's dataset when the model's factor regressor can be scored on it, else None:
-    # its batches carry factors (``make_data_loader(with_factors=True)``, fixed when the
-    # loader was built) with the regressor's mapping.
-    regressor = getattr(net, "factor_regressor", None)
-    dataset = getattr(loader, "dataset", None)
-    mapping = getattr(dataset, "factor_mapping", None)
-    if regressor is None or mapping is None or not getattr(dataset, "return_factors", False):
-        return None
-    if tuple(tuple(m) for m in regressor.mapping) != tuple(tuple(m) for m in mapping):
-        return None
-    return dataset
 
 
 class _FactorAccumulator:
@@ -213,8 +177,7 @@ class _FactorAccumulator:
 
     def __init__(self, mapping) -> None:
         self.metrics = FactorMetrics(mapping)
-        self.loss_sum = 0.0
-        self.num_visible = 0.0
+        self.loss_sum = self.num_visible = 0.0
 
     def add(self, out: dict) -> None:
         weight = out["factor_assignment"].sum(dim=2)  # (B, L): 1 for visible objects
@@ -240,22 +203,9 @@ class _FactorAccumulator:
         }
 
 
-def _with_progress(loader: Iterable, name: str, progress: bool) -> Iterable:
-    """``loader``, wrapped in a tqdm bar on rank 0 when ``progress``."""
-    if progress and comm.is_main_process():
-        from tqdm import tqdm
-
-        return tqdm(loader, desc=f"eval {name}", leave=False, dynamic_ncols=True)
-    return loader
-
-
 class _DatasetRun:
-    """One dataset's evaluation on this rank: ``add`` each batch, then ``metrics`` once.
-
-    ``loader.dataset``, if any, gives the provenance and whether the factor regressor is
-    scored; ``predictions`` keeps this rank's final argmax maps (H, W) uint8 when
-    ``predictions_dir`` is set.
-    """
+    """One dataset's evaluation on this rank: ``add`` each batch, then ``metrics`` once;
+    ``predictions`` keeps this rank's final argmax maps (H, W) uint8 with ``predictions_dir``."""
 
     def __init__(
         self,
@@ -274,9 +224,15 @@ class _DatasetRun:
         # False once any batch lacks masks: the dataset then has no mask metrics at all.
         self.has_masks = True
         self.predictions: list[np.ndarray] = []
+        # The factor regressor is scored where the batches carry factors
+        # (``make_data_loader(with_factors=True)``) with its mapping.
+        regressor = getattr(net, "factor_regressor", None)
+        dataset = getattr(loader, "dataset", None)
+        mapping = getattr(dataset, "factor_mapping", None)
         self.factor_acc: _FactorAccumulator | None = None
-        if _factor_dataset(loader, net) is not None:
-            self.factor_acc = _FactorAccumulator(net.factor_regressor.mapping)
+        if regressor is not None and mapping is not None and getattr(dataset, "return_factors", 0):
+            if [tuple(m) for m in regressor.mapping] == [tuple(m) for m in mapping]:
+                self.factor_acc = _FactorAccumulator(regressor.mapping)
 
     def add(self, batch: Sequence) -> None:
         """Run the model on one batch ``(images (B, 3, H, W), masks (B, H', W') int64 or None
@@ -310,16 +266,11 @@ class _DatasetRun:
         """The dataset's entry of ``do_evaluate``'s result, over every rank (collective)."""
         accumulator = self.accumulator
         # Every rank needs the step count to reduce, even one with an empty shard.
-        steps = comm.all_reduce_max(
-            torch.tensor([accumulator.sums.shape[1] if accumulator else 0], device="cpu")
-        )
-        if accumulator is None:
-            accumulator = _Accumulator(int(steps.item()))
-        has_masks = bool(
-            comm.all_reduce_max(torch.tensor([0 if self.has_masks else 1], device="cpu")) == 0
-        )
+        local = [accumulator.sums.shape[1] if accumulator else 0, int(not self.has_masks)]
+        steps, no_masks = comm.all_reduce_max(torch.tensor(local)).tolist()
+        accumulator = accumulator or _Accumulator(steps)
         accumulator.reduce()
-        metrics = accumulator.metrics(has_masks)
+        metrics = accumulator.metrics(not no_masks)
         dataset = getattr(self.loader, "dataset", None)
         if dataset is not None:
             # One dict for a single dataset (the usual case), a list for a concatenation.
@@ -336,7 +287,9 @@ def _save_predictions(
     """Gather every rank's prediction maps and write them on rank 0 as
     ``predictions_dir/<sanitised name>/000000.png``, ... (collective); the folder is cleared
     first, so no file of an earlier, larger run survives."""
-    ordered = _gather_in_order(local)
+    gathered = comm.all_gather_object(local)  # rank r holds dataset indices r::W
+    total = sum(len(part) for part in gathered)
+    ordered = [gathered[i % len(gathered)][i // len(gathered)] for i in range(total)]
     if comm.is_main_process():
         folder = os.path.join(predictions_dir, sanitize_name(name))
         if os.path.isdir(folder):
@@ -366,29 +319,24 @@ def do_evaluate(
 
     Args:
         model: the IODINE model (DDP wrappers are looked through; evaluation is per rank).
-        data_loaders: ``(name, loader)`` pairs; each loader yields ``(images, masks)`` with
-            images (B, 3, H, W) float in [0, 1] and masks (B, H, W) int64 label maps (0 =
-            background) or None. In a distributed run rank r's loader holds dataset indices
-            r::W in order, without padding.
+        data_loaders: ``(name, loader)`` pairs; each loader yields ``(images (B, 3, H, W) in
+            [0, 1], masks (B, H, W) int64 label maps or None)``; rank r's holds dataset
+            indices r::W in order, without padding.
         device: where the model runs.
-        num_slots: K for the forward pass (None or 0 = as trained).
-        num_iters: T for the forward pass (None or 0 = as trained).
-        predictions_dir: when set, write each image's argmax slot (final step) as an 8-bit PNG
-            ``predictions_dir/<sanitised name>/000000.png``, ... in dataset order (the folder is
-            cleared first).
+        num_slots, num_iters: K and T for the forward pass (None or 0 = as trained).
+        predictions_dir: when set, write each image's final argmax slot as an 8-bit PNG
+            ``predictions_dir/<sanitised name>/000000.png``, ... (``_save_predictions``).
         logger: progress messages.
         progress: show a tqdm bar (rank 0).
 
     Returns:
-        ``{name: metrics}`` with, per dataset: ``num_images`` (distinct images), ``mse`` and
-        every ``MASK_METRICS`` key for the final step, each with its ``<key>_per_iter`` list
-        over the T+1 steps (data/README.md defines them; means over the images where each is
-        defined; None without masks, with ``reason``, or where an output is not finite, with
-        ``non_finite_images``), ``fg_ari_num_images``, ``left_out`` (images each mean left
-        out) and ``left_out_reason``, ``provenance`` (``lib.data.dataset_provenance``) when
-        the loader has a ``dataset``, and with a factor regressor and a dataset that stores
-        factors ``factors`` (R^2 or accuracy per factor), ``factor_loss``, ``factor_types``.
-        Identical on every rank.
+        ``{name: metrics}``, identical on every rank: ``num_images`` (distinct images), ``mse``
+        and every ``MASK_METRICS`` key at the final step, each with a ``<key>_per_iter`` list
+        over the T+1 steps (data/README.md defines them; None without masks, with ``reason``,
+        or where an output is not finite, with ``non_finite_images``), ``fg_ari_num_images``,
+        ``left_out`` and ``left_out_reason``, ``provenance`` when the loader has a
+        ``dataset``, and ``factors``, ``factor_loss``, ``factor_types`` when a factor
+        regressor is scored.
     """
     logger = logger or logging.getLogger(__name__)
     net = unwrap_model(model)
@@ -398,7 +346,12 @@ def do_evaluate(
     try:
         for name, loader in data_loaders:
             run = _DatasetRun(net, loader, device, num_slots, num_iters, predictions_dir)
-            for batch in _with_progress(loader, name, progress):
+            batches = loader
+            if progress and comm.is_main_process():
+                from tqdm import tqdm
+
+                batches = tqdm(loader, desc=f"eval {name}", leave=False, dynamic_ncols=True)
+            for batch in batches:
                 run.add(batch)
             results[name] = run.metrics()
             if predictions_dir is not None:
@@ -439,9 +392,8 @@ def format_metrics(results: dict[str, dict[str, Any]]) -> str:
                 + (" acc" if kinds.get(k) == "categorical" else " R2")
                 for k, v in m["factors"].items()
             ]
-            loss = m.get("factor_loss")
-            loss_text = "n/a" if loss is None else f"{loss:.4g}"
-            lines.append(f"  factors: {'  '.join(parts)}  (regressor loss {loss_text})")
+            loss = "n/a" if m.get("factor_loss") is None else f"{m['factor_loss']:.4g}"
+            lines.append(f"  factors: {'  '.join(parts)}  (regressor loss {loss})")
     return "\n".join(lines)
 
 
@@ -469,9 +421,7 @@ def metrics_document(
     first_name = next(iter(results))
     first = results[first_name]
     doc = {key: first[key] for key in METRIC_KEYS}
-    for key in EXTRA_KEYS:
-        if key in first:
-            doc[key] = first[key]
+    doc.update({key: first[key] for key in EXTRA_KEYS if key in first})
     doc.update(
         dataset=first_name,
         datasets=results,
@@ -517,12 +467,7 @@ def make_heldout_batches(
         List of ``(images (b, 3, H, W), masks (b, H', W') or None)``; empty if the shard is.
     """
     indices = list(range(rank, min(num_images, len(dataset)), world_size))
-    batches: list[Batch] = []
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start : start + batch_size]]
-        images = torch.stack([item[0] for item in items])
-        masks = None
-        if all(item[1] is not None for item in items):
-            masks = torch.stack([torch.as_tensor(item[1], device="cpu") for item in items])
-        batches.append((images, masks))
-    return batches
+    return [
+        collate([dataset[i][:2] for i in indices[start : start + batch_size]])
+        for start in range(0, len(indices), batch_size)
+    ]

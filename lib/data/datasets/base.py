@@ -147,21 +147,20 @@ class ItemFormat:
         """Crop and resize one stored example.
 
         Args:
-            image: uint8 (H, W, 3).
-            mask: (H, W) integer label map or None.
+            image: uint8 (H, W, 3); mask: (H, W) integer label map or None.
             crop: the data's own crop (CLEVR's official one), or None for the centre square;
                 ``self.crop`` wins over it.
-            uint8: return the image as uint8 (3, size, size) when no resize is needed
-                (``value / 255`` on the device gives the same floats).
+            uint8: return the image as uint8 (3, size, size) when no resize is needed.
             where: file or example named in errors.
 
         Returns:
             image float32 (3, size, size) in [0, 1] (``value / 255`` exactly when not
-            resized) or uint8, and the label map int64 (size, size), or at the cropped
-            resolution with ``native_labels``, or None.
+            resized) or uint8, and the label map int64 (size, size) (the cropped resolution
+            with ``native_labels``) or None.
 
         Raises:
-            DatasetError: the crop does not fit the frame, or more objects than allowed.
+            DatasetError: the crop does not fit the frame, or more objects than
+                ``max_objects`` (0 = no limit).
         """
         h, w = image.shape[:2]
         r0, r1, c0, c1 = self.crop or crop or square_crop_box(h, w)
@@ -169,7 +168,12 @@ class ItemFormat:
             raise DatasetError(f"{where}: crop {(r0, r1, c0, c1)} is not a square in {h}x{w}")
         lab = None
         if mask is not None:
-            check_max_objects(mask, self.max_objects, where)
+            labels = np.unique(mask[mask > 0]) if self.max_objects > 0 else []
+            if len(labels) > self.max_objects > 0:
+                raise DatasetError(
+                    f"{where}: label map has {len(labels)} objects (labels {labels.tolist()}), "
+                    f"more than DATASETS.MAX_OBJECTS = {self.max_objects}"
+                )
             side = r1 - r0
             size = side if self.native_labels else self.size
             lab = resize_labels(mask[r0:r1, c0:c1], size, self.resize)
@@ -196,26 +200,27 @@ def decode_image(path: str) -> Image.Image:
         ) from exc
 
 
-def check_max_objects(mask: np.ndarray, max_objects: int, where: str) -> None:
-    """Raise DatasetError when a label map has more objects (labels > 0) than ``max_objects``
-    (0 = no limit); ``where`` names the file or example."""
-    if max_objects <= 0:
-        return
-    labels = np.unique(mask[mask > 0])
-    if len(labels) > max_objects:
+def read_label_map(path: str, modes: tuple[str, ...], image: np.ndarray, image_path: str):
+    """The (H, W) labels stored in ``path`` (palette: the indices), the label map of ``image``
+    (H, W, 3) read from ``image_path``.
+
+    Raises:
+        DatasetError: undecodable data, a PIL mode not in ``modes``, or another size.
+    """
+    label_image = decode_image(path)
+    if label_image.mode not in modes:
+        raise DatasetError(f"{path}: mask has PIL mode {label_image.mode!r}, expected {modes}")
+    mask = np.array(label_image)
+    if mask.shape != image.shape[:2]:
         raise DatasetError(
-            f"{where}: label map has {len(labels)} objects (labels {labels.tolist()}), more "
-            f"than DATASETS.MAX_OBJECTS = {max_objects}"
+            f"{path}: mask is {mask.shape} (HxW) but {image_path} is {image.shape[:2]}"
         )
+    return mask
 
 
 def checked_uint8(image: np.ndarray, scale: float, where: str) -> np.ndarray:
-    """uint8 (H, W, 3) from stored pixel values, refusing what would be read wrong.
-
-    Args:
-        image: stored values; uint8 is returned as is.
-        scale: 255 for floats in [0, 1], 1 for values in [0, 255] (``detect_scale``).
-        where: file and key named in errors.
+    """uint8 (H, W, 3) from stored pixel values (uint8 returned as is) times ``scale``
+    (``detect_scale``); ``where`` names the file and key in errors.
 
     Raises:
         DatasetError: a NaN or infinite value (the first one's index named), or a value

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lib.data.datasets.base import ItemFormat, decode_image
+from lib.data.datasets.base import ItemFormat, decode_image, read_label_map
 from lib.errors import DatasetError, MissingDatasetError
 
 logger = logging.getLogger(__name__)
@@ -51,26 +51,15 @@ class ClevrTexError(DatasetError):
 
 
 def clevrtex_crop(height: int, width: int) -> tuple[int, int, int, int]:
-    """The reference loader's centre crop: side int(0.8 * min(H, W)).
-
-    Args:
-        height, width: frame size.
-
-    Returns:
-        ``(row0, row1, col0, col1)``; 240x320 gives (24, 216, 64, 256).
-    """
+    """The reference loader's centre crop of a height x width frame, side int(0.8 * min(H, W)):
+    ``(row0, row1, col0, col1)``; 240x320 gives (24, 216, 64, 256)."""
     side = int(CROP_FRACTION * float(min(height, width)))
     # PIL box ((W - c) // 2, (H - c) // 2, (W + c) // 2, (H + c) // 2) in the reference code.
     return (height - side) // 2, (height + side) // 2, (width - side) // 2, (width + side) // 2
 
 
 def split_range(split: str, n: int) -> tuple[int, int]:
-    """The benchmark's [start, stop) of a split of n scenes (``int(fraction * n)`` bounds).
-
-    Args:
-        split: ``train``, ``val``, ``test`` or ``all``.
-        n: number of scenes.
-    """
+    """The benchmark's [start, stop) of a split (``SPLIT_FRACTIONS``) of n scenes."""
     lo, hi = SPLIT_FRACTIONS[split]
     return int(lo * n), int(hi * n)
 
@@ -81,11 +70,8 @@ def _variant_dir(path: str, variant: str) -> str:
 
 
 def detect_variant(path: str) -> str:
-    """The variant a path names: ``clevrtex_<variant>`` as its last component, else ``full``.
-
-    Args:
-        path: the folder given in ``clevrtex:<dir>``.
-    """
+    """The variant the folder of ``clevrtex:<dir>`` names: ``clevrtex_<variant>`` as its last
+    component, else ``full``."""
     base = os.path.basename(os.path.normpath(path)).lower()
     if base.startswith("clevrtex_") and base[len("clevrtex_") :] in VARIANTS:
         return base[len("clevrtex_") :]
@@ -159,7 +145,6 @@ class ClevrTexDataset(Dataset):
             raise ClevrTexError(
                 f"clevrtex {self.root}: split {self.split!r} of {n} scenes is empty"
             )
-        self.start, self.stop = start, stop
         self.scene_numbers = list(range(start, stop))
         self.files = images[start:stop]
         self.mask_files = masks[start:stop]
@@ -237,17 +222,7 @@ class ClevrTexDataset(Dataset):
         im = decode_image(image_file)
         # The reference loader keeps the first three channels of the (RGBA) PNG.
         image = np.array(im)[..., :3] if im.mode in ("RGB", "RGBA") else np.array(im.convert("RGB"))
-        mask_image = decode_image(mask_file)
-        if mask_image.mode not in MASK_MODES:
-            raise ClevrTexError(
-                f"{mask_file}: label map has PIL mode {mask_image.mode!r}, expected {MASK_MODES}"
-            )
-        mask = np.array(mask_image).astype(np.int64)  # palette: the indices are the labels
-        if mask.shape != image.shape[:2]:
-            raise ClevrTexError(
-                f"{mask_file}: label map is {mask.shape} (HxW), {image_file} {image.shape[:2]}"
-            )
-        return image, mask
+        return image, read_label_map(mask_file, MASK_MODES, image, image_file).astype(np.int64)
 
     def metadata(self, index: int) -> dict:
         """The scene's JSON (``objects``, ``ground_material``, ...).

@@ -34,33 +34,14 @@ class ExternalNameError(ConfigError):
     """A malformed ``hdf5:`` / ``clevrtex:`` dataset name."""
 
 
-def _is_hdf5_option(token: str) -> bool:
-    return (
-        token in SPLIT_WORDS
-        or token in OCL_VARIANTS
-        or token in LAYOUT_WORDS
-        or token.startswith("sizes=")
-    )
-
-
-def _is_clevrtex_option(token: str) -> bool:
-    return token in SPLIT_WORDS or token in CLEVRTEX_VARIANTS
-
-
-def split_options(rest: str, is_option) -> tuple[str, list[str]]:
-    """Split ``<path>[:<option>]...`` into the path and its options (read from the right).
-
-    Args:
-        rest: the name after its prefix.
-        is_option: predicate telling an option word.
-
-    Returns:
-        ``(path, options)``, options in the order written.
-    """
+def split_options(rest: str, words: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Split ``<path>[:<option>]...`` (the name after its prefix) into the path and its options
+    in the order written, reading from the right while a token is in ``words`` or, for
+    ``sizes=`` in ``words``, starts with it."""
     path, options = rest, []
     while ":" in path:
         head, token = path.rsplit(":", 1)
-        if not is_option(token):
+        if token not in words and not ("sizes=" in words and token.startswith("sizes=")):
             break
         path, options = head, [token, *options]
     return path, options
@@ -94,9 +75,8 @@ def make_external_dataset(name: str, cfg, is_train: bool) -> Dataset | None:
         is_train: used for training (default split ``train``) or evaluation (``test``).
 
     Returns:
-        A ``Hdf5Dataset`` or ``ClevrTexDataset`` (items ``(image float32 (3, S, S), mask int64
-        (S, S) or None)``, ``provenance`` and ``has_masks`` attributes), or None when ``name``
-        has none of ``EXTERNAL_PREFIXES``.
+        A ``Hdf5Dataset`` or ``ClevrTexDataset``, or None when ``name`` has none of
+        ``EXTERNAL_PREFIXES``.
 
     Raises:
         ExternalNameError: no path, or conflicting options.
@@ -105,7 +85,9 @@ def make_external_dataset(name: str, cfg, is_train: bool) -> Dataset | None:
             names the file and the key).
     """
     if name.startswith(HDF5_PREFIX):
-        path, options = split_options(name[len(HDF5_PREFIX) :], _is_hdf5_option)
+        path, options = split_options(
+            name[len(HDF5_PREFIX) :], (*SPLIT_WORDS, *OCL_VARIANTS, *LAYOUT_WORDS, "sizes=")
+        )
         if not path:
             raise ExternalNameError(f"dataset name {name!r} needs a file: hdf5:<file>[:<split>]")
         sizes_tokens = [o for o in options if o.startswith("sizes=")]
@@ -121,7 +103,7 @@ def make_external_dataset(name: str, cfg, is_train: bool) -> Dataset | None:
             layout=_one(options, LAYOUT_WORDS, "layout", name),
         )
     if name.startswith(CLEVRTEX_PREFIX):
-        path, options = split_options(name[len(CLEVRTEX_PREFIX) :], _is_clevrtex_option)
+        path, options = split_options(name[len(CLEVRTEX_PREFIX) :], SPLIT_WORDS + CLEVRTEX_VARIANTS)
         if not path:
             raise ExternalNameError(
                 f"dataset name {name!r} needs a folder: clevrtex:<dir>[:<variant>][:<split>]"

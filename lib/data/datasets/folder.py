@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lib.data.datasets.base import ItemFormat, decode_image
+from lib.data.datasets.base import ItemFormat, decode_image, read_label_map
 from lib.errors import DatasetError, MissingDatasetError
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,10 @@ class FolderDataset(Dataset):
         is_train: unused (no augmentation); kept for the registry's constructor signature.
         path: the dataset folder.
 
-    Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S) or None)``, S =
-    ``INPUT.IMAGE_SIZE``; non-square images are centre-cropped, then resized.
+    Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S) or None)``, centre-cropped.
 
     Attributes:
-        provenance: ``{"source": "folder", "path", "layout", "num_examples", "has_masks"}``.
+        provenance: source, path, layout, num_examples, has_masks, resize.
         layout: ``"images"`` (``<path>/images/``) or ``"flat"`` (images directly in ``<path>``).
         has_masks: whether items carry label maps.
         files: image paths in order; ``mask_files``: mask paths or None.
@@ -148,16 +147,8 @@ class FolderDataset(Dataset):
         image = np.array(decode_image(image_file).convert("RGB"))  # a writable copy for torch
         if self.mask_files is None:
             return image, None
-        mask_file = self.mask_files[index]
-        mask_image = decode_image(mask_file)
-        if mask_image.mode not in MASK_MODES:
-            raise DatasetError(f"{mask_file}: mask has PIL mode {mask_image.mode!r}, need L or P")
-        mask = np.array(mask_image, dtype=np.uint8)  # palette: the indices are the labels
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"{mask_file}: mask is {mask.shape} (HxW) but {image_file} is {image.shape[:2]}"
-            )
-        return image, mask
+        mask = read_label_map(self.mask_files[index], MASK_MODES, image, image_file)
+        return image, mask.astype(np.uint8)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         image, mask = self.load_arrays(index)

@@ -1,22 +1,15 @@
 """``hdf5:<file>`` datasets: the HDF5 files researchers already use for multi_object_datasets.
 
 Two layouts, detected from the file's keys (data/README.md has the details and sources):
+``ocl``, the object-centric library (Dittadi et al. 2022): ``image`` (N, H, W, 3), ``mask``
+(N, H, W[, 1]) label maps, splits = consecutive runs of the (filtered) examples, train first
+(``OCL_SPLIT_SIZES``); ``emorl``, EfficientMORL (Emami et al. 2021): ``<split>/imgs`` (N, H, W,
+3), optional ``<split>/masks`` (N, K, H, W, 1) per entity (label map = their argmax).
 
-``ocl``: the object-centric library (Dittadi et al. 2022), one ``<name>-full.hdf5`` per dataset:
-``image`` (N, H, W, 3), ``mask`` (N, H, W[, 1]) integer label map, ``num_actual_objects``
-(for the ``clevr6`` variant) and per-object factors (``factors``). Splits are consecutive runs
-of the (filtered) examples, train first, with the library's ``data_sizes`` (``OCL_SPLIT_SIZES``).
-
-``emorl``: EfficientMORL (Emami et al. 2021), one group per split: ``<split>/imgs`` (N, H, W,
-3), optional ``<split>/masks`` (N, K, H, W, 1) 0/255 per entity (label map = their argmax,
-entity 0 the background) and ``<split>/factors``.
-
-Frames of 240x320 get the official CLEVR crop (EfficientMORL's ``crop((64, 29, 256, 221))``),
-others the centre square. Pixel values: integers 0..255, or floats in [0, 1] or [0, 255]
-(detected from the first images, stated in the provenance); NaN or infinite values are refused.
-
-The file is opened lazily in each process (h5py handles cannot be pickled and are not
-fork-safe): construction validates and closes it, reading reopens it in the reading process.
+Frames of 240x320 get the official CLEVR crop, others the centre square. Pixels: integers
+0..255, or floats in [0, 1] or [0, 255] (detected from the first images); NaN or infinite
+values are refused. h5py handles cannot be pickled and are not fork-safe: the file is opened
+lazily in the reading process.
 """
 
 from __future__ import annotations
@@ -57,8 +50,8 @@ class Hdf5FormatError(DatasetError):
     """An HDF5 file without the expected keys or with arrays of the wrong shape or dtype."""
 
 
-def _array(handle, key: str, path: str, ndims: tuple[int, ...] = ()):
-    """The h5py dataset ``key`` (with one of ``ndims`` dimensions), or an error naming it."""
+def _array(handle, key: str, path: str, rgb: bool = False):
+    """The h5py dataset ``key`` ((N, H, W, 3) with ``rgb``), or an error naming it."""
     if key not in handle:
         parent = key.rsplit("/", 1)[0] if "/" in key else ""
         found = sorted(handle[parent].keys()) if parent in handle else sorted(handle)
@@ -66,19 +59,12 @@ def _array(handle, key: str, path: str, ndims: tuple[int, ...] = ()):
     value = handle[key]
     if not hasattr(value, "shape"):
         raise Hdf5FormatError(f"{path}: key {key!r} is a group, expected a dataset (an array)")
-    if ndims and value.ndim not in ndims:
-        raise Hdf5FormatError(f"{path}: key {key!r} has shape {value.shape}, expected {ndims}-d")
-    return value
-
-
-def _images(handle, key: str, path: str):
-    images = _array(handle, key, path)
-    if images.ndim != 4 or images.shape[3] != 3:
+    if rgb and (value.ndim != 4 or value.shape[3] != 3):
         raise Hdf5FormatError(
-            f"{path}: key {key!r} has shape {tuple(images.shape)}, expected (N, H, W, 3) RGB "
+            f"{path}: key {key!r} has shape {tuple(value.shape)}, expected (N, H, W, 3) RGB "
             "frames, channels last"
         )
-    return images
+    return value
 
 
 def _split_sizes(path: str, name: str, sizes, available: int) -> tuple[int, int, int]:
@@ -111,22 +97,18 @@ class Hdf5Dataset(Dataset):
         sizes: object-centric library only: (train, val, test) sizes replacing the library's.
         layout: ``"ocl"``, ``"emorl"``, or None to detect it.
 
-    Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S) label map or None)``,
-    resized by the source's protocol (``lib.spec.DATA_RESIZE``) unless ``INPUT.RESIZE`` is set.
+    Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S) label map or None)``.
 
     Attributes:
-        layout, split: as read.
         indices: int64 (n,) the split's example indices in the file (or its group).
         has_masks: whether items carry label maps (EfficientMORL groups without ``masks``: no).
         provenance: source, path, layout, split, variant, split rule, counts, pixel scale, resize.
-        factor_mapping: None (no released factor regressor; ``factors(index)`` returns the
-            stored arrays).
+        factor_mapping: None (``factors(index)`` returns the stored arrays).
 
     Raises:
         MissingDatasetError: no such file.
-        Hdf5FormatError: an unknown layout, a missing key, a wrong shape or dtype, an unknown
-            split or variant, a split larger than the file, or non-finite pixels in the
-            first images (the message names the file and the key).
+        Hdf5FormatError: an unknown layout, split or variant, a missing key, a wrong shape or
+            dtype, a split larger than the file (the message names the file and the key).
     """
 
     def __init__(
@@ -206,7 +188,7 @@ class Hdf5Dataset(Dataset):
         """Check an object-centric library file and select the split; returns the rule."""
         path = self.path
         self._image_key, self._mask_key = "image", "mask"
-        n, h, w = _images(handle, "image", path).shape[:3]
+        n, h, w = _array(handle, "image", path, rgb=True).shape[:3]
         mask = _array(handle, "mask", path)
         if tuple(mask.shape) not in ((n, h, w), (n, h, w, 1)) or mask.dtype.kind not in "ui":
             raise Hdf5FormatError(
@@ -257,7 +239,7 @@ class Hdf5Dataset(Dataset):
                 f"the file has {sorted(handle)}): name one, hdf5:<file>:<split>"
             )
         self._image_key = f"{split}/imgs"
-        n, h, w = _images(handle, self._image_key, path).shape[:3]
+        n, h, w = _array(handle, self._image_key, path, rgb=True).shape[:3]
         self._mask_key = f"{split}/masks" if "masks" in handle[split] else None
         if self._mask_key is None:
             logger.warning("%s has no '%s/masks': images only, no ARI on it", path, split)
@@ -278,8 +260,8 @@ class Hdf5Dataset(Dataset):
         return f"EfficientMORL group {split!r} of {os.path.basename(path)}, in order"
 
     def _file(self):
-        # A handle inherited through fork belongs to the parent's HDF5 state: drop it unused
-        # (closing it here could disturb the parent) and open the file in this process.
+        # A handle inherited through fork belongs to the parent: drop it unused (closing it
+        # could disturb the parent) and open the file in this process.
         if self._h5 is None or self._pid != os.getpid():
             import h5py
 
@@ -325,8 +307,8 @@ class Hdf5Dataset(Dataset):
         return image, np.argmax(stored.reshape(stored.shape[0], *self._frame), axis=0)
 
     def factors(self, index: int) -> dict[str, np.ndarray]:
-        """Stored factors of an example: object-centric library: every top-level key other
-        than ``image`` and ``mask`` with one row per example; EfficientMORL: ``factors``."""
+        """Stored factors of an example: every other top-level key with one row per example
+        (object-centric library), or ``<split>/factors`` (EfficientMORL)."""
         i, handle = self._index(index), self._file()
         return {key.rsplit("/", 1)[-1]: np.asarray(handle[key][i]) for key in self._factor_keys}
 

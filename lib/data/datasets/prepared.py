@@ -30,38 +30,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("all", "train", "test")
 
 
-def _require_prepared(path: str, dataset: str, root: str) -> None:
-    """Check that a prepared folder and its ``meta.json`` exist.
-
-    Args:
-        path: the dataset folder, ``<root>/<dataset>``.
-        dataset: built-in dataset name (for the command that prepares it).
-        root: ``DATASETS.ROOT``.
-
-    Raises:
-        MissingDatasetError: no folder (the message says how to convert or generate it), or
-            a folder without ``meta.json`` (not written by ``tools/prepare_data.py``, or
-            incomplete).
-    """
-    if not os.path.isdir(path):
-        raise MissingDatasetError(
-            f"dataset folder {path} does not exist; "
-            + (
-                f"convert the official file with `{prepare_command(dataset, root)} "
-                "--tfrecords FILE` (see data/README.md)"
-                if BUILTIN_DATASETS[dataset].official_format
-                else f"generate it with `{prepare_command(dataset, root)}`; the tools "
-                "(train_net.py, test_net.py, ...) generate it themselves"
-            )
-        )
-    if not os.path.isfile(os.path.join(path, "meta.json")):
-        raise MissingDatasetError(
-            f"{path} exists but has no meta.json: it was not written by "
-            "tools/prepare_data.py (or is incomplete); remove it and prepare the dataset "
-            f"again (`{prepare_command(dataset, root)} --overwrite`)"
-        )
-
-
 class PreparedDataset(Dataset):
     """One split of a prepared built-in dataset, in stored order: ``test`` = the last
     ``num_test`` examples (``meta.json``), ``train`` the others, ``all`` every example.
@@ -73,22 +41,18 @@ class PreparedDataset(Dataset):
         split: ``"all"``, ``"train"`` or ``"test"``.
 
     Items are ``(image float32 (3, S, S) in [0, 1], mask int64 (S, S))`` after the dataset's
-    crop (CLEVR: rows 29:221, cols 64:256) or the centre square, resized to S =
-    ``INPUT.IMAGE_SIZE`` by the data's protocol (TF 1.14) unless ``INPUT.RESIZE`` says
-    otherwise; ``(image, mask, factors)`` with ``return_factors``.
+    crop or the centre square; ``(image, mask, factors)`` with ``return_factors``.
 
     Attributes:
         provenance: ``meta.json`` plus ``path``, ``split``, ``split_range``, ``resize``.
         factor_mapping: the released regressor's mapping when the dataset has one and its
             folder stores factors, else None.
         native_size: the (cropped) stored frames are S x S, so items can be uint8.
-        return_factors, return_uint8: the item format (``lib.data.build.set_item_format``):
-            factors ``{name: float32 (L, n)}`` of ``released_factors`` plus ``visibility``
-            (L,) as a third element; uint8 images.
+        return_factors, return_uint8: the item format (``lib.data.build.set_item_format``).
 
     Raises:
         MissingDatasetError: the folder or its ``meta.json`` is missing (the message names
-            the folder and the command that prepares it).
+            the command that prepares it).
         DatasetError: an unknown or empty split, a bad ``meta.json``, or an ``.npy`` file that
             is missing, unreadable, not uint8 or disagrees with ``meta.json``.
     """
@@ -98,7 +62,18 @@ class PreparedDataset(Dataset):
             raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
         root = str(cfg.DATASETS.ROOT)
         self.path = dataset_dir(root, dataset)
-        _require_prepared(self.path, dataset, root)
+        if not os.path.isdir(self.path):
+            command = prepare_command(dataset, root)
+            raise MissingDatasetError(
+                f"dataset folder {self.path} does not exist; "
+                + (
+                    f"convert the official file with `{command} --tfrecords FILE` (see "
+                    "data/README.md)"
+                    if BUILTIN_DATASETS[dataset].official_format
+                    else f"generate it with `{command}`; the tools (train_net.py, "
+                    "test_net.py, ...) generate it themselves"
+                )
+            )
         self.meta = load_meta(self.path)
         self.format = ItemFormat.from_cfg(cfg, is_train, "prepared")
         self.crop = tuple(self.meta["crop"]) if self.meta.get("crop") else None
