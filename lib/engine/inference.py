@@ -159,10 +159,9 @@ class _Accumulator:
         if has_masks:
             counts = {k: int(sums[self._row(k) + 1][-1]) for k in MASK_METRICS}
             out["fg_ari_num_images"] = counts["fg_ari"]
+            # Every key, 0 included: a reader sees that nothing was left out, not just nothing said.
             left_out = {k: self.num_with_masks - c for k, c in counts.items()}
-            left_out = {k: n for k, n in left_out.items() if n > 0}
-            if left_out:
-                out.update(left_out=left_out, left_out_reason=LEFT_OUT_REASON)
+            out.update(left_out=left_out, left_out_reason=LEFT_OUT_REASON)
         else:
             out["reason"] = NO_MASK_REASON
         if any(bad):

@@ -195,7 +195,7 @@ def test_new_metrics_match_a_per_image_reference():
         assert result[f"{key}_per_iter"] == pytest.approx(reference[key], abs=tol), key
         assert result[key] == result[f"{key}_per_iter"][-1]
     assert result["fg_ari_num_images"] == 6
-    assert result["left_out"]["fg_ari"] == 1 and "fg_mse" not in result["left_out"]
+    assert result["left_out"]["fg_ari"] == 1 and result["left_out"]["fg_mse"] == 0
     assert "foreground" in result["left_out_reason"]
     # Not trivially equal keys: the untrained model is far from a perfect segmentation.
     assert 0 < result["miou"] < 1 and result["sc"] != result["msc"]
