@@ -24,8 +24,8 @@ from torch import nn
 from lib.convert.released import (
     FACTOR_SCOPE,
     PAPER_ARCHS,
-    RELEASED_LSTM_FORGET_BIAS,
     ConversionError,
+    ParamRule,
     ReleasedArch,
     arch_from_cfg,
     classify,
@@ -39,6 +39,7 @@ from lib.convert.released import (
 )
 from lib.convert.tf_checkpoint import TFCheckpoint
 
+FACTOR_REGRESSOR_PREFIX = "factor_regressor."
 # Runtime settings of the released models (they shape no parameter, but change the function).
 _RELEASED_RUNTIME = {
     "MODEL.REFINEMENT.PADDING": "tf_same",
@@ -59,7 +60,7 @@ class ConversionResult:
         state: our parameter name -> float32 tensor (the ``model`` entry of the output).
         sources: our parameter name -> the checkpoint variables it was made from.
         paper_config: name of the matching paper configuration, or None.
-        factor: factor-regressor variables (TensorFlow layout), not converted.
+        factor: the factor regressor's trainable variables, kept in TensorFlow layout.
         ignored: skipped variables (optimiser slots, global_step, statistics).
         global_step: the checkpoint's training step, if stored.
         notes: config settings that differ from the released model's behaviour.
@@ -80,11 +81,25 @@ def _refuse(source: str, what: str, lines: list[str]) -> ConversionError:
     return ConversionError("\n  ".join([f"{source}: {what}", *shown, *more]))
 
 
+def _factor_rules(source: str, factor: Mapping[str, tuple[int, ...]]) -> list[ParamRule]:
+    """The factor regressor's rules: snt.Linear ``w`` [Z, M] -> our weight [M, Z], ``b`` [M]."""
+    w, b = f"{FACTOR_SCOPE}/predict_latents/w", f"{FACTOR_SCOPE}/predict_latents/b"
+    missing = [v for v in (w, b) if v not in factor]
+    if missing:
+        raise _refuse(
+            source,
+            "has no factor regressor, but the config's model has one (set "
+            "MODEL.FACTOR_REGRESSOR.ENABLED off to convert without it); missing:",
+            missing,
+        )
+    return [
+        ParamRule(FACTOR_REGRESSOR_PREFIX + "predict_latents.weight", (w,), linear_to_torch),
+        ParamRule(FACTOR_REGRESSOR_PREFIX + "predict_latents.bias", (b,), np.asarray),
+    ]
+
+
 def convert_variables(
-    checkpoint: TFCheckpoint,
-    arch: ReleasedArch,
-    model_shapes: Mapping[str, tuple[int, ...]],
-    forget_bias: float = RELEASED_LSTM_FORGET_BIAS,
+    checkpoint: TFCheckpoint, arch: ReleasedArch, model_shapes: Mapping[str, tuple[int, ...]]
 ) -> ConversionResult:
     """Map a checkpoint's variables onto our parameters for one architecture.
 
@@ -92,7 +107,6 @@ def convert_variables(
         checkpoint: the opened TensorFlow checkpoint.
         arch: the architecture it must have (``arch_from_cfg``).
         model_shapes: our model's state dict, name -> shape.
-        forget_bias: Sonnet's forget bias folded into the LSTM's ``bias_ih``.
 
     Returns:
         The converted state and its provenance.
@@ -124,20 +138,18 @@ def convert_variables(
     if not_float:
         raise _refuse(source, "has non-float parameters", not_float)
 
-    rules = parameter_rules(arch, forget_bias)
-    arrays = checkpoint.read_many(expected)
+    rules = parameter_rules(arch)
+    if any(n.startswith(FACTOR_REGRESSOR_PREFIX) for n in model_shapes):
+        rules += _factor_rules(source, split.factor)
+    arrays = checkpoint.read_many(sorted({n for rule in rules for n in rule.sources}))
     state, sources = {}, {}
     for rule in rules:
         value = rule.fn(*(arrays[n] for n in rule.sources)).astype(np.float32)
         state[rule.target] = torch.from_numpy(np.ascontiguousarray(value))
         sources[rule.target] = rule.sources
-    if any(n.startswith(FACTOR_REGRESSOR_PREFIX) for n in model_shapes):
-        _convert_factor_regressor(checkpoint, split.factor, state, sources)
-    ours = {n: tuple(s) for n, s in model_shapes.items()}
-    made = {n: tuple(t.shape) for n, t in state.items()}
     mismatches = table_mismatches(
-        ours,
-        made,
+        {n: tuple(s) for n, s in model_shapes.items()},
+        {n: tuple(t.shape) for n, t in state.items()},
         missing="our model has no conversion for",
         extra="not in our model",
         found_label="converted",
@@ -145,7 +157,6 @@ def convert_variables(
     )
     if mismatches:
         raise _refuse(source, "converts to parameters that do not fit our model", mismatches)
-    factor = {n: torch.from_numpy(checkpoint.read(n)) for n in split.factor}
     step = None
     if "global_step" in checkpoint.entries and checkpoint.entries["global_step"].shape == ():
         step = int(checkpoint.read("global_step"))
@@ -153,39 +164,10 @@ def convert_variables(
         state=state,
         sources=sources,
         paper_config=paper,
-        factor=factor,
+        factor={n: torch.from_numpy(checkpoint.read(n)) for n in split.factor},
         ignored=sorted(split.ignored),
         global_step=step,
     )
-
-
-FACTOR_REGRESSOR_PREFIX = "factor_regressor."
-
-
-def _convert_factor_regressor(
-    checkpoint: TFCheckpoint,
-    factor: Mapping[str, tuple[int, ...]],
-    state: dict[str, torch.Tensor],
-    sources: dict[str, tuple[str, ...]],
-) -> None:
-    # predict_latents: snt.Linear w [Z, M] -> our nn.Linear weight [M, Z]; b [M] as is.
-    names = {
-        "factor_regressor.predict_latents.weight": f"{FACTOR_SCOPE}/predict_latents/w",
-        "factor_regressor.predict_latents.bias": f"{FACTOR_SCOPE}/predict_latents/b",
-    }
-    missing = [v for v in names.values() if v not in factor]
-    if missing:
-        raise _refuse(
-            checkpoint.prefix,
-            "has no factor regressor, but the config's model has one (set "
-            "MODEL.FACTOR_REGRESSOR.ENABLED off to convert without it); missing:",
-            missing,
-        )
-    w, b = (checkpoint.read(v) for v in names.values())
-    for target, value in zip(names, (linear_to_torch(w), b)):
-        array = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
-        state[target] = torch.from_numpy(array)
-        sources[target] = (names[target],)
 
 
 def _runtime_notes(cfg: Any, paper: str | None) -> list[str]:

@@ -39,8 +39,9 @@ import numpy as np
 from lib.spec import (
     COORD_CHANNELS,
     FACTOR_SCOPE,
+    IMAGE_INPUTS,
     PAPER_ARCHS,
-    REFINEMENT_INPUTS,
+    VECTOR_INPUTS,
     Factor,  # noqa: F401  (re-exported: the one Factor type, lib.spec's)
     ReleasedArch,
     layer_variables,
@@ -71,7 +72,7 @@ def arch_from_cfg(cfg: Any) -> ReleasedArch:
         The ``ReleasedArch`` whose variables a checkpoint for this config must hold.
 
     Raises:
-        ConversionError: a setting with no released counterpart (flattening pool).
+        ConversionError: a setting with no released counterpart (flattening pool, an input).
     """
     m, r, d = cfg.MODEL.IODINE, cfg.MODEL.REFINEMENT, cfg.MODEL.DECODER
     if r.POOL != "avg":
@@ -82,6 +83,10 @@ def arch_from_cfg(cfg: Any) -> ReleasedArch:
     if r.COORD_TYPE not in COORD_CHANNELS:
         raise ConversionError(f"MODEL.REFINEMENT.COORD_TYPE {r.COORD_TYPE!r} is not released")
     image_inputs, vector_inputs = used_inputs(r.IMAGE_INPUTS, r.VECTOR_INPUTS, m.LEGACY_CONSTANTS)
+    unknown = [n for n in image_inputs if n not in IMAGE_INPUTS]
+    unknown += [n for n in vector_inputs if n not in VECTOR_INPUTS]
+    if unknown:
+        raise ConversionError(f"refinement inputs with no released counterpart: {unknown}")
     return ReleasedArch(
         latent_dim=m.LATENT_DIM,
         image_inputs=image_inputs,
@@ -112,20 +117,6 @@ def is_ignored(name: str) -> bool:
     return _IGNORED.fullmatch(name) is not None
 
 
-def _layers(arch: ReleasedArch):
-    """``released_layers(arch)``, refusing inputs that the release does not have."""
-    for names, vector, what in (
-        (arch.image_inputs, False, "refinement inputs"),
-        (arch.vector_inputs, True, "vector inputs"),
-    ):
-        unknown = sorted(
-            n for n in names if n not in REFINEMENT_INPUTS or REFINEMENT_INPUTS[n].vector != vector
-        )
-        if unknown:
-            raise ConversionError(f"{what} with no released counterpart: {unknown}")
-    return released_layers(arch)
-
-
 def model_variables(arch: ReleasedArch) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every IODINE parameter of a released checkpoint (no factor regressor).
 
@@ -136,7 +127,7 @@ def model_variables(arch: ReleasedArch) -> dict[str, tuple[int, ...]]:
         Dict sorted by name.
     """
     table: dict[str, tuple[int, ...]] = {}
-    for layer in _layers(arch):
+    for layer in released_layers(arch):
         table.update(layer_variables(layer))
     return dict(sorted(table.items()))
 
@@ -218,10 +209,6 @@ def lstm_to_torch(
     }
 
 
-def _copy(x: np.ndarray) -> np.ndarray:
-    return np.array(x, copy=True)
-
-
 @dataclass(frozen=True)
 class ParamRule:
     """How one of our parameters is made: ``our = fn(*(checkpoint[n] for n in sources))``."""
@@ -244,13 +231,13 @@ def parameter_rules(
         One rule per parameter of our model, covering every name of ``model_variables(arch)``.
     """
     rules = []
-    for layer in _layers(arch):
+    for layer in released_layers(arch):
         s, ours = layer.scope, layer.ours
         if layer.kind == "init":
-            rules.append(ParamRule(ours, (s,), _copy))
+            rules.append(ParamRule(ours, (s,), np.asarray))
         elif layer.kind == "norm":
-            rules.append(ParamRule(f"{ours}.weight", (s + "/gamma",), _copy))
-            rules.append(ParamRule(f"{ours}.bias", (s + "/beta",), _copy))
+            rules.append(ParamRule(f"{ours}.weight", (s + "/gamma",), np.asarray))
+            rules.append(ParamRule(f"{ours}.bias", (s + "/beta",), np.asarray))
         elif layer.kind == "lstm":
             sources = (s + "/w_gates", s + "/b_gates")
             for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -262,7 +249,7 @@ def parameter_rules(
         else:
             to_torch = conv_to_torch if layer.kind == "conv" else linear_to_torch
             rules.append(ParamRule(f"{ours}.weight", (s + "/w",), to_torch))
-            rules.append(ParamRule(f"{ours}.bias", (s + "/b",), _copy))
+            rules.append(ParamRule(f"{ours}.bias", (s + "/b",), np.asarray))
     return rules
 
 
@@ -279,10 +266,10 @@ def classify(variables: Mapping[str, tuple[int, ...]]) -> Classified:
     """Split checkpoint variables into IODINE parameters, factor regressor and ignored state."""
     model, factor, ignored = {}, {}, []
     for name, shape in variables.items():
-        if name.startswith(FACTOR_SCOPE + "/") and not is_ignored(name):
-            factor[name] = tuple(shape)
-        elif is_ignored(name):
+        if is_ignored(name):
             ignored.append(name)
+        elif name.startswith(FACTOR_SCOPE + "/"):
+            factor[name] = tuple(shape)
         else:
             model[name] = tuple(shape)
     return Classified(model, factor, ignored)

@@ -37,36 +37,15 @@ TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5
 HEADER_KEY = b""
-_MASK_DELTA = 0xA282EAD8
 
 
 def mask(crc: int) -> int:
     """TensorFlow's stored form of a CRC: rotated right by 15 bits, plus a constant."""
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def unmask(masked: int) -> int:
-    """The CRC that ``mask`` stored."""
-    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
-    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
-
-
-# TensorFlow DataType enum -> NumPy dtype (little-endian); bfloat16 is widened on read.
-_DTYPES: dict[int, str] = {
-    1: "<f4",  # DT_FLOAT
-    2: "<f8",  # DT_DOUBLE
-    3: "<i4",  # DT_INT32
-    4: "|u1",  # DT_UINT8
-    5: "<i2",  # DT_INT16
-    6: "|i1",  # DT_INT8
-    9: "<i8",  # DT_INT64
-    10: "|b1",  # DT_BOOL
-    14: "<u2",  # DT_BFLOAT16 (stored as its 16 high float32 bits)
-    17: "<u2",  # DT_UINT16
-    19: "<f2",  # DT_HALF
-    22: "<u4",  # DT_UINT32
-    23: "<u8",  # DT_UINT64
-}
+# TensorFlow DataType enum -> name; the readable ones are NumPy's names (bfloat16 is read as
+# uint16, its 16 high float32 bits, and widened), string and variant are not readable.
 _DTYPE_NAMES = {
     1: "float32",
     2: "float64",
@@ -84,7 +63,6 @@ _DTYPE_NAMES = {
     22: "uint32",
     23: "uint64",
 }
-_DT_BFLOAT16 = 14
 
 
 class TFCheckpointError(ValueError):
@@ -93,18 +71,9 @@ class TFCheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """Where one tensor lies in the data shards (a parsed ``BundleEntryProto``).
-
-    Attributes:
-        name: the variable name, e.g. ``encoder_net/cnn/mlp/linear_0/w``.
-        dtype: TensorFlow DataType enum value.
-        shape: the tensor's shape.
-        shard_id: data shard index.
-        offset: byte offset in the shard.
-        size: number of bytes.
-        crc32c: the masked CRC-32C stored for the bytes.
-        sliced: the variable is partitioned (stored as slices; not supported).
-    """
+    """Where one tensor lies (a parsed ``BundleEntryProto``): its ``dtype`` (TensorFlow's enum),
+    ``shape``, data shard, byte ``offset`` and ``size`` there, the masked CRC-32C stored for the
+    bytes, and whether the variable is ``sliced`` (partitioned; not supported)."""
 
     name: str
     dtype: int
@@ -124,29 +93,17 @@ class TensorEntry:
 # --- protobuf wire format --------------------------------------------------------------------
 
 
-def _proto_fields(buf) -> Iterator[tuple[int, int, int | bytes]]:
-    """``lib.utils.protobuf.iter_fields`` with fixed-width fields as ints, length-delimited
-    ones as bytes (the index entries are small)."""
-    for number, wire, value in iter_fields(buf):
-        if wire == 1:
-            value = struct.unpack("<Q", value)[0]
-        elif wire == 5:
-            value = struct.unpack("<I", value)[0]
-        elif wire == 2:
-            value = bytes(value)
-        yield number, wire, value
+def _fields(buf) -> dict[int, int | memoryview]:
+    """Field number -> last value of a message (fixed32 as int, length-delimited as a view)."""
+    return {n: struct.unpack("<I", v)[0] if w == 5 else v for n, w, v in iter_fields(buf)}
 
 
-def _parse_shape(buf: bytes) -> tuple[int, ...]:
+def _parse_shape(buf) -> tuple[int, ...]:
     # TensorShapeProto: repeated Dim dim = 2 (Dim: int64 size = 1); bool unknown_rank = 3.
     dims = []
-    for number, _, value in _proto_fields(buf):
+    for number, _, value in iter_fields(buf):
         if number == 2:
-            size = 0
-            for dim_number, _, dim_value in _proto_fields(value):
-                if dim_number == 1:
-                    size = dim_value
-            dims.append(size)
+            dims.append(_fields(value).get(1, 0))
         elif number == 3 and value:
             raise ValueError("tensor of unknown rank")
     return tuple(dims)
@@ -155,34 +112,9 @@ def _parse_shape(buf: bytes) -> tuple[int, ...]:
 def _parse_entry(name: str, buf: bytes) -> TensorEntry:
     # BundleEntryProto: dtype 1, shape 2, shard_id 3, offset 4, size 5, crc32c 6 (fixed32),
     # slices 7 (present only for partitioned variables).
-    dtype, shape, shard_id, offset, size, crc, sliced = 0, (), 0, 0, 0, 0, False
-    for number, _, value in _proto_fields(buf):
-        if number == 1:
-            dtype = value
-        elif number == 2:
-            shape = _parse_shape(value)
-        elif number == 3:
-            shard_id = value
-        elif number == 4:
-            offset = value
-        elif number == 5:
-            size = value
-        elif number == 6:
-            crc = value
-        elif number == 7:
-            sliced = True
-    return TensorEntry(name, dtype, shape, shard_id, offset, size, crc, sliced)
-
-
-def _parse_header(buf: bytes) -> tuple[int, int]:
-    # BundleHeaderProto: num_shards 1, endianness 2 (0 little, 1 big), version 3.
-    num_shards, endianness = 1, 0
-    for number, _, value in _proto_fields(buf):
-        if number == 1:
-            num_shards = value
-        elif number == 2:
-            endianness = value
-    return num_shards, endianness
+    f = _fields(buf)
+    shape = _parse_shape(f.get(2, b""))
+    return TensorEntry(name, f.get(1, 0), shape, *(f.get(i, 0) for i in (3, 4, 5, 6)), 7 in f)
 
 
 # --- the sorted-table index ------------------------------------------------------------------
@@ -196,7 +128,7 @@ def _read_block(data: bytes, offset: int, size: int) -> bytes:
     contents = data[offset : offset + size]
     block_type = data[offset + size]
     stored = struct.unpack_from("<I", data, offset + size + 1)[0]
-    if unmask(stored) != crc32c(data[offset : offset + size + 1]):
+    if stored != mask(crc32c(data[offset : offset + size + 1])):
         raise ValueError(f"CRC mismatch in the block at byte {offset} (corrupt file)")
     if block_type != 0:
         raise ValueError(
@@ -303,22 +235,20 @@ class TFCheckpoint:
         with open(index, "rb") as f:
             data = f.read()
         self.entries: dict[str, TensorEntry] = {}
-        self.num_shards = 1
-        self.big_endian = False
-        header_seen = False
+        header = None
         try:
             for key, value in _table_items(data):
                 if key == HEADER_KEY:
-                    self.num_shards, endianness = _parse_header(value)
-                    self.big_endian = endianness == 1
-                    header_seen = True
+                    header = _fields(value)  # BundleHeaderProto
                     continue
                 name = key.decode("utf-8")
                 self.entries[name] = _parse_entry(name, value)
         except (ValueError, UnicodeDecodeError) as exc:
             raise TFCheckpointError(f"{index}: {exc}") from exc
-        if not header_seen:
+        if header is None:
             raise TFCheckpointError(f"{index}: no bundle header (not a TensorFlow V2 checkpoint)")
+        # num_shards 1; endianness 2 (0 little, 1 big); version 3.
+        self.num_shards, self.big_endian = header.get(1, 1), header.get(2, 0) == 1
 
     def shard_path(self, shard_id: int) -> str:
         """File name of data shard ``shard_id``."""
@@ -346,11 +276,11 @@ class TFCheckpoint:
         index = self.prefix + ".index"
         if entry.sliced:
             raise TFCheckpointError(f"{index}: {name} is a partitioned variable (not supported)")
-        if entry.dtype not in _DTYPES:
+        if entry.dtype not in _DTYPE_NAMES or entry.dtype_name in ("string", "variant"):
             raise TFCheckpointError(f"{index}: {name} has unsupported dtype {entry.dtype_name}")
-        dtype = np.dtype(_DTYPES[entry.dtype])
-        if self.big_endian:
-            dtype = dtype.newbyteorder(">")
+        bfloat16 = entry.dtype_name == "bfloat16"
+        dtype = np.dtype("uint16" if bfloat16 else entry.dtype_name)
+        dtype = dtype.newbyteorder(">" if self.big_endian else "<")
         count = math.prod(entry.shape)
         if count * dtype.itemsize != entry.size:
             raise TFCheckpointError(
@@ -368,10 +298,10 @@ class TFCheckpoint:
                 f"{shard}: truncated ({name} needs bytes {entry.offset}..."
                 f"{entry.offset + entry.size}, the file ends first)"
             )
-        if unmask(entry.crc32c) != crc32c(raw):
+        if entry.crc32c != mask(crc32c(raw)):
             raise TFCheckpointError(f"{shard}: CRC mismatch for {name} (corrupt file)")
         array = np.frombuffer(raw, dtype=dtype).reshape(entry.shape)
-        if entry.dtype == _DT_BFLOAT16:
+        if bfloat16:
             return (array.astype(np.uint32) << 16).view(np.float32)
         return array.astype(dtype.newbyteorder("="), copy=True)
 

@@ -22,18 +22,6 @@ from torch import nn
 
 from lib.spec import FACTOR_TYPES, Factor
 
-# The one Factor type (name, size, type) and its types are facts of the release (lib.spec).
-__all__ = [
-    "FACTOR_TYPES",
-    "Factor",
-    "FactorMetrics",
-    "FactorRegressor",
-    "add_factor_loss",
-    "factor_score",
-    "match_objects",
-    "preprocess_factor",
-]
-
 
 def preprocess_factor(factor: Factor, value: torch.Tensor) -> torch.Tensor:
     """The released target of one factor.
@@ -48,15 +36,14 @@ def preprocess_factor(factor: Factor, value: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: the preprocessed size is not ``factor.size``.
     """
+    flat = value.reshape(value.shape[0], value.shape[1], -1)
     if factor.type == "categorical":
-        labels = value.reshape(value.shape[0], value.shape[1], -1)[..., 0].round().long()
         classes = torch.arange(factor.size, device=value.device)
-        out = (labels[..., None] == classes).float()
+        out = (flat[..., :1].round().long() == classes).float()
     elif factor.type == "angle":
-        theta = value.reshape(value.shape[0], value.shape[1], -1).float()
-        out = torch.cat([torch.cos(theta), torch.sin(theta)], dim=-1)
+        out = torch.cat([torch.cos(flat.float()), torch.sin(flat.float())], dim=-1)
     elif factor.type == "scalar":
-        out = value.reshape(value.shape[0], value.shape[1], -1).float()
+        out = flat.float()
     else:
         raise ValueError(f"factor {factor.name!r}: unknown type {factor.type!r} ({FACTOR_TYPES})")
     if out.shape[-1] != factor.size:
@@ -119,15 +106,6 @@ class FactorRegressor(nn.Module):
         nn.init.trunc_normal_(self.predict_latents.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.zeros_(self.predict_latents.bias)
 
-    def predict(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-factor predictions: z (..., Z) -> {name: (..., size)} (logits for categorical)."""
-        out = self.predict_latents(z)
-        preds, start = {}, 0
-        for m in self.mapping:
-            preds[m.name] = out[..., start : start + m.size]
-            start += m.size
-        return preds
-
     def forward(
         self,
         z: torch.Tensor,
@@ -148,21 +126,23 @@ class FactorRegressor(nn.Module):
         Returns:
             dict with ``loss`` (scalar, differentiable in the regressor's parameters only),
             ``scores`` {name: scalar tensor} (R^2 or accuracy over this batch's visible
-            objects), ``assignment`` (B, L, K), ``predictions`` {name: (B, K, size)},
-            ``targets`` {name: (B, L, size)}.
+            objects), ``assignment`` (B, L, K), ``targets`` {name: (B, L, size)} and
+            ``matched`` {name: (B, L, size)}, the matched slot's (detached) prediction
+            (logits for categorical factors).
         """
         z = z.detach().float()
         assignment = match_objects(pred_masks.detach(), true_masks, visibility)
         num_visible = assignment.sum().clamp_min(1.0)
-        preds = self.predict(z)  # {name: (B, K, size)}
+        sizes = [m.size for m in self.mapping]
+        preds = self.predict_latents(z).split(sizes, dim=-1)  # each (B, K, size)
         total = z.new_zeros(())
-        scores, targets = {}, {}
-        for m in self.mapping:
+        scores, targets, matched = {}, {}, {}
+        for m, slot_pred in zip(self.mapping, preds):
             if m.name not in factors:
                 raise KeyError(f"factor {m.name!r} missing from the batch ({sorted(factors)})")
             target = preprocess_factor(m, factors[m.name].to(z.device))  # (B, L, size)
             targets[m.name] = target
-            pred = preds[m.name][:, None]  # (B, 1, K, size)
+            pred = slot_pred[:, None]  # (B, 1, K, size)
             tgt = target[:, :, None]  # (B, L, 1, size)
             if m.type == "categorical":
                 err = -(tgt * F.log_softmax(pred, dim=-1)).sum(dim=-1)  # (B, L, K)
@@ -170,14 +150,14 @@ class FactorRegressor(nn.Module):
                 err = ((tgt - pred) ** 2).sum(dim=-1)
             total = total + (assignment * err).sum()
             with torch.no_grad():
-                matched = torch.einsum("blk,bks->bls", assignment, preds[m.name].detach())
-                scores[m.name] = factor_score(m, target, matched, assignment.sum(dim=2))
+                matched[m.name] = torch.einsum("blk,bks->bls", assignment, slot_pred.detach())
+                scores[m.name] = factor_score(m, target, matched[m.name], assignment.sum(dim=2))
         return {
             "loss": total / num_visible,
             "scores": scores,
             "assignment": assignment,
-            "predictions": {n: p.detach() for n, p in preds.items()},
             "targets": targets,
+            "matched": matched,
         }
 
 
@@ -215,10 +195,7 @@ def add_factor_loss(
     out["factor_scores"] = res["scores"]
     out["factor_assignment"] = res["assignment"]
     out["factor_targets"] = res["targets"]
-    out["factor_matched"] = {
-        name: torch.einsum("blk,bks->bls", res["assignment"], pred)
-        for name, pred in res["predictions"].items()
-    }
+    out["factor_matched"] = res["matched"]
 
 
 def factor_score(
@@ -272,21 +249,21 @@ class FactorMetrics:
             weight: (B, L) 1 for counted objects, 0 otherwise.
         """
         w = weight.detach().double().cpu()[..., None]
+        batch = {}
         for m in self.mapping:
             y = targets[m.name].detach().double().cpu()
             p = matched[m.name].detach().double().cpu()
             if m.type == "categorical":
                 correct = (p.argmax(-1) == y.argmax(-1)).double()[..., None]
-                new = {"count": w.sum(), "correct": (correct * w).sum()}
+                batch[m.name] = {"count": w.sum(), "correct": (correct * w).sum()}
             else:
-                new = {
+                batch[m.name] = {
                     "count": w.sum(),
                     "sum_y": (w * y).sum(dim=(0, 1)),
                     "sum_yy": (w * y * y).sum(dim=(0, 1)),
                     "ss_res": (w * (y - p) ** 2).sum(dim=(0, 1)),
                 }
-            old = self.sums.get(m.name)
-            self.sums[m.name] = new if old is None else {k: old[k] + v for k, v in new.items()}
+        self.merge(batch)
 
     def merge(self, sums: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Add another accumulator's ``sums`` (e.g. gathered from another process)."""

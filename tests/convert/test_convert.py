@@ -206,9 +206,8 @@ def test_command_line(tmp_path):
 
 
 def test_model_with_a_factor_regressor_needs_the_released_one():
-    from lib.convert.convert import _convert_factor_regressor
+    from lib.convert.convert import _factor_rules
 
-    checkpoint = TFCheckpoint(PREFIX)
     with pytest.raises(ConversionError, match="predict_latents/w") as info:
-        _convert_factor_regressor(checkpoint, {}, {}, {})
+        _factor_rules(PREFIX, {})
     assert "MODEL.FACTOR_REGRESSOR.ENABLED off" in str(info.value)

@@ -135,7 +135,7 @@ def test_rules_cover_every_variable_and_make_our_exact_state_dict(config):
     made = {r.target: r.fn(*(arrays[n] for n in r.sources)).shape for r in rules}
     with torch.device("meta"):
         ours = {n: tuple(t.shape) for n, t in build_model(cfg).state_dict().items()}
-    # The factor regressor is converted apart (convert._convert_factor_regressor): its
+    # The factor regressor is converted apart (convert._factor_rules): its
     # nn.Linear is the transpose of the released predict_latents/w.
     factor = {n: ours.pop(n) for n in list(ours) if n.startswith("factor_regressor.")}
     assert made == ours
@@ -180,6 +180,13 @@ def test_flatten_pool_is_refused():
     cfg = _cfg("tetrominoes")
     cfg.MODEL.REFINEMENT.POOL = "flatten"
     with pytest.raises(ConversionError, match="POOL"):
+        arch_from_cfg(cfg)
+
+
+def test_input_without_released_counterpart_is_refused():
+    cfg = _cfg("tetrominoes")
+    cfg.MODEL.REFINEMENT.IMAGE_INPUTS = ("image", "zp")  # zp is a vector input in the release
+    with pytest.raises(ConversionError, match=r"no released counterpart: \['zp'\]"):
         arch_from_cfg(cfg)
 
 

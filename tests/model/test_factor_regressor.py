@@ -94,9 +94,7 @@ def test_scores_match_sklearn_over_matched_visible_objects():
     ps = {m.name: [] for m in reg.mapping}
     for batch in batches:
         out = reg(*batch)
-        a = out["assignment"]
-        matched = {n: torch.einsum("blk,bks->bls", a, p) for n, p in out["predictions"].items()}
-        metrics.update(out["targets"], matched, a.sum(dim=2))
+        metrics.update(out["targets"], out["matched"], out["assignment"].sum(dim=2))
         _, matches = _reference(reg, *batch)
         w = reg.predict_latents.weight.detach().double().numpy()
         bias = reg.predict_latents.bias.detach().double().numpy()
@@ -119,12 +117,7 @@ def test_scores_match_sklearn_over_matched_visible_objects():
     # The per-batch score of forward() is the same computation on one batch.
     out = reg(*batches[0])
     one = FactorMetrics(reg.mapping)
-    a = out["assignment"]
-    one.update(
-        out["targets"],
-        {n: torch.einsum("blk,bks->bls", a, p) for n, p in out["predictions"].items()},
-        a.sum(dim=2),
-    )
+    one.update(out["targets"], out["matched"], out["assignment"].sum(dim=2))
     for name, value in one.compute().items():
         assert out["scores"][name].item() == pytest.approx(value)
 
