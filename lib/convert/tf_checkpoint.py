@@ -29,19 +29,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from crc32c import crc32c
 
-from lib.utils.protobuf import iter_fields, read_varint
+from lib.utils.protobuf import iter_fields, masked_crc32c, read_varint
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5
 HEADER_KEY = b""
-
-
-def mask(crc: int) -> int:
-    """TensorFlow's stored form of a CRC: rotated right by 15 bits, plus a constant."""
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 # TensorFlow DataType enum -> name; the readable ones are NumPy's names (bfloat16 is read as
@@ -128,7 +122,7 @@ def _read_block(data: bytes, offset: int, size: int) -> bytes:
     contents = data[offset : offset + size]
     block_type = data[offset + size]
     stored = struct.unpack_from("<I", data, offset + size + 1)[0]
-    if stored != mask(crc32c(data[offset : offset + size + 1])):
+    if stored != masked_crc32c(data[offset : offset + size + 1]):
         raise ValueError(f"CRC mismatch in the block at byte {offset} (corrupt file)")
     if block_type != 0:
         raise ValueError(
@@ -298,7 +292,7 @@ class TFCheckpoint:
                 f"{shard}: truncated ({name} needs bytes {entry.offset}..."
                 f"{entry.offset + entry.size}, the file ends first)"
             )
-        if entry.crc32c != mask(crc32c(raw)):
+        if entry.crc32c != masked_crc32c(raw):
             raise TFCheckpointError(f"{shard}: CRC mismatch for {name} (corrupt file)")
         array = np.frombuffer(raw, dtype=dtype).reshape(entry.shape)
         if bfloat16:

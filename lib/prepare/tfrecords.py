@@ -22,14 +22,8 @@ from typing import NamedTuple
 import numpy as np
 
 from lib.errors import DatasetError
-from lib.utils.protobuf import ProtobufError, iter_fields, read_varint
+from lib.utils.protobuf import ProtobufError, iter_fields, masked_crc32c, read_varint
 
-try:  # crc32c ships as a dependency of the ``tfrecord`` package; verification needs it.
-    import crc32c as _crc32c
-except ImportError:  # pragma: no cover - depends on the environment
-    _crc32c = None
-
-_CRC_MASK_DELTA = 0xA282EAD8
 _MAX_RECORD_BYTES = 1 << 31  # far above any official record (CLEVR: ~3.2 MB)
 # cater_with_masks.py: videos of 33 frames of 64x64, 11 entities.
 CATER_FRAMES_PER_VIDEO = 33
@@ -89,11 +83,6 @@ class TFRecordError(DatasetError):
     """A TFRecord file that is corrupt, truncated or of another dataset than expected."""
 
 
-def _masked_crc(data) -> int:
-    crc = _crc32c.crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
 class _ZlibReader:
     """Read-only file object over a zlib stream (TFRecordOptions ZLIB: CATER's files)."""
 
@@ -136,7 +125,7 @@ def compression_of(path: str) -> str:
 
 def iter_records(path: str) -> Iterator[bytes]:
     """Yield the payloads of a TFRecord file (GZIP, ZLIB or not compressed), in file order,
-    checking both CRCs of every record when ``crc32c`` is importable.
+    checking both CRCs of every record.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -145,7 +134,6 @@ def iter_records(path: str) -> Iterator[bytes]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"TFRecord file {path} does not exist")
-    verify_crc = _crc32c is not None
     opener = {"gzip": gzip.open, "zlib": _ZlibReader, "none": open}[compression_of(path)]
     with contextlib.closing(opener(path, "rb")) as f:
         for index in itertools.count():
@@ -158,7 +146,7 @@ def iter_records(path: str) -> Iterator[bytes]:
                 if (
                     len(header) < 12
                     or length > _MAX_RECORD_BYTES
-                    or (verify_crc and _masked_crc(header[:8]) != length_crc)
+                    or masked_crc32c(header[:8]) != length_crc
                 ):
                     raise TFRecordError(
                         f"{path}: record {index} has a bad header (truncated or corrupt file, or "
@@ -171,7 +159,7 @@ def iter_records(path: str) -> Iterator[bytes]:
                 raise TFRecordError(
                     f"{path}: record {index} is truncated ({len(payload)} of {length} bytes)"
                 )
-            if verify_crc and _masked_crc(payload) != struct.unpack("<I", footer)[0]:
+            if masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
                 raise TFRecordError(f"{path}: record {index} has a bad data CRC (corrupt file)")
             yield payload
 

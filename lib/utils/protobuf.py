@@ -1,4 +1,5 @@
-"""Just enough of the protobuf wire format to read TFRecord examples and TF1 checkpoints.
+"""Just enough of the protobuf wire format to read TFRecord examples and TF1 checkpoints, and
+TensorFlow's masked CRC that both store.
 
 No protobuf dependency: both readers walk the fields of a serialised message themselves.
 """
@@ -6,6 +7,15 @@ No protobuf dependency: both readers walk the fields of a serialised message the
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+from crc32c import crc32c
+
+
+def masked_crc32c(data) -> int:
+    """TensorFlow's stored checksum of ``data``: its CRC-32C rotated right by 15 bits, plus a
+    constant (TFRecord lengths and payloads, checkpoint blocks and tensors)."""
+    crc = crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 class ProtobufError(ValueError):

@@ -6,9 +6,9 @@ import struct
 
 import numpy as np
 import pytest
-from crc32c import crc32c
 
-from lib.convert.tf_checkpoint import TFCheckpoint, TFCheckpointError, _table_items, mask
+from lib.convert.tf_checkpoint import TFCheckpoint, TFCheckpointError, _table_items
+from lib.utils.protobuf import masked_crc32c
 from tests.convert.conftest import FIXTURES, PREFIX, TETROMINOES
 
 DATA = PREFIX + ".data-00000-of-00001"
@@ -72,11 +72,11 @@ def _table(blocks_of_items):
     for items in blocks_of_items:
         block = _block(items) + b"\x00"
         handle = _varint(len(data)) + _varint(len(block) - 1)
-        data += block + struct.pack("<I", mask(crc32c(block)))
+        data += block + struct.pack("<I", masked_crc32c(block))
         index_items.append((items[-1][0], handle))
     index = _block(index_items, restart_interval=1) + b"\x00"
     index_handle = _varint(len(data)) + _varint(len(index) - 1)
-    data += index + struct.pack("<I", mask(crc32c(index)))
+    data += index + struct.pack("<I", masked_crc32c(index))
     meta = _varint(0) + _varint(0)
     footer = (meta + index_handle).ljust(40, b"\x00") + struct.pack("<Q", 0xDB4775248B80FB57)
     return bytes(data + footer)
@@ -188,10 +188,3 @@ def test_missing_checkpoint_and_missing_shard(tmp_path):
     with pytest.raises(TFCheckpointError) as exc_info:
         checkpoint.read("global_step")
     _one_line_naming(exc_info, prefix + ".data-00000-of-00001")
-
-
-def test_crc_mask_is_tensorflows_rotation_plus_constant():
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (TF's checksum)
-    crc = 0x12345678
-    rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
-    assert mask(crc) == (rotated + 0xA282EAD8) & 0xFFFFFFFF

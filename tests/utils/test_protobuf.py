@@ -27,3 +27,15 @@ def test_documented_examples():
 def test_truncated_or_unsupported_messages_are_refused(message):
     with pytest.raises(ProtobufError):
         list(iter_fields(message))
+
+
+def test_masked_crc32c_is_tensorflows_rotated_crc_plus_a_constant():
+    from crc32c import crc32c
+
+    from lib.utils.protobuf import masked_crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    for data in (b"", b"123456789", bytes(range(256))):
+        crc = crc32c(data)
+        rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF  # right by 15 bits
+        assert masked_crc32c(data) == (rotated + 0xA282EAD8) % 2**32
