@@ -138,7 +138,9 @@ class _Accumulator:
 
     def reduce(self) -> None:
         """Sum the accumulators over every rank (collective: all ranks must call it)."""
-        counts = torch.tensor([self.num_images, self.num_with_masks], dtype=torch.float64)
+        counts = torch.tensor(
+            [self.num_images, self.num_with_masks], dtype=torch.float64, device="cpu"
+        )
         self.sums = comm.all_reduce_sum(self.sums)
         self.num_images, self.num_with_masks = map(int, comm.all_reduce_sum(counts).tolist())
 
@@ -266,7 +268,7 @@ class _DatasetRun:
         accumulator = self.accumulator
         # Every rank needs the step count to reduce, even one with an empty shard.
         local = [accumulator.sums.shape[1] if accumulator else 0, int(not self.has_masks)]
-        steps, no_masks = comm.all_reduce_max(torch.tensor(local)).tolist()
+        steps, no_masks = comm.all_reduce_max(torch.tensor(local, device="cpu")).tolist()
         accumulator = accumulator or _Accumulator(steps)
         accumulator.reduce()
         metrics = accumulator.metrics(not no_masks)
