@@ -30,35 +30,42 @@ def test_failed_atomic_write_keeps_old_content(tmp_path):
     assert os.listdir(tmp_path) == ["file.txt"]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX resource limits")
 def test_a_full_disk_is_an_oserror_naming_the_file(tmp_path):
     # A file-size limit makes writes fail as a full disk does (EFBIG instead of ENOSPC); torch's
     # own writer would report "RuntimeError: [enforce fail at inline_container.cc]".
     import resource
     import signal
-
-    import torch
-
-    from lib.utils.io import atomic_torch_save
+    import subprocess
+    import sys
 
     path = str(tmp_path / "model_0000001.pth")
     atomic_write_text(path, "old")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: limit file sizes to 64 KiB, then save 400 KB
+
+    def limit_file_size() -> None:  # in the child: files up to 64 KiB, no SIGXFSZ kill
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
-        try:
-            atomic_torch_save({"w": torch.zeros(100_000)}, path)
-            message = "saved"
-        except OSError as exc:
-            message = f"OSError {exc.errno} {exc.filename}"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            message = f"{type(exc).__name__}: {exc}"
-        os.write(write, message.encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    message = os.read(read, 4096).decode()
+
+    # A fresh interpreter, not a fork: a forked child of a process that has used torch's
+    # OpenMP threads can hang in its first parallel operation.
+    code = f"""
+import torch
+from lib.utils.io import atomic_torch_save
+try:
+    atomic_torch_save({{"w": torch.zeros(100_000)}}, {path!r})
+    print("saved")
+except OSError as exc:
+    print(f"OSError {{exc.errno}} {{exc.filename}}")
+"""
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=120,
+    )
+    message = child.stdout.strip() or child.stderr
     assert message == f"OSError {errno.EFBIG} {path}"
     assert open(path).read() == "old" and os.listdir(tmp_path) == ["model_0000001.pth"]
