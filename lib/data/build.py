@@ -9,6 +9,7 @@ Optional attributes: ``provenance`` (a dict, logged and in metrics.json), ``has_
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -74,13 +75,16 @@ def import_dataset_modules(modules: Sequence[str]) -> None:
             try:
                 importlib.import_module(module)
             except ModuleNotFoundError as exc:
-                if exc.name and module.startswith(exc.name):
+                if exc.name == module or module.startswith(f"{exc.name}."):
                     raise ConfigError(f"DATASETS.IMPORTS: no module {module!r}") from exc
                 raise
             continue
         if not os.path.isfile(module):
             raise ConfigError(f"DATASETS.IMPORTS: no file {module}")
-        name = "iodine_datasets_" + os.path.splitext(os.path.basename(module))[0]
+        # The absolute path names the module: two files with one stem are two modules.
+        path = os.path.abspath(module)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = f"iodine_datasets_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, module)
             sys.modules[name] = importlib.util.module_from_spec(spec)

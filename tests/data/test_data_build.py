@@ -156,8 +156,7 @@ def test_a_dataset_class_registers_itself_in_its_own_module(tmp_path, monkeypatc
     name = str(tmp_path / "my_plugin_sets.py") if how == "file" else "my_plugin_sets"
     for key in ("plugin_train", "plugin_test"):
         monkeypatch.delitem(DATASET_REGISTRY, key, raising=False)
-    for module in ("my_plugin_sets", "iodine_datasets_my_plugin_sets"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.delitem(sys.modules, "my_plugin_sets", raising=False)
     cfg = data_cfg(
         tmp_path,
         INPUT__IMAGE_SIZE=8,
@@ -180,7 +179,6 @@ def test_train_net_builds_the_training_set_once_and_prepares_once(tmp_path, monk
     from tests.tools.tools_helpers import load_tool
 
     (tmp_path / "counted_sets.py").write_text(PLUGIN.replace("plugin_", "counted_"))
-    monkeypatch.delitem(sys.modules, "iodine_datasets_counted_sets", raising=False)
     for key in ("counted_train", "counted_test"):
         monkeypatch.delitem(DATASET_REGISTRY, key, raising=False)
     train_net = load_tool("train_net")
@@ -209,6 +207,38 @@ def test_train_net_builds_the_training_set_once_and_prepares_once(tmp_path, monk
     argv += ["MODEL.REFINEMENT.MLP_SIZES", "(8,)", "MODEL.REFINEMENT.LSTM_SIZE", "8"]
     argv += ["MODEL.IODINE.LATENT_DIM", "4", "DATALOADER.NUM_WORKERS", "0", "SEED", "1"]
     assert train_net.main(argv) == 0
-    built = sys.modules["iodine_datasets_counted_sets"].BUILT
+    built = sys.modules[DATASET_REGISTRY["counted_train"][0].__module__].BUILT
     assert built.count(True) == 1 and built.count(False) == 1  # training set once, held-out once
     assert calls == [["counted_train", "counted_test"]]
+
+
+def test_imported_files_with_one_stem_are_two_modules_and_a_missing_dependency_stays(
+    tmp_path, monkeypatch
+):
+    from lib.data.build import import_dataset_modules
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "sets.py").write_text(
+            "from lib.data import register_dataset\n\n\n"
+            f"@register_dataset('stem_{sub}_train')\nclass S{sub}:\n    pass\n"
+        )
+        monkeypatch.delitem(DATASET_REGISTRY, f"stem_{sub}_train", raising=False)
+    import_dataset_modules([str(tmp_path / "a" / "sets.py"), str(tmp_path / "b" / "sets.py")])
+    assert {"stem_a_train", "stem_b_train"} <= set(DATASET_REGISTRY)
+    for sub in ("a", "b"):
+        del DATASET_REGISTRY[f"stem_{sub}_train"]
+    # A module that exists but lacks a dependency keeps Python's error (not "no module").
+    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_of_needs_dep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_needs_dep"):
+        import_dataset_modules(["needs_dep"])
+
+
+@pytest.mark.parametrize("crop", [(0, 100, 0, 50), (10, 5, 10, 5), (0, 4, 0)])
+def test_a_crop_that_is_not_a_square_box_is_refused(tmp_path, crop):
+    from lib.data.datasets.base import ItemFormat
+    from lib.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="INPUT.CROP"):
+        ItemFormat.from_cfg(data_cfg(tmp_path, INPUT__CROP=crop), True, "prepared")

@@ -340,3 +340,16 @@ def test_own_resize_protocols_and_the_library_tetrominoes_crop(tmp_path):
         make_external_dataset(
             f"hdf5:{ocl}:all", data_cfg(tmp_path, INPUT__CROP=(2, 40, 2, 40)), True
         )[0]
+
+
+def test_float_pixels_that_overshoot_by_rounding_are_clipped_not_misread():
+    from lib.data.datasets.base import checked_uint8, detect_scale
+
+    image = np.array([[[0.0, 0.5, 1.0000001]], [[-1e-8, 0.25, 1.0]]], np.float32)  # [0, 1]
+    scale, _ = detect_scale(image, "x.h5")
+    assert scale == 255.0
+    want = np.clip(np.rint(image.astype(np.float64) * 255), 0, 255)
+    np.testing.assert_array_equal(checked_uint8(image, scale, "x.h5"), want)
+    assert checked_uint8(image, scale, "x.h5").max() == 255
+    with pytest.raises(DatasetError, match=r"outside \[0, 1\]"):
+        checked_uint8(image + 0.1, scale, "x.h5")

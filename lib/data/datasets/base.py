@@ -14,6 +14,8 @@ from lib import spec
 from lib.errors import DatasetError
 
 RESIZE_MODES = spec.RESIZE_CHOICES[1:]
+# Relative overshoot of float pixels (e.g. 1.0000001 in a [0, 1] image) accepted and clipped.
+FLOAT_SLACK = 1e-3
 
 
 def square_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
@@ -82,6 +84,8 @@ def resize_labels(mask: np.ndarray, size: int, resize: str) -> torch.Tensor:
     """Nearest-neighbour resize of a square label map to int64 (size, size): TF 1.14's source
     index floor(i * scale) for "tf1", else the pixel centre floor((i + 0.5) * scale) (PIL's)."""
     lab = _tensor(mask).to(torch.int64)
+    if mask.shape[0] == size:  # every method is the identity at the stored size
+        return lab
     if resize == "tf1":
         index = torch.from_numpy(tf1_resize_indices(mask.shape[0], size)[0])
         return lab[index][:, index]
@@ -121,7 +125,9 @@ class ItemFormat:
         if resize not in RESIZE_MODES:
             raise DatasetError(f"INPUT.RESIZE must be one of {spec.RESIZE_CHOICES}, got {resize!r}")
         crop = tuple(int(v) for v in cfg.INPUT.CROP) or None
-        if crop is not None and (len(crop) != 4 or crop[1] - crop[0] != crop[3] - crop[2] <= 0):
+        if crop is not None and (
+            len(crop) != 4 or crop[1] - crop[0] != crop[3] - crop[2] or crop[1] <= crop[0]
+        ):
             raise DatasetError(f"INPUT.CROP {crop} is not (row0, row1, col0, col1) of a square")
         native = bool(cfg.TEST.NATIVE_LABELS) and not is_train
         return cls(int(cfg.INPUT.IMAGE_SIZE), resize, crop, native, int(cfg.DATASETS.MAX_OBJECTS))
@@ -164,7 +170,7 @@ class ItemFormat:
         """
         h, w = image.shape[:2]
         r0, r1, c0, c1 = self.crop or crop or square_crop_box(h, w)
-        if r1 - r0 != c1 - c0 or r0 < 0 or c0 < 0 or r1 > h or c1 > w:
+        if r1 - r0 != c1 - c0 or r1 <= r0 or r0 < 0 or c0 < 0 or r1 > h or c1 > w:
             raise DatasetError(f"{where}: crop {(r0, r1, c0, c1)} is not a square in {h}x{w}")
         lab = None
         if mask is not None:
@@ -234,11 +240,12 @@ def checked_uint8(image: np.ndarray, scale: float, where: str) -> np.ndarray:
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DatasetError(f"{where}: non-finite pixel value {values[index]} at index {index}")
     top = 255.0 / scale
-    if values.size and (values.min() < 0 or values.max() > top):
+    slack = FLOAT_SLACK * top  # rounding overshoot of a float image, clipped
+    if values.size and (values.min() < -slack or values.max() > top + slack):
         raise DatasetError(
             f"{where}: pixel values in [{values.min():g}, {values.max():g}], outside [0, {top:g}]"
         )
-    return np.rint(values * scale).astype(np.uint8)
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
 def detect_scale(sample: np.ndarray, where: str) -> tuple[float, str]:
@@ -257,6 +264,6 @@ def detect_scale(sample: np.ndarray, where: str) -> tuple[float, str]:
     if kind != "f":
         raise DatasetError(f"{where}: dtype {sample.dtype}, expected uint8 (or float) pixels")
     finite = sample[np.isfinite(sample)]
-    if finite.size and finite.max() <= 1.0:
+    if finite.size and finite.max() <= 1.0 + FLOAT_SLACK:
         return 255.0, f"{sample.dtype} in [0, 1], scaled by 255"
     return 1.0, f"{sample.dtype} in [0, 255]"
