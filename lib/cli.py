@@ -32,13 +32,12 @@ import torch
 from yacs.config import CfgNode
 
 from lib.engine.setup import resolve_device, setup_precision
-from lib.errors import Interrupted, IodineError, RunError
+from lib.errors import STOP_SIGNALS, Interrupted, IodineError, RunError
 from lib.utils import comm
 from lib.utils.logger import close_logger, environment_info, setup_logger
 
 LOGGER_NAME = "iodine"
 RUN_LOCK = "train.lock"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def default_argument_parser(description: str) -> argparse.ArgumentParser:
@@ -78,11 +77,19 @@ def load_tool_cfg(args: argparse.Namespace) -> CfgNode:
 
 
 # Errors of the storage, never of the code: one line naming the file.
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_STORAGE_ERRNOS = {*_FULL_OR_READ_ONLY, errno.EACCES, errno.EPERM}
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+def _interrupt_handler() -> Callable[[int, Any], None]:
+    pid = os.getpid()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:  # a forked DataLoader worker: its loop ends quietly on this
+            raise KeyboardInterrupt
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+
+    return interrupt
 
 
 def run_tool(
@@ -114,7 +121,8 @@ def run_tool(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if main_thread else {}
+    interrupt = _interrupt_handler()
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS} if main_thread else {}
     try:
         run(cfg, args)
     except (IodineError, *errors) as exc:
@@ -123,7 +131,8 @@ def run_tool(
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
             raise
-        print(f"error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        what = "cannot write" if exc.errno in _FULL_OR_READ_ONLY else "no access to"
+        print(f"error: {what} {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
         return 1
     finally:
         for s, handler in previous.items():
@@ -144,6 +153,8 @@ def output_dir_lock(folder: str) -> Iterator[None]:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):  # not held: no locks here
+                raise RunError(f"cannot lock {folder}/{RUN_LOCK}: {exc.strerror}") from exc
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             raise RunError(
                 f"OUTPUT_DIR {folder} is in use by another training run ({holder}): wait for "

@@ -8,6 +8,8 @@ builtin it refines, so ``except ValueError`` and the like keep working.
 
 from __future__ import annotations
 
+import signal
+
 
 class IodineError(Exception):
     """Base of the errors the tools report as one line: the message says what to fix."""
@@ -34,6 +36,10 @@ class RunError(IodineError, RuntimeError):
 
 class DatasetExistsError(IodineError, FileExistsError):
     """A dataset folder to be written exists already (``--overwrite`` replaces it)."""
+
+
+# The signals that end a run at a step boundary, with a checkpoint (lib.engine.trainer).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interrupted(IodineError):

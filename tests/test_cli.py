@@ -106,3 +106,36 @@ def test_build_datasets_prepares_first_then_builds_each(tmp_path, monkeypatch):
         build_datasets(tiny_cfg(), [missing], is_train=False)
     with pytest.raises(UnknownDatasetError, match="no_such_set"):
         build_datasets(tiny_cfg(), ["no_such_set"], is_train=True)
+
+
+def test_a_stop_signal_in_a_forked_worker_is_a_quiet_keyboard_interrupt(monkeypatch):
+    import os
+    import signal
+
+    from lib.cli import _interrupt_handler
+    from lib.errors import Interrupted
+
+    handler = _interrupt_handler()
+    with pytest.raises(Interrupted) as info:
+        handler(signal.SIGTERM, None)
+    assert info.value.exit_status == 128 + signal.SIGTERM
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)  # as seen from a forked child
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)
+
+
+def test_a_lock_that_cannot_be_taken_is_not_called_held(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from lib.cli import output_dir_lock
+    from lib.errors import RunError
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(RunError, match="cannot lock .*train.lock: No locks available"):
+        with output_dir_lock(str(tmp_path)):
+            pass

@@ -77,7 +77,7 @@ def test_released_layers_give_the_variable_table(config):
 
 
 def test_dataset_names_helper():
-    from lib.config.config import dataset_names
+    from lib.spec import dataset_names
 
     assert dataset_names("clevr6_train") == ("clevr6_train",)
     assert dataset_names(["a", "b"]) == ("a", "b")

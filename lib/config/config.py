@@ -11,9 +11,8 @@ from yacs.config import CfgNode
 from lib import spec
 from lib.config.defaults import _C
 from lib.errors import ConfigError
+from lib.spec import dataset_names
 
-# A DATASETS.TRAIN / TEST value as a tuple of names (lib.spec; importers use it from here).
-dataset_names = spec.dataset_names
 # The model's switches take their allowed values from lib.spec, which the model checks too.
 _CHOICES = {
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),

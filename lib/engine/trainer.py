@@ -38,10 +38,8 @@ from lib.engine.hooks import (
 from lib.engine.inference import Batch
 from lib.engine.precision import autocast_factory
 from lib.engine.solver import masked_step, undo_host_steps
-from lib.errors import Interrupted, IodineError
+from lib.errors import STOP_SIGNALS, Interrupted, IodineError
 from lib.utils import comm
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class NonFiniteError(IodineError, RuntimeError):
@@ -321,6 +319,10 @@ class Trainer:
     def train(self) -> None:
         """Run the iterations; the hooks' ``after_train`` runs also when one raises."""
         group = comm.host_group()  # collective: every rank calls train()
+        # The ranks agree on a stop signal one step late (started after a step, read after the
+        # next), so no rank waits for the slowest after every step; alone, at once.
+        alone = comm.get_world_size() == 1
+        agreement = None
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             # Noted, not raised; forked DataLoader workers inherit the handlers, so a Ctrl-C
@@ -341,7 +343,12 @@ class Trainer:
                 for hook in self.hooks:
                     hook.before_step(self)
                 self.run_step()
-                self.stop_signal = comm.max_over_ranks(self._signal, group)
+                if alone:
+                    self.stop_signal = self._signal
+                else:
+                    previous = agreement
+                    agreement = comm.max_over_ranks_async(self._signal, group)
+                    self.stop_signal = previous() if previous else 0
                 for hook in self.hooks:
                     start = time.perf_counter()
                     hook.after_step(self)
@@ -349,6 +356,8 @@ class Trainer:
                         self.meter.start += time.perf_counter() - start
                 if self.stop or self.stop_signal:
                     break
+            if agreement is not None:
+                agreement()  # the last one started, so no collective is left pending
             if self.step is not None:
                 self.read_stats()  # the skipped steps of a loop that stopped early
         finally:

@@ -8,6 +8,7 @@ is not initialised, so the same code runs under ``python tools/train_net.py`` an
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -115,14 +116,20 @@ def host_group() -> Any:
     return None
 
 
-def max_over_ranks(value: int, group: Any = None) -> int:
-    """The maximum of an int over all processes, on the CPU through ``group`` (from
-    ``host_group``): no device sync."""
+def max_over_ranks_async(value: int, group: Any = None) -> Callable[[], int]:
+    """Start taking the maximum of an int over all processes, on the CPU through ``group``
+    (from ``host_group``), without waiting: no device sync, and no rank waits for another
+    until the returned function is called for the result."""
     if not is_dist() or get_world_size() == 1:
-        return value
+        return lambda: value
     buffer = torch.tensor([value], dtype=torch.int64, device="cpu")
-    dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=group)
-    return int(buffer.item())
+    work = dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=group, async_op=True)
+
+    def result() -> int:
+        work.wait()
+        return int(buffer.item())
+
+    return result
 
 
 def all_gather_object(obj: Any) -> list[Any]:
