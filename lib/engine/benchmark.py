@@ -35,7 +35,8 @@ from lib.errors import ConfigError
 from lib.model import build_model
 
 MODES = ("train", "infer")
-PARTS = ("decoder", "refinement")  # the submodules whose time --profile reports apart
+# The parts whose time --profile reports apart: range name -> the IODINE method wrapped.
+PARTS = {"decoder": "decode", "refinement": "_refine"}
 TOP_OPERATORS = 15
 
 
@@ -72,25 +73,28 @@ def _count_flops(cfg: CfgNode, mode: str, images: torch.Tensor) -> int:
 
 @contextlib.contextmanager
 def _part_ranges(model: torch.nn.Module) -> Iterator[None]:
-    """``record_function("iodine.<part>")`` around every decoder and refinement call, by hooks
-    added from outside the model and removed on exit (the model itself knows no profiler)."""
-    handles = []
-    for part in PARTS:
-        stack: list[Any] = []  # the open range; a list so a re-entrant call would still pair
+    """``record_function("iodine.decoder")`` around every ``IODINE.decode`` call (the decoder,
+    masks and reconstruction) and ``"iodine.refinement"`` around every ``_refine`` call (input
+    assembly and the refinement network), wrapped on the instance from outside and restored on
+    exit (the model itself knows no profiler). A part compiled by MODEL.COMPILE is a function
+    set on the instance, so it is wrapped whole, where module hooks would never fire."""
+    saved = {}
+    for part, attr in PARTS.items():
+        saved[attr] = model.__dict__.get(attr)  # a compiled function, or None: the method
 
-        def enter(_mod: Any, _inp: Any, name: str = f"iodine.{part}", s: list = stack) -> None:
-            s.append(torch.profiler.record_function(name).__enter__())
+        def wrapped(*args: Any, _call: Any = getattr(model, attr), _name: str = part) -> Any:
+            with torch.profiler.record_function(f"iodine.{_name}"):
+                return _call(*args)
 
-        def leave(_mod: Any, _inp: Any, _out: Any, s: list = stack) -> None:
-            s.pop().__exit__(None, None, None)
-
-        sub = getattr(model, part)
-        handles += [sub.register_forward_pre_hook(enter), sub.register_forward_hook(leave)]
+        setattr(model, attr, wrapped)
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for attr, value in saved.items():
+            if value is None:
+                delattr(model, attr)
+            else:
+                setattr(model, attr, value)
 
 
 def _profile(

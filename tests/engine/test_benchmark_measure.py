@@ -50,16 +50,32 @@ def test_flop_count_leaves_no_global_hook():
     assert after == before
 
 
-def test_part_ranges_leave_no_hook_behind():
-    # The ranges are hooks added from outside for the profile only, removed also on an error.
+def test_part_ranges_leave_nothing_behind():
+    # The ranges wrap the instance's methods from outside, for the profile only, restored also
+    # on an error.
     model = build_model(tiny_cfg())
     images = torch.rand(1, 3, 16, 16)
     with pytest.raises(RuntimeError, match="stop"), benchmark._part_ranges(model):
-        assert model.decoder._forward_pre_hooks and model.refinement._forward_hooks
+        assert {"decode", "_refine"} <= set(model.__dict__)
         raise RuntimeError("stop")
     with torch.profiler.profile() as prof, benchmark._part_ranges(model):
         model(images)
     names = {e.key for e in prof.key_averages()}
     assert {"iodine.decoder", "iodine.refinement"} <= names
-    for part in (model.decoder, model.refinement):
-        assert not part._forward_pre_hooks and not part._forward_hooks
+    assert not {"decode", "_refine"} & set(model.__dict__)
+
+
+@pytest.mark.slow  # one aot_eager compilation
+def test_part_ranges_time_the_compiled_refinement_too():
+    from lib.model.compile import compile_model
+
+    model = compile_model(build_model(tiny_cfg()), "step", backend="aot_eager")
+    compiled = model.__dict__["_refine"]
+    images = torch.rand(1, 3, 16, 16)
+    model(images)  # compiles before the ranges exist, as the benchmark's warm-up does
+    with torch.profiler.profile() as prof, benchmark._part_ranges(model):
+        model(images)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    t = model.num_iters
+    assert calls["iodine.refinement"] == t and calls["iodine.decoder"] == t + 1
+    assert model.__dict__["_refine"] is compiled  # restored
