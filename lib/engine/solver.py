@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch.optim import Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.optimizer import _get_value
 from yacs.config import CfgNode
 
 from lib.engine.checkpoint import unwrap_model
@@ -104,8 +103,10 @@ class TF1Adam(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-            # A host counter (no device sync), read as torch.optim.Adam reads it.
-            t = _get_value(states[0]["step"])
+            # TensorFlow's beta powers are one per optimiser, advanced by every update, so a
+            # parameter whose first gradient comes late is still corrected with the global t:
+            # the largest host counter (no device sync).
+            t = max(float(s["step"]) for s in states)
             lr_t = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
             grads = [p.grad for p in params]
             m = [s["exp_avg"] for s in states]

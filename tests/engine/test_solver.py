@@ -146,3 +146,21 @@ def test_solver_adam_key_picks_the_placement():
     cfg.SOLVER.ADAM = "torch"
     opt = make_optimizer(cfg, model)
     assert type(opt) is torch.optim.Adam
+
+
+def test_tf1_adam_corrects_a_late_parameter_with_the_global_step():
+    # TensorFlow keeps one beta1^t, beta2^t per optimiser: a variable whose first gradient
+    # comes at step 3 gets lr_t of t = 3 with its fresh m, v.
+    lr, beta1, beta2, eps = 1e-3, 0.95, 0.999, 1e-8
+    early = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    late = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = TF1Adam([late, early], lr=lr, betas=(beta1, beta2), eps=eps)  # late first
+    g = torch.tensor([1e-3, -2.0, 0.5], dtype=torch.float64)
+    for t in (1, 2, 3):
+        early.grad = g.clone()
+        late.grad = g.clone() if t == 3 else None
+        opt.step()
+    m, v = g * (1 - beta1), g * g * (1 - beta2)
+    lr_3 = lr * np.sqrt(1 - beta2**3) / (1 - beta1**3)
+    want = 1.0 - lr_3 * m / (torch.sqrt(v) + eps)
+    torch.testing.assert_close(late.detach(), want, rtol=1e-13, atol=0)
