@@ -149,6 +149,9 @@ class Scene(NamedTuple):
     objects: tuple[SceneObject, ...]
     camera: Camera
     lights: tuple[Light, ...]
+    # The accepted layout's trace (hit distance, object id per pixel) at the sampled size,
+    # which render_scene reuses instead of tracing the same rays again.
+    trace: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _jittered(rng: np.random.Generator, point, amount: float) -> tuple[float, ...]:
@@ -304,15 +307,17 @@ def render_scene(
     objects: Sequence[SceneObject],
     camera: Camera,
     lights: Sequence[Light],
+    trace: tuple[np.ndarray, np.ndarray] | None = None,
     height: int = HEIGHT,
     width: int = WIDTH,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render a scene, one ray per pixel centre: ``image`` (H, W, 3) float32 in [0, 1] and
-    ``mask`` (H, W) uint8, objects labelled 1..N in order (N <= 255)."""
+    ``mask`` (H, W) uint8, objects labelled 1..N in order (N <= 255). ``trace``: the scene's
+    own (``Scene.trace``, traced at this size), or None to trace here."""
     if len(objects) > 255:
         raise ValueError(f"at most 255 objects fit a uint8 label map, got {len(objects)}")
     rays = camera.pixel_rays(height, width)
-    t, ids = _trace(rays, objects, camera)
+    t, ids = _trace(rays, objects, camera) if trace is None else trace
     hit = np.flatnonzero(np.isfinite(t))
     flat_ids = ids.ravel()[hit]
     dirs = tuple(d.ravel()[hit] for d in rays[3:])
@@ -423,11 +428,10 @@ def sample_scene(
         layouts = _place_objects(rng, num_objects, camera, batch)
         batch = min(2 * batch, LAYOUT_BATCH)
         for objects in layouts:
-            counts = np.bincount(
-                _trace(rays, objects, camera)[1].ravel(), minlength=num_objects + 1
-            )
+            trace = _trace(rays, objects, camera)
+            counts = np.bincount(trace[1].ravel(), minlength=num_objects + 1)
             if num_objects == 0 or counts[1:].min() >= min_pixels:
-                return Scene(tuple(objects), camera, lights)
+                return Scene(tuple(objects), camera, lights, trace)
     raise RuntimeError(f"no valid layout of {num_objects} objects in {MAX_LAYOUTS} attempts")
 
 
@@ -483,7 +487,7 @@ def generate(
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
         n = int(rng.integers(min_objects, max_objects + 1))
         scene = sample_scene(rng, n, height, width, min_pixels, camera_jitter)
-        image, mask = render_scene(*scene, height, width)
+        image, mask = render_scene(*scene, height=height, width=width)
         yield {
             "image": np.round(image * 255.0).astype(np.uint8),
             "mask": mask,
