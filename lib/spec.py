@@ -194,12 +194,8 @@ def factor_mapping(name: str) -> tuple[Factor, ...] | None:
     Returns:
         ``FACTOR_MAPPINGS`` of its family, or None.
     """
-    for suffix in ("", "_train", "_test"):
-        if name.endswith(suffix):
-            family = DATASET_FACTOR_FAMILY.get(name[: len(name) - len(suffix)])
-            if family:
-                return FACTOR_MAPPINGS[family]
-    return None
+    family = DATASET_FACTOR_FAMILY.get(builtin_of(name) or "")
+    return FACTOR_MAPPINGS[family] if family else None
 
 
 # --- architectures ---------------------------------------------------------------------------

@@ -175,7 +175,8 @@ def resume_or_start(
     if not cfg.SOLVER.RESUME and os.path.exists(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT)):
         logger.warning(
             "SOLVER.RESUME False: starting over in %s, which holds an earlier run's "
-            "checkpoints (the oldest are deleted as new ones are written)",
+            "checkpoints: they stay until they are the lowest-numbered, and a later resume "
+            "that finds last_checkpoint unreadable may fall back to one; move them away",
             cfg.OUTPUT_DIR,
         )
     logger.info("fresh start")
