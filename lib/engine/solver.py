@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.optim import Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.optimizer import _get_value
 from yacs.config import CfgNode
 
 from lib.engine.checkpoint import unwrap_model
@@ -105,8 +106,8 @@ class TF1Adam(Optimizer):
                 state["step"] += 1
             # TensorFlow's beta powers are one per optimiser, advanced by every update, so a
             # parameter whose first gradient comes late is still corrected with the global t:
-            # the largest host counter (no device sync).
-            t = max(float(s["step"]) for s in states)
+            # the largest host counter, read as torch.optim.Adam reads it (no device sync).
+            t = max(_get_value(s["step"]) for s in states)
             lr_t = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
             grads = [p.grad for p in params]
             m = [s["exp_avg"] for s in states]
